@@ -1,0 +1,160 @@
+"""Backend interface and the one registry.
+
+Adding a backend is one small file plus one import line in ``attnbench/backends/__init__.py``::
+
+    from .base import Backend, Capabilities, register
+
+    @register
+    class MyAttention(Backend):
+        name = "my_attn"
+        description = "my Triton kernel"
+        caps = Capabilities(devices={"cuda"}, dtypes={"fp16", "bf16"}, head_dims={64, 128}, lse=True)
+
+        def availability(self, device):      # None when usable, else the reason
+            return None if has_my_kernel() else "my_kernel not importable"
+
+        def forward(self, p, case):          # p.args from prepare(); return (out, lse or None)
+            q, k, v = p.leaves
+            return my_kernel(q, k, v, causal=case.causal, softmax_scale=case.scale)
+
+The runner asks :meth:`Backend.why_unsupported` before anything runs, so cases outside the
+declared capabilities become ``unsupported`` rows with the reason. A backend that finds out at
+run time that it cannot run a case raises :class:`Unsupported`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..case import Case
+from ..inputs import Inputs
+
+
+class Unsupported(Exception):
+    """Raised by a backend that cannot run a case; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    devices: frozenset[str] = frozenset({"cuda"})
+    dtypes: frozenset[str] = frozenset({"fp16", "bf16", "fp32"})
+    head_dims: frozenset[int] | None = None  # None: any head dim up to max_head_dim
+    max_head_dim: int = 256
+    causal: bool = True
+    gqa: bool = True
+    seqlen_q_ne_k: bool = True  # seqlen_q != seqlen_k (with bottom-right causal)
+    varlen: bool = False
+    backward: bool = True
+    lse: bool = False
+    window: bool = False
+    softcap: bool = False
+    alibi: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self):
+        for name in ("devices", "dtypes", "head_dims"):
+            val = getattr(self, name)
+            if val is not None and not isinstance(val, frozenset):
+                object.__setattr__(self, name, frozenset(val))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Prepared:
+    """What a backend's forward consumes. ``leaves`` are the tensors gradients are taken
+    against (they may be packed, e.g. one qkv tensor); ``args`` holds anything else."""
+
+    leaves: tuple[torch.Tensor, ...]
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    name: str = ""
+    description: str = ""
+    caps: Capabilities = Capabilities()
+
+    # ---- capability checks ---------------------------------------------------------------
+    def availability(self, device: str) -> str | None:
+        """None when the backend can run on this device type, else why not."""
+        return None
+
+    def why_unsupported(self, case: Case, device: str, mode: str = "fwd") -> str | None:
+        """The reason this backend cannot run ``case`` on ``device`` (None: it can)."""
+        c = self.caps
+        dev = torch.device(device).type
+        if dev not in c.devices:
+            return f"{self.name} does not run on {dev} (runs on: {', '.join(sorted(c.devices))})"
+        why = self.availability(dev)
+        if why:
+            return why
+        checks = [
+            (case.dtype in c.dtypes, f"dtype {case.dtype} (supports {', '.join(sorted(c.dtypes))})"),
+            (case.head_dim <= c.max_head_dim and (c.head_dims is None or case.head_dim in c.head_dims),
+             f"head dim {case.head_dim}"
+             + (f" not compiled (has {', '.join(map(str, sorted(c.head_dims)))})"
+                if c.head_dims is not None else f" > {c.max_head_dim}")),
+            (c.causal or not case.causal, "causal"),
+            (c.gqa or not case.gqa, "GQA/MQA (heads_kv != heads_q)"),
+            (c.seqlen_q_ne_k or case.varlen or case.seqlen_q == case.seqlen_k,
+             "seqlen_q != seqlen_k"),
+            (c.varlen or not case.varlen, "varlen"),
+            (c.backward or mode == "fwd", "backward"),
+            (c.window or not case.windowed, "sliding window"),
+            (c.softcap or not case.softcap, "softcap"),
+            (c.alibi or not case.alibi, "ALiBi"),
+            (c.deterministic or not case.deterministic, "deterministic backward"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                return f"unsupported: {what}"
+        return self.extra_check(case, dev, mode)
+
+    def extra_check(self, case: Case, device: str, mode: str) -> str | None:
+        """Hook for constraints the capability fields cannot express."""
+        return None
+
+    # ---- running -------------------------------------------------------------------------
+    def prepare(self, inp: Inputs, case: Case) -> Prepared:
+        """Outside the timed region: layout changes, packing. Default: fresh leaf q, k, v."""
+        leaves = tuple(t.detach().clone().requires_grad_() for t in (inp.q, inp.k, inp.v))
+        return Prepared(leaves, {"inputs": inp})
+
+    def forward(self, p: Prepared, case: Case) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Timed. Returns ``(out, lse)`` in attnbench layout; ``lse`` None if not returned."""
+        raise NotImplementedError
+
+    def grads(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """dq, dk, dv in attnbench layout, unpacked from the leaves' gradients."""
+        return tuple(t.grad for t in p.leaves)
+
+    def build_flags(self) -> str | None:
+        """Compiler flags for backends built on first use (shown by ``attnbench env``)."""
+        return None
+
+
+REGISTRY: dict[str, Backend] = {}
+
+
+def register(obj):
+    """Register a Backend subclass (instantiated with no arguments) or instance."""
+    inst = obj() if isinstance(obj, type) else obj
+    if not inst.name:
+        raise ValueError(f"{obj!r} has no name")
+    if inst.name in REGISTRY:
+        raise ValueError(f"backend {inst.name!r} registered twice")
+    REGISTRY[inst.name] = inst
+    return obj
+
+
+def get_backends(only: list[str] | None = None, skip: list[str] | None = None) -> list[Backend]:
+    """Backends selected by --only/--skip, in registry order; unknown names raise KeyError."""
+    for name in (only or []) + (skip or []):
+        if name not in REGISTRY:
+            raise KeyError(f"unknown backend {name!r}; known: {', '.join(REGISTRY)}")
+    names = only if only else list(REGISTRY)
+    return [REGISTRY[n] for n in names if n not in (skip or [])]

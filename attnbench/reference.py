@@ -1,0 +1,198 @@
+"""The one reference attention of attnbench, used by accuracy runs, perf verdicts, tests and
+the distributed checks.
+
+``attention_ref(..., upcast=True)`` is the truth: computed in fp32 (fp64 for fp32 inputs).
+``attention_ref(..., upcast=False)`` is "same-dtype torch", the baseline of flash-attention's rule
+(a kernel may be at most k times worse than plain torch in the input dtype).
+
+Semantics (flash-attn's): layout (B, S, H, D); GQA by repeating each kv head over
+``heads_q // heads_kv`` query heads; causal and the sliding window aligned bottom-right;
+``softcap`` applies ``softcap * tanh(s / softcap)`` to the scaled scores; ALiBi adds
+``-slope_h * |i + Sk - Sq - j|``. The log-sum-exp is natural-log, fp32, shape (B, Hq, Sq)
+(varlen: (Hq, total_q)); rows with no visible key give out = 0 and lse = +inf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .case import Case
+
+
+def ref_dtype(dtype: torch.dtype, upcast: bool) -> torch.dtype:
+    if not upcast:
+        return dtype
+    return torch.float64 if dtype == torch.float32 else torch.float32
+
+
+def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_left: int = -1,
+                 window_right: int = -1, device=None) -> torch.Tensor | None:
+    """Bool (Sq, Sk) mask of visible keys, bottom-right aligned; None when all are visible."""
+    if causal:
+        window_right = 0
+    if window_left < 0 and window_right < 0:
+        return None
+    i = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    mask = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if window_right >= 0:
+        mask &= j <= i + window_right
+    if window_left >= 0:
+        mask &= j >= i - window_left
+    return mask
+
+
+def alibi_bias(slopes: torch.Tensor, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
+    """(Hq or B,Hq) slopes -> additive bias broadcastable to (B, Hq, Sq, Sk)."""
+    i = torch.arange(seqlen_q, device=slopes.device)[:, None] + (seqlen_k - seqlen_q)
+    j = torch.arange(seqlen_k, device=slopes.device)[None, :]
+    dist = (i - j).abs().to(slopes.dtype)
+    if slopes.dim() == 1:
+        slopes = slopes[None]
+    return -slopes[:, :, None, None] * dist
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """The ALiBi paper's geometric slopes (fp32, shape (heads,))."""
+    import math
+
+    def pow2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        s = pow2(heads)
+    else:
+        p = 2 ** math.floor(math.log2(heads))
+        s = pow2(p) + pow2(2 * p)[0::2][: heads - p]
+    return torch.tensor(s, dtype=torch.float32)
+
+
+def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype):
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if hq != hkv:
+        k = k.repeat_interleave(hq // hkv, dim=2)
+        v = v.repeat_interleave(hq // hkv, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    if slopes is not None:
+        s = s + alibi_bias(slopes.to(s.device), sq, sk).to(dtype)
+    mask = visible_mask(sq, sk, causal, window[0], window[1], device=q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # -inf on rows without a visible key
+    empty = torch.isneginf(lse)
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = p.masked_fill(empty[..., None], 0)  # softmax of an all -inf row is NaN
+    out = torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v)
+    lse = lse.float().masked_fill(empty, float("inf"))
+    return out, lse
+
+
+def attention_ref(q, k, v, *, causal=False, softmax_scale=None, window=(-1, -1), softcap=0.0,
+                  alibi_slopes=None, upcast=True, cu_seqlens_q=None, cu_seqlens_k=None):
+    """Differentiable reference attention. Returns ``(out, lse)``.
+
+    Dense inputs are (B, S, H, D); varlen inputs are (total, H, D) with int32 ``cu_seqlens_q``
+    and ``cu_seqlens_k`` (length B + 1), computed sequence by sequence.
+    ``out`` is in the compute dtype (fp32/fp64 when ``upcast``, else the input dtype).
+    """
+    dtype = ref_dtype(q.dtype, upcast)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    kw = dict(causal=causal, scale=scale, window=tuple(window), softcap=softcap, dtype=dtype)
+    if cu_seqlens_q is None:
+        return _dense(q, k, v, slopes=alibi_slopes, **kw)
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for i in range(len(cq) - 1):
+        sl = None
+        if alibi_slopes is not None:
+            sl = alibi_slopes if alibi_slopes.dim() == 1 else alibi_slopes[i]
+        o, l = _dense(q[None, cq[i]:cq[i + 1]], k[None, ck[i]:ck[i + 1]], v[None, ck[i]:ck[i + 1]],
+                      slopes=sl, **kw)
+        outs.append(o[0])
+        lses.append(l[0])
+    return torch.cat(outs, 0), torch.cat(lses, 1)
+
+
+def case_kwargs(case: Case) -> dict:
+    return dict(causal=case.causal, softmax_scale=case.scale,
+                window=(case.window_left, case.window_right), softcap=case.softcap)
+
+
+@dataclass
+class RefResult:
+    out: torch.Tensor
+    lse: torch.Tensor
+    dq: torch.Tensor | None = None
+    dk: torch.Tensor | None = None
+    dv: torch.Tensor | None = None
+
+
+def reference(inp, case: Case, *, upcast: bool = True, grads: bool = True,
+              budget_bytes: int | None = None) -> RefResult:
+    """Reference out, lse (and dq, dk, dv for ``inp.dout``) for a whole case, in chunks.
+
+    Attention is independent per (batch, kv-head group), so the work is split into chunks whose
+    score matrices fit ``budget_bytes``; each chunk runs its own forward and autograd backward.
+    This keeps 16k-token cases within memory while staying the same function as
+    :func:`attention_ref`.
+    """
+    kw = case_kwargs(case)
+    q, k, v = inp.q, inp.k, inp.v
+    dtype = ref_dtype(q.dtype, upcast)
+    if budget_bytes is None:
+        budget_bytes = (4 << 30) if q.is_cuda else (1 << 30)
+
+    def run(qc, kc, vc, doc, slopes, **extra):
+        if not grads:
+            with torch.no_grad():
+                o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
+            return o, l, None, None, None
+        qc, kc, vc = (t.detach().requires_grad_() for t in (qc, kc, vc))
+        with torch.enable_grad():
+            o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
+            dq, dk, dv = torch.autograd.grad(o, (qc, kc, vc), doc.to(o.dtype))
+        return o.detach(), l.detach(), dq.to(dtype), dk.to(dtype), dv.to(dtype)
+
+    if case.varlen:
+        o, l, dq, dk, dv = run(q, k, v, inp.dout, inp.alibi_slopes,
+                               cu_seqlens_q=inp.cu_seqlens_q, cu_seqlens_k=inp.cu_seqlens_k)
+        return RefResult(o, l, dq, dk, dv)
+
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    g = hq // hkv
+    per_unit = g * sq * sk * torch.finfo(dtype).bits // 8 * (4 if grads else 2)
+    units = max(1, budget_bytes // max(per_unit, 1))  # (batch, kv-head) pairs per chunk
+    outs = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device)
+    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    dqs = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device) if grads else None
+    dks = torch.empty(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
+    dvs = torch.empty(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
+    hstep = max(1, min(hkv, units))
+    bstep = max(1, units // hkv) if hstep == hkv else 1
+    slopes = inp.alibi_slopes
+    for b0 in range(0, b, bstep):
+        bs = slice(b0, b0 + bstep)
+        for h0 in range(0, hkv, hstep):
+            hk = slice(h0, h0 + hstep)
+            hqs = slice(h0 * g, (h0 + hstep) * g)
+            sl = None
+            if slopes is not None:
+                sl = slopes[hqs] if slopes.dim() == 1 else slopes[bs, hqs]
+            doc = inp.dout[bs, :, hqs] if grads else None
+            o, l, dq, dk, dv = run(q[bs, :, hqs], k[bs, :, hk], v[bs, :, hk], doc, sl)
+            outs[bs, :, hqs] = o
+            lse[bs, hqs] = l
+            if grads:
+                dqs[bs, :, hqs] = dq
+                dks[bs, :, hk] = dk
+                dvs[bs, :, hk] = dv
+    return RefResult(outs, lse, dqs, dks, dvs)

@@ -1,0 +1,1 @@
+"""Suite and sweep YAML files, installed as ``attnbench.configs``."""
