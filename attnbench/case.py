@@ -15,9 +15,14 @@ import torch
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_ALIASES = {
-    "float16": "fp16", "half": "fp16", "fp16": "fp16",
-    "bfloat16": "bf16", "bf16": "bf16",
-    "float32": "fp32", "float": "fp32", "fp32": "fp32",
+    "float16": "fp16",
+    "half": "fp16",
+    "fp16": "fp16",
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp32": "fp32",
 }
 MODES = ("fwd", "bwd", "fwd_bwd")
 BWD_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
@@ -51,7 +56,9 @@ class Case:
 
     @property
     def scale(self) -> float:
-        return self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        return (
+            self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        )
 
     @property
     def varlen(self) -> bool:
@@ -84,8 +91,11 @@ class Case:
             if self.seqlens_k is not None:
                 seq += "x[" + ",".join(map(str, self.seqlens_k)) + "]"
         else:
-            seq = f"S{self.seqlen_q}" if self.seqlen_q == self.seqlen_k else (
-                f"S{self.seqlen_q}x{self.seqlen_k}")
+            seq = (
+                f"S{self.seqlen_q}"
+                if self.seqlen_q == self.seqlen_k
+                else (f"S{self.seqlen_q}x{self.seqlen_k}")
+            )
         parts = [f"B{self.batch}", heads, seq, f"D{self.head_dim}", self.dtype]
         parts.append("causal" if self.causal else "full")
         if self.windowed:
@@ -115,7 +125,9 @@ class Case:
         if min(self.batch, self.heads_q, self.heads_kv, self.head_dim) < 1:
             raise ValueError(f"{self.id}: batch, heads and head_dim must be >= 1")
         if self.heads_q % self.heads_kv:
-            raise ValueError(f"{self.id}: heads_kv={self.heads_kv} must divide heads_q={self.heads_q}")
+            raise ValueError(
+                f"{self.id}: heads_kv={self.heads_kv} must divide heads_q={self.heads_q}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"{self.id}: dtype {self.dtype!r} not one of {sorted(DTYPES)}")
         if self.varlen:
@@ -127,8 +139,13 @@ class Case:
             raise ValueError(f"{self.id}: seqlen_q and seqlen_k must be >= 1")
 
 
-def attended_pairs(seqlen_q: int, seqlen_k: int, causal: bool = False, window_left: int = -1,
-                   window_right: int = -1) -> int:
+def attended_pairs(
+    seqlen_q: int,
+    seqlen_k: int,
+    causal: bool = False,
+    window_left: int = -1,
+    window_right: int = -1,
+) -> int:
     """Exact number of unmasked (query, key) pairs, bottom-right aligned like flash-attn."""
     if causal:
         window_right = 0
@@ -155,5 +172,6 @@ def case_flops(case: Case, mode: str = "fwd") -> float:
         )
     else:
         pairs = case.batch * attended_pairs(
-            case.seqlen_q, case.seqlen_k, case.causal, case.window_left, case.window_right)
+            case.seqlen_q, case.seqlen_k, case.causal, case.window_left, case.window_right
+        )
     return 4.0 * case.heads_q * case.head_dim * pairs * BWD_FLOP_FACTOR[mode]

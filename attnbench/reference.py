@@ -24,11 +24,17 @@ from .case import Case
 def ref_dtype(dtype: torch.dtype, upcast: bool) -> torch.dtype:
     if not upcast:
         return dtype
-    return torch.float64 if dtype == torch.float32 else torch.float32
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_left: int = -1,
-                 window_right: int = -1, device=None) -> torch.Tensor | None:
+def visible_mask(
+    seqlen_q: int,
+    seqlen_k: int,
+    causal: bool,
+    window_left: int = -1,
+    window_right: int = -1,
+    device=None,
+) -> torch.Tensor | None:
     """Bool (Sq, Sk) mask of visible keys, bottom-right aligned; None when all are visible."""
     if causal:
         window_right = 0
@@ -95,8 +101,20 @@ def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype):
     return out, lse
 
 
-def attention_ref(q, k, v, *, causal=False, softmax_scale=None, window=(-1, -1), softcap=0.0,
-                  alibi_slopes=None, upcast=True, cu_seqlens_q=None, cu_seqlens_k=None):
+def attention_ref(
+    q,
+    k,
+    v,
+    *,
+    causal=False,
+    softmax_scale=None,
+    window=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    upcast=True,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+):
     """Differentiable reference attention. Returns ``(out, lse)``.
 
     Dense inputs are (B, S, H, D); varlen inputs are (total, H, D) with int32 ``cu_seqlens_q``
@@ -114,16 +132,25 @@ def attention_ref(q, k, v, *, causal=False, softmax_scale=None, window=(-1, -1),
         sl = None
         if alibi_slopes is not None:
             sl = alibi_slopes if alibi_slopes.dim() == 1 else alibi_slopes[i]
-        o, l = _dense(q[None, cq[i]:cq[i + 1]], k[None, ck[i]:ck[i + 1]], v[None, ck[i]:ck[i + 1]],
-                      slopes=sl, **kw)
+        o, l = _dense(
+            q[None, cq[i] : cq[i + 1]],
+            k[None, ck[i] : ck[i + 1]],
+            v[None, ck[i] : ck[i + 1]],
+            slopes=sl,
+            **kw,
+        )
         outs.append(o[0])
         lses.append(l[0])
     return torch.cat(outs, 0), torch.cat(lses, 1)
 
 
 def case_kwargs(case: Case) -> dict:
-    return dict(causal=case.causal, softmax_scale=case.scale,
-                window=(case.window_left, case.window_right), softcap=case.softcap)
+    return dict(
+        causal=case.causal,
+        softmax_scale=case.scale,
+        window=(case.window_left, case.window_right),
+        softcap=case.softcap,
+    )
 
 
 @dataclass
@@ -135,8 +162,9 @@ class RefResult:
     dv: torch.Tensor | None = None
 
 
-def reference(inp, case: Case, *, upcast: bool = True, grads: bool = True,
-              budget_bytes: int | None = None) -> RefResult:
+def reference(
+    inp, case: Case, *, upcast: bool = True, grads: bool = True, budget_bytes: int | None = None
+) -> RefResult:
     """Reference out, lse (and dq, dk, dv for ``inp.dout``) for a whole case, in chunks.
 
     Attention is independent per (batch, kv-head group), so the work is split into chunks whose
@@ -155,15 +183,23 @@ def reference(inp, case: Case, *, upcast: bool = True, grads: bool = True,
             with torch.no_grad():
                 o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
             return o, l, None, None, None
-        qc, kc, vc = (t.detach().requires_grad_() for t in (qc, kc, vc))
+        # leaves in the compute dtype, so the gradients are not rounded to the input dtype
+        qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (qc, kc, vc))
         with torch.enable_grad():
             o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
             dq, dk, dv = torch.autograd.grad(o, (qc, kc, vc), doc.to(o.dtype))
         return o.detach(), l.detach(), dq.to(dtype), dk.to(dtype), dv.to(dtype)
 
     if case.varlen:
-        o, l, dq, dk, dv = run(q, k, v, inp.dout, inp.alibi_slopes,
-                               cu_seqlens_q=inp.cu_seqlens_q, cu_seqlens_k=inp.cu_seqlens_k)
+        o, l, dq, dk, dv = run(
+            q,
+            k,
+            v,
+            inp.dout,
+            inp.alibi_slopes,
+            cu_seqlens_q=inp.cu_seqlens_q,
+            cu_seqlens_k=inp.cu_seqlens_k,
+        )
         return RefResult(o, l, dq, dk, dv)
 
     b, sq, hq, d = q.shape

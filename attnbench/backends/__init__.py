@@ -1,8 +1,15 @@
-"""All backends, registered on import. One module per backend family; to add one, write the
-module (see :mod:`attnbench.backends.base`) and add its import here."""
+"""All backends, registered on import, in this order. One module per backend family; to add one,
+write the module (see :mod:`attnbench.backends.base`) and add its import here."""
 
 from . import naive, sdpa  # noqa: F401
 from .base import REGISTRY, Backend, Capabilities, Prepared, Unsupported, get_backends, register
 
-__all__ = ["REGISTRY", "Backend", "Capabilities", "Prepared", "Unsupported", "get_backends",
-           "register"]
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "Capabilities",
+    "Prepared",
+    "Unsupported",
+    "get_backends",
+    "register",
+]

@@ -93,15 +93,26 @@ class Backend:
         if why:
             return why
         checks = [
-            (case.dtype in c.dtypes, f"dtype {case.dtype} (supports {', '.join(sorted(c.dtypes))})"),
-            (case.head_dim <= c.max_head_dim and (c.head_dims is None or case.head_dim in c.head_dims),
-             f"head dim {case.head_dim}"
-             + (f" not compiled (has {', '.join(map(str, sorted(c.head_dims)))})"
-                if c.head_dims is not None else f" > {c.max_head_dim}")),
+            (
+                case.dtype in c.dtypes,
+                f"dtype {case.dtype} (supports {', '.join(sorted(c.dtypes))})",
+            ),
+            (
+                case.head_dim <= c.max_head_dim
+                and (c.head_dims is None or case.head_dim in c.head_dims),
+                f"head dim {case.head_dim}"
+                + (
+                    f" not compiled (has {', '.join(map(str, sorted(c.head_dims)))})"
+                    if c.head_dims is not None
+                    else f" > {c.max_head_dim}"
+                ),
+            ),
             (c.causal or not case.causal, "causal"),
             (c.gqa or not case.gqa, "GQA/MQA (heads_kv != heads_q)"),
-            (c.seqlen_q_ne_k or case.varlen or case.seqlen_q == case.seqlen_k,
-             "seqlen_q != seqlen_k"),
+            (
+                c.seqlen_q_ne_k or case.varlen or case.seqlen_q == case.seqlen_k,
+                "seqlen_q != seqlen_k",
+            ),
             (c.varlen or not case.varlen, "varlen"),
             (c.backward or mode == "fwd", "backward"),
             (c.window or not case.windowed, "sliding window"),

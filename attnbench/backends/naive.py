@@ -12,12 +12,26 @@ from .base import Backend, Capabilities, register
 class Naive(Backend):
     name = "naive"
     description = "reference attention in the input dtype (materialises S and P)"
-    caps = Capabilities(devices={"cpu", "cuda"}, varlen=True, lse=True, window=True, softcap=True,
-                        alibi=True, deterministic=True)
+    caps = Capabilities(
+        devices={"cpu", "cuda"},
+        varlen=True,
+        lse=True,
+        window=True,
+        softcap=True,
+        alibi=True,
+        deterministic=True,
+    )
 
     def forward(self, p, case):
         q, k, v = p.leaves
         inp = p.args["inputs"]
-        return attention_ref(q, k, v, upcast=False, alibi_slopes=inp.alibi_slopes,
-                             cu_seqlens_q=inp.cu_seqlens_q, cu_seqlens_k=inp.cu_seqlens_k,
-                             **case_kwargs(case))
+        return attention_ref(
+            q,
+            k,
+            v,
+            upcast=False,
+            alibi_slopes=inp.alibi_slopes,
+            cu_seqlens_q=inp.cu_seqlens_q,
+            cu_seqlens_k=inp.cu_seqlens_k,
+            **case_kwargs(case),
+        )

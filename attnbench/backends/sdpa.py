@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -27,18 +26,28 @@ class Sdpa(Backend):
 
     def extra_check(self, case, device, mode):
         if not self.takes_mask and (case.needs_mask or case.alibi):
-            why = ("bottom-right causal with seqlen_q != seqlen_k" if case.causal
-                   and case.seqlen_q != case.seqlen_k else "an explicit mask/bias")
+            why = (
+                "bottom-right causal with seqlen_q != seqlen_k"
+                if case.causal and case.seqlen_q != case.seqlen_k
+                else "an explicit mask/bias"
+            )
             return f"unsupported: {self.name} takes no attn_mask, needed for {why}"
         return None
 
     def prepare(self, inp, case):
-        leaves = tuple(t.detach().transpose(1, 2).contiguous().requires_grad_()
-                       for t in (inp.q, inp.k, inp.v))
+        leaves = tuple(
+            t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (inp.q, inp.k, inp.v)
+        )
         mask = None
         if case.needs_mask:
-            mask = visible_mask(case.seqlen_q, case.seqlen_k, case.causal, case.window_left,
-                                case.window_right, device=inp.q.device)
+            mask = visible_mask(
+                case.seqlen_q,
+                case.seqlen_k,
+                case.causal,
+                case.window_left,
+                case.window_right,
+                device=inp.q.device,
+            )
         if case.alibi:
             bias = alibi_bias(inp.alibi_slopes, case.seqlen_q, case.seqlen_k).to(case.torch_dtype)
             if mask is not None:
@@ -54,8 +63,14 @@ class Sdpa(Backend):
         q, k, v = p.leaves
         with sdpa_kernel(self.kernel):
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=p.args["mask"], is_causal=p.args["is_causal"],
-                scale=case.scale, enable_gqa=case.gqa)
+                q,
+                k,
+                v,
+                attn_mask=p.args["mask"],
+                is_causal=p.args["is_causal"],
+                scale=case.scale,
+                enable_gqa=case.gqa,
+            )
 
     def forward(self, p, case):
         try:
@@ -79,17 +94,52 @@ class Sdpa(Backend):
 
 _CAPS = dict(window=True, alibi=True)
 
-register(type("SdpaMath", (Sdpa,), dict(
-    name="sdpa_math", kernel=SDPBackend.MATH, description="SDPA math (unfused, aten ops)",
-    caps=Capabilities(devices={"cpu", "cuda"}, **_CAPS))))
-register(type("SdpaFlash", (Sdpa,), dict(
-    name="sdpa_flash", kernel=SDPBackend.FLASH_ATTENTION, takes_mask=False,
-    description="SDPA flash (FlashAttention-2 inside torch; CPU: torch's flash CPU kernel)",
-    caps=Capabilities(devices={"cpu", "cuda"}))))
-register(type("SdpaEfficient", (Sdpa,), dict(
-    name="sdpa_efficient", kernel=SDPBackend.EFFICIENT_ATTENTION,
-    description="SDPA memory-efficient (xformers/CUTLASS)",
-    caps=Capabilities(devices={"cuda"}, **_CAPS))))
-register(type("SdpaCudnn", (Sdpa,), dict(
-    name="sdpa_cudnn", kernel=SDPBackend.CUDNN_ATTENTION, description="SDPA cuDNN attention",
-    caps=Capabilities(devices={"cuda"}, dtypes={"fp16", "bf16"}, max_head_dim=128, **_CAPS))))
+register(
+    type(
+        "SdpaMath",
+        (Sdpa,),
+        dict(
+            name="sdpa_math",
+            kernel=SDPBackend.MATH,
+            description="SDPA math (unfused, aten ops)",
+            caps=Capabilities(devices={"cpu", "cuda"}, **_CAPS),
+        ),
+    )
+)
+register(
+    type(
+        "SdpaFlash",
+        (Sdpa,),
+        dict(
+            name="sdpa_flash",
+            kernel=SDPBackend.FLASH_ATTENTION,
+            takes_mask=False,
+            description="SDPA flash (FlashAttention-2 inside torch; CPU: torch's flash CPU kernel)",
+            caps=Capabilities(devices={"cpu", "cuda"}),
+        ),
+    )
+)
+register(
+    type(
+        "SdpaEfficient",
+        (Sdpa,),
+        dict(
+            name="sdpa_efficient",
+            kernel=SDPBackend.EFFICIENT_ATTENTION,
+            description="SDPA memory-efficient (xformers/CUTLASS)",
+            caps=Capabilities(devices={"cuda"}, **_CAPS),
+        ),
+    )
+)
+register(
+    type(
+        "SdpaCudnn",
+        (Sdpa,),
+        dict(
+            name="sdpa_cudnn",
+            kernel=SDPBackend.CUDNN_ATTENTION,
+            description="SDPA cuDNN attention",
+            caps=Capabilities(devices={"cuda"}, dtypes={"fp16", "bf16"}, max_head_dim=128, **_CAPS),
+        ),
+    )
+)

@@ -1,0 +1,267 @@
+"""The ``attnbench`` command line.
+
+    attnbench list
+    attnbench env
+    attnbench accuracy --suite basic [--only a,b] [--skip c] [--device cuda|cpu] [--dtype bf16]
+    attnbench perf --sweep seqlen [--only ...] [--json]
+    attnbench plot results/
+
+Exit codes: 0 all good; 1 some case failed accuracy or errored; 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import backends as _backends  # noqa: F401  (registers every backend)
+from .backends.base import REGISTRY, get_backends
+from .case import DTYPE_ALIASES
+from .config import ConfigError, load_config, select_cases
+from .env import default_device, environment
+from .report import accuracy_table, perf_table, unsupported_reasons
+from .results import ResultsWriter, new_run_id
+from .runner import RunContext, run_accuracy, run_perf
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Accuracy and performance benchmarks for attention kernels.",
+)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that does not squeeze tables to 80 columns when output is not a terminal."""
+    con = Console(stderr=stderr)
+    if not con.is_terminal:
+        con = Console(stderr=stderr, width=200)
+    return con
+
+
+err_console = make_console(stderr=True)
+
+
+def fail(msg: str, code: int = 2):
+    err_console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _split(v: str | None) -> list[str] | None:
+    return [s.strip() for s in v.split(",") if s.strip()] if v else None
+
+
+def _device(device: str | None) -> str:
+    import torch
+
+    dev = device or default_device()
+    if dev not in ("cuda", "cpu") and not dev.startswith("cuda:"):
+        fail(f"--device must be cuda or cpu, got {dev!r}")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda given but no CUDA GPU is visible (use --device cpu)")
+    return dev
+
+
+def _common(kind: str, config: str, only, skip, device, dtype, out, json_out):
+    console = err_console if json_out else make_console()
+    dev = _device(device)
+    try:
+        backends = get_backends(_split(only), _split(skip))
+    except KeyError as e:
+        fail(e.args[0])
+    dtypes = _split(dtype)
+    if dtypes:
+        bad = [d for d in dtypes if d not in DTYPE_ALIASES]
+        if bad:
+            fail(f"--dtype {bad[0]!r} unknown; expected fp16, bf16 or fp32")
+        dtypes = [DTYPE_ALIASES[d] for d in dtypes]
+    try:
+        cfg, path = load_config(config)
+        cases, modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
+    except ConfigError as e:
+        fail(str(e))
+    run_id = new_run_id(kind, cfg.name)
+    writer = ResultsWriter(out, run_id)
+    ctx = RunContext(
+        kind=kind,
+        suite=cfg.name,
+        run_id=run_id,
+        device=dev,
+        writer=writer,
+        console=console,
+        json_out=json_out,
+        seed=cfg.seed,
+    )
+    if note:
+        console.print(f"[bold yellow]{note}[/] ({path.name}: {len(cases)} cases)")
+    console.print(
+        f"run {run_id}: {len(cases)} cases x {len(backends)} backends on {dev} -> {writer.path}",
+        highlight=False,
+    )
+    return ctx, cfg, cases, modes, backends
+
+
+def _finish(ctx: RunContext, table, t0: float) -> None:
+    con = ctx.console
+    con.print(table)
+    for line in unsupported_reasons(ctx.rows):
+        con.print(f"[dim]{line}[/]", highlight=False)
+    bad = [r for r in ctx.rows if r["status"] in ("error", "oom", "accuracy_failed")]
+    timed = sum(r.get("wall_s") or 0 for r in ctx.rows)
+    con.print(
+        f"{len(ctx.rows)} rows -> {ctx.writer.path}  (wall {time.perf_counter() - t0:.1f} s"
+        + (f", of which {timed:.1f} s in timing calls" if timed else "")
+        + ")",
+        highlight=False,
+    )
+    if bad:
+        con.print(f"[red]{len(bad)} rows failed accuracy or errored[/]")
+        raise typer.Exit(1)
+
+
+_ONLY = typer.Option(None, "--only", help="comma-separated backends to run")
+_SKIP = typer.Option(None, "--skip", help="comma-separated backends to skip")
+_DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)")
+_DTYPE = typer.Option(None, "--dtype", help="run every case in these dtypes (fp16,bf16,fp32)")
+_OUT = typer.Option(Path("results"), "--out", help="results folder")
+_JSON = typer.Option(False, "--json", help="rows as JSON lines on stdout, the rest on stderr")
+
+
+@app.command()
+def accuracy(
+    suite: str = typer.Option("basic", "--suite", help="suite name or YAML file"),
+    only: str = _ONLY,
+    skip: str = _SKIP,
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    out: Path = _OUT,
+    json_out: bool = _JSON,
+):
+    """Max/mean error of out, lse, dq, dk, dv of every backend against the fp32 reference."""
+    t0 = time.perf_counter()
+    ctx, cfg, cases, _, backends = _common(
+        "accuracy", suite, only, skip, device, dtype, out, json_out
+    )
+    try:
+        run_accuracy(cases, backends, ctx)
+    except KeyboardInterrupt:
+        fail(f"interrupted: {len(ctx.rows)} finished rows kept in {ctx.writer.path}", 130)
+    _finish(ctx, accuracy_table(ctx.rows), t0)
+
+
+@app.command()
+def perf(
+    sweep: str = typer.Option("seqlen", "--sweep", help="sweep name or YAML file"),
+    modes: str = typer.Option(None, "--modes", help="subset of fwd,bwd,fwd_bwd"),
+    only: str = _ONLY,
+    skip: str = _SKIP,
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    out: Path = _OUT,
+    json_out: bool = _JSON,
+):
+    """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
+    t0 = time.perf_counter()
+    ctx, cfg, cases, cfg_modes, backends = _common(
+        "perf", sweep, only, skip, device, dtype, out, json_out
+    )
+    run_modes = _split(modes) or cfg_modes
+    bad = [m for m in run_modes if m not in ("fwd", "bwd", "fwd_bwd")]
+    if bad:
+        fail(f"--modes {bad[0]!r} unknown; expected fwd, bwd, fwd_bwd")
+    try:
+        run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms)
+    except KeyboardInterrupt:
+        fail(f"interrupted: {len(ctx.rows)} finished rows kept in {ctx.writer.path}", 130)
+    _finish(ctx, perf_table(ctx.rows), t0)
+
+
+@app.command("list")
+def list_backends(device: str = _DEVICE):
+    """Every registered backend, whether it can run here, and why not."""
+    dev = (device or default_device()).split(":")[0]
+    t = Table(title=f"backends (device: {dev})", title_justify="left")
+    for c in ("backend", "available", "devices", "dtypes", "head dims", "features", "description"):
+        t.add_column(c)
+    for name, be in REGISTRY.items():
+        c = be.caps
+        why = None if dev in c.devices else f"runs on {', '.join(sorted(c.devices))} only"
+        why = why or be.availability(dev)
+        feats = [
+            f
+            for f in (
+                "causal",
+                "gqa",
+                "varlen",
+                "backward",
+                "lse",
+                "window",
+                "softcap",
+                "alibi",
+                "deterministic",
+            )
+            if getattr(c, f)
+        ]
+        hd = ",".join(map(str, sorted(c.head_dims))) if c.head_dims else f"<={c.max_head_dim}"
+        t.add_row(
+            name,
+            "[green]yes[/]" if not why else f"[red]no[/]: {why}",
+            ",".join(sorted(c.devices)),
+            ",".join(sorted(c.dtypes)),
+            hd,
+            " ".join(feats),
+            be.description,
+        )
+    make_console().print(t)
+
+
+@app.command()
+def env(device: str = _DEVICE):
+    """The environment facts every result row carries (and backend build flags)."""
+    dev = device or default_device()
+    con = make_console()
+    for k, v in environment(dev).items():
+        con.print(f"{k:20s} {v}", highlight=False)
+    for name, be in REGISTRY.items():
+        flags = be.build_flags()
+        if flags:
+            con.print(f"{'build_flags.' + name:20s} {flags}", highlight=False)
+
+
+@app.command()
+def plot(
+    results_dir: Path = typer.Argument(Path("results"), help="folder of parquet results"),
+    out: Path = typer.Option(None, "--out", help="PNG folder (default RESULTS_DIR/_plots)"),
+):
+    """TFLOP/s-vs-seqlen and accuracy charts from stored results."""
+    from .plot import make_plots
+
+    try:
+        files = make_plots(results_dir, out)
+    except FileNotFoundError as e:
+        fail(str(e))
+    for f in files:
+        make_console().print(str(f), highlight=False)
+
+
+def _add_dist() -> None:
+    try:
+        from .dist.cli import app as dist_app
+    except ImportError:
+        return
+    app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, Ulysses).")
+
+
+_add_dist()
+
+
+def main() -> None:
+    app(prog_name="attnbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

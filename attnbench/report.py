@@ -1,0 +1,113 @@
+"""Terminal tables (rich): the accuracy pass/fail matrix and the perf summary."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from rich.table import Table
+
+from .check import FACTOR
+
+_STATUS_CELL = {"unsupported": "[dim]—[/]", "oom": "[yellow]OOM[/]", "error": "[red]ERR[/]"}
+
+
+def _backends(rows):
+    return list(dict.fromkeys(r["backend"] for r in rows))
+
+
+def accuracy_table(rows: list[dict]) -> Table:
+    """Cases x backends; a cell is PASS/FAIL with the worst error ratio to same-dtype torch
+    (relative to the rule's factor: 1.0 means right at the limit)."""
+    names = [
+        b
+        for b in _backends(rows)
+        if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
+    ]
+    cells: dict[tuple[str, str], str] = {}
+    grouped = defaultdict(list)
+    for r in rows:
+        grouped[(r["case_id"], r["backend"])].append(r)
+    for (case, be), rs in grouped.items():
+        st = {r["status"] for r in rs}
+        tens = [r for r in rs if r.get("tensor")]
+        if tens:
+            worst = max(tens, key=lambda r: _rule_fraction(r))
+            frac = _rule_fraction(worst)
+            ok = all(r["accuracy_ok"] for r in tens)
+            label = "[green]PASS[/]" if ok else f"[red]FAIL {worst['tensor']}[/]"
+            cells[(case, be)] = f"{label} {frac:.2f}" if math.isfinite(frac) else label
+        else:
+            cells[(case, be)] = _STATUS_CELL.get(next(iter(st)), next(iter(st)))
+    t = Table(
+        title="accuracy: worst err / (k x torch same-dtype err), k=2 out/lse, 3 grads",
+        title_justify="left",
+    )
+    t.add_column("case", no_wrap=True)
+    for b in names:
+        t.add_column(b, justify="center")
+    for case in dict.fromkeys(r["case_id"] for r in rows):
+        t.add_row(case, *[cells.get((case, b), "") for b in names])
+    return t
+
+
+def _rule_fraction(r) -> float:
+    base = r.get("baseline_max_abs_err")
+    err = r.get("max_abs_err")
+    if err is None or base is None:
+        return -1.0
+    if not math.isfinite(err):
+        return math.inf
+    limit = FACTOR[r["tensor"]] * base
+    return err / limit if limit > 0 else (0.0 if err == 0 else math.inf)
+
+
+def perf_table(rows: list[dict]) -> Table:
+    """(mode, case) x backends in TFLOP/s; the best correct backend in bold green; accuracy
+    failures are marked, never shown as a plain number."""
+    names = [
+        b
+        for b in _backends(rows)
+        if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
+    ]
+    t = Table(
+        title="perf: TFLOP/s (median); ✗ = failed the accuracy check, number withheld",
+        title_justify="left",
+    )
+    t.add_column("mode")
+    t.add_column("case", no_wrap=True)
+    for b in names:
+        t.add_column(b, justify="right")
+    keys = list(dict.fromkeys((r["mode"], r["case_id"]) for r in rows))
+    by = {(r["mode"], r["case_id"], r["backend"]): r for r in rows}
+    for mode, case in sorted(keys, key=lambda k: ("fwd", "bwd", "fwd_bwd").index(k[0])):
+        good = [
+            by[(mode, case, b)]["tflops"]
+            for b in names
+            if (mode, case, b) in by and by[(mode, case, b)]["status"] == "ok"
+        ]
+        best = max(good) if good else None
+        cells = []
+        for b in names:
+            r = by.get((mode, case, b))
+            if r is None:
+                cells.append("")
+            elif r["status"] == "ok":
+                v = r["tflops"]
+                cells.append(f"[bold green]{v:.1f}[/]" if v == best else f"{v:.1f}")
+            elif r["status"] == "accuracy_failed":
+                cells.append("[bold red]✗ wrong[/]")
+            else:
+                cells.append(_STATUS_CELL.get(r["status"], r["status"]))
+        t.add_row(mode, case, *cells)
+    return t
+
+
+def unsupported_reasons(rows: list[dict]) -> list[str]:
+    """One line per backend and distinct reason, for the end of a run."""
+    seen = dict.fromkeys(
+        (r["backend"], r["message"])
+        for r in rows
+        if r["status"] in ("unsupported", "error", "oom") and r.get("message")
+    )
+    return [f"{b}: {m}" for b, m in seen]

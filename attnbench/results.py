@@ -1,0 +1,129 @@
+"""Tidy result rows in parquet: one file per command run, one schema for every row.
+
+Rows are written as cases finish: the file is rewritten atomically (temp file + rename) after
+each case, so an interrupted sweep keeps every finished row and the folder always reads with
+``pandas.read_parquet("results/")``. Plots go to ``results/_plots`` because pyarrow skips paths
+starting with ``_`` when it reads a folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+STATUSES = ("ok", "unsupported", "oom", "error", "accuracy_failed")
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("kind", pa.string()),  # accuracy | perf | dist_accuracy | dist_perf
+        ("suite", pa.string()),
+        ("backend", pa.string()),
+        ("mode", pa.string()),  # fwd | bwd | fwd_bwd (accuracy rows: fwd or fwd_bwd)
+        ("case_id", pa.string()),
+        ("batch", pa.int64()),
+        ("heads_q", pa.int64()),
+        ("heads_kv", pa.int64()),
+        ("seqlen_q", pa.int64()),
+        ("seqlen_k", pa.int64()),
+        ("head_dim", pa.int64()),
+        ("dtype", pa.string()),
+        ("causal", pa.bool_()),
+        ("softmax_scale", pa.float64()),
+        ("varlen", pa.bool_()),
+        ("seqlens", pa.list_(pa.int64())),
+        ("seqlens_k", pa.list_(pa.int64())),
+        ("window_left", pa.int64()),
+        ("window_right", pa.int64()),
+        ("softcap", pa.float64()),
+        ("alibi", pa.bool_()),
+        ("deterministic", pa.bool_()),
+        ("strategy", pa.string()),  # distributed runs
+        ("world_size", pa.int64()),
+        ("rank", pa.int64()),
+        ("status", pa.string()),
+        ("message", pa.string()),
+        ("tensor", pa.string()),  # accuracy rows: out | lse | dq | dk | dv
+        ("max_abs_err", pa.float64()),
+        ("mean_abs_err", pa.float64()),
+        ("baseline_max_abs_err", pa.float64()),
+        ("baseline_mean_abs_err", pa.float64()),
+        ("accuracy_ok", pa.bool_()),
+        ("latency_ms", pa.float64()),
+        ("latency_ms_p20", pa.float64()),
+        ("latency_ms_p80", pa.float64()),
+        ("flops", pa.float64()),
+        ("tflops", pa.float64()),
+        ("peak_mem_mb", pa.float64()),
+        ("wall_s", pa.float64()),
+        ("device", pa.string()),
+        ("gpu_name", pa.string()),
+        ("cpu_name", pa.string()),
+        ("torch_version", pa.string()),
+        ("cuda_version", pa.string()),
+        ("triton_version", pa.string()),
+        ("flash_attn_version", pa.string()),
+        ("attnbench_version", pa.string()),
+        ("git_sha", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+    ]
+)
+COLUMNS = SCHEMA.names
+
+
+def new_run_id(kind: str, suite: str) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in suite)
+    return f"{now}-{kind}-{safe}-{secrets.token_hex(2)}"
+
+
+class ResultsWriter:
+    """Collects rows of one run and keeps ``<out>/<run_id>.parquet`` up to date."""
+
+    def __init__(self, out_dir: str | Path, run_id: str):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / f"{run_id}.parquet"
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} exists; run ids never repeat")
+        self.rows: list[dict] = []
+
+    def add(self, rows: list[dict]) -> None:
+        for r in rows:
+            unknown = set(r) - set(COLUMNS)
+            if unknown:
+                raise KeyError(f"columns not in the schema: {sorted(unknown)}")
+            if r.get("status") not in STATUSES:
+                raise ValueError(f"bad status {r.get('status')!r}")
+        self.rows.extend(rows)
+        self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(
+            [{c: r.get(c) for c in COLUMNS} for r in self.rows], schema=SCHEMA
+        )
+        tmp = self.dir / f".{self.path.name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.path)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def load_results(path: str | Path):
+    """All runs under ``path`` (a folder or one file) as a DataFrame."""
+    import pandas as pd
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no results (*.parquet) in {p}")
+    return pd.read_parquet(p if p.is_file() else str(p))

@@ -1,0 +1,246 @@
+"""The accuracy and perf loops. One case at a time: inputs, the reference (shared by every
+backend), then each backend; every outcome is a row, written as soon as the backend finishes."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .backends.base import Backend, Unsupported
+from .case import Case, case_flops
+from .check import Truth, check_backend, make_truth, report_lines
+from .env import environment
+from .inputs import make_inputs
+from .results import ResultsWriter, now_utc
+from .timing import bench, mode_fn
+
+
+@dataclass
+class RunContext:
+    kind: str
+    suite: str
+    run_id: str
+    device: str
+    writer: ResultsWriter
+    console: Console
+    json_out: bool = False
+    seed: int = 0
+    rows: list[dict] = field(default_factory=list)
+
+    def row(self, case: Case, backend: str, mode: str, **values) -> dict:
+        r = {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "suite": self.suite,
+            "backend": backend,
+            "mode": mode,
+            **case.params(),
+            **environment(self.device),
+            "timestamp": now_utc(),
+        }
+        r.update(values)
+        return r
+
+    def emit(self, rows: list[dict]) -> None:
+        self.writer.add(rows)
+        self.rows.extend(rows)
+        if self.json_out:
+            for r in rows:
+                print(json.dumps(r, default=str), flush=True)
+
+
+def classify(e: BaseException) -> tuple[str, str]:
+    """(status, one-line message) for an exception raised by a backend."""
+    if isinstance(e, Unsupported):
+        return "unsupported", str(e)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        return "oom", f"out of memory: {text[:200]}"
+    return "error", f"{type(e).__name__}: {text[:300]}"
+
+
+def _cleanup(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _truth(inp, case, cache: dict, grads: bool) -> Truth:
+    key = ("t", grads)
+    if key not in cache:
+        if grads and ("t", False) in cache:
+            cache.pop(("t", False))
+        cache[key] = make_truth(inp, case, grads=grads)
+    return cache[key]
+
+
+# ---- accuracy ---------------------------------------------------------------------------------
+def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) -> None:
+    con = ctx.console
+    with _progress(con) as prog:
+        task = prog.add_task("accuracy", total=len(cases) * len(backends))
+        for case in cases:
+            inp, cache = None, {}
+            for be in backends:
+                prog.update(task, description=f"{case.id} · {be.name}")
+                mode = "fwd_bwd" if be.caps.backward else "fwd"
+                why = be.why_unsupported(case, ctx.device, mode)
+                if why:
+                    ctx.emit([ctx.row(case, be.name, mode, status="unsupported", message=why)])
+                    prog.advance(task)
+                    continue
+                try:
+                    if inp is None:
+                        inp = make_inputs(case, ctx.device, ctx.seed)
+                    truth = _truth(inp, case, cache, grads=True)
+                    errs = check_backend(be, case, inp, truth, grads=be.caps.backward)
+                except Exception as e:  # one failing case never stops the run
+                    status, msg = classify(e)
+                    ctx.emit([ctx.row(case, be.name, mode, status=status, message=msg)])
+                    con.print(f"[yellow]{be.name} {case.id}: {status}: {msg}[/]")
+                    _cleanup(ctx.device)
+                    prog.advance(task)
+                    continue
+                rows = []
+                for e in errs:
+                    ok = e.accuracy_ok
+                    msg = (
+                        None
+                        if ok
+                        else (
+                            f"{e.tensor} max err {e.max_abs_err:.3g} > rule "
+                            f"(torch same-dtype {e.baseline_max_abs_err:.3g})"
+                        )
+                    )
+                    rows.append(
+                        ctx.row(
+                            case,
+                            be.name,
+                            mode,
+                            status="ok" if ok else "accuracy_failed",
+                            message=msg,
+                            tensor=e.tensor,
+                            max_abs_err=e.max_abs_err,
+                            mean_abs_err=e.mean_abs_err,
+                            baseline_max_abs_err=e.baseline_max_abs_err,
+                            baseline_mean_abs_err=e.baseline_mean_abs_err,
+                            accuracy_ok=ok,
+                        )
+                    )
+                ctx.emit(rows)
+                verdict = "[green]PASS[/]" if all(e.accuracy_ok for e in errs) else "[red]FAIL[/]"
+                con.print(f"[bold]{be.name}[/] {case.id} {verdict}")
+                for line in report_lines(errs):
+                    con.print("  " + line, highlight=False)
+                prog.advance(task)
+            del inp, cache
+            _cleanup(ctx.device)
+
+
+# ---- perf -------------------------------------------------------------------------------------
+def _verdict(errs, mode: str) -> tuple[bool, str | None]:
+    relevant = [e for e in errs if mode != "fwd" or e.tensor in ("out", "lse")]
+    bad = [e for e in relevant if not e.accuracy_ok]
+    if not bad:
+        return True, None
+    e = max(bad, key=lambda e: e.ratio if math.isfinite(e.ratio) else math.inf)
+    return False, (
+        f"accuracy failed: {e.tensor} max err {e.max_abs_err:.3g} vs torch "
+        f"same-dtype {e.baseline_max_abs_err:.3g}"
+    )
+
+
+def run_perf(
+    cases: list[Case],
+    backends: list[Backend],
+    modes: list[str],
+    ctx: RunContext,
+    warmup_ms: int = 25,
+    rep_ms: int = 100,
+) -> None:
+    dev = torch.device(ctx.device)
+    with _progress(ctx.console) as prog:
+        task = prog.add_task("perf", total=len(cases) * len(backends))
+        for case in cases:
+            inp, cache = None, {}
+            for be in backends:
+                prog.update(task, description=f"{case.id} · {be.name}")
+                rows: list[dict] = []
+                runnable = []
+                for m in modes:
+                    why = be.why_unsupported(case, ctx.device, m)
+                    if why:
+                        rows.append(ctx.row(case, be.name, m, status="unsupported", message=why))
+                    else:
+                        runnable.append(m)
+                if runnable:
+                    rows += _perf_backend(
+                        be, case, runnable, ctx, dev, cache, inp, warmup_ms, rep_ms
+                    )
+                    inp = cache.get("inputs")
+                ctx.emit(rows)
+                prog.advance(task)
+            del inp, cache
+            _cleanup(ctx.device)
+
+
+def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> list[dict]:
+    grads = be.caps.backward and any(m != "fwd" for m in modes)
+    try:  # no speed without an accuracy verdict for the same case
+        if inp is None:
+            inp = cache["inputs"] = make_inputs(case, ctx.device, ctx.seed)
+        truth = _truth(inp, case, cache, grads=grads or ("t", True) in cache)
+        errs = check_backend(be, case, inp, truth, grads=grads)
+    except Exception as e:
+        status, msg = classify(e)
+        _cleanup(ctx.device)
+        return [ctx.row(case, be.name, m, status=status, message=msg) for m in modes]
+    rows = []
+    for m in modes:
+        ok, msg = _verdict(errs, m)
+        try:
+            p = be.prepare(inp, case)
+            fn = mode_fn(be, p, case, inp.dout, m)
+            t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
+            del p, fn
+        except Exception as e:
+            status, emsg = classify(e)
+            rows.append(ctx.row(case, be.name, m, status=status, message=emsg, accuracy_ok=ok))
+            _cleanup(ctx.device)
+            continue
+        flops = case_flops(case, m)
+        rows.append(
+            ctx.row(
+                case,
+                be.name,
+                m,
+                status="ok" if ok else "accuracy_failed",
+                message=msg,
+                accuracy_ok=ok,
+                latency_ms=t.median_ms,
+                latency_ms_p20=t.p20_ms,
+                latency_ms_p80=t.p80_ms,
+                flops=flops,
+                tflops=flops / (t.median_ms * 1e-3) / 1e12,
+                peak_mem_mb=t.peak_mem_mb,
+                wall_s=t.wall_s,
+            )
+        )
+    return rows

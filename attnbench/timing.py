@@ -1,0 +1,77 @@
+"""Timing: ``triton.testing.do_bench`` on GPUs (L2 flushed before every rep; median, p20, p80),
+``torch.utils.benchmark`` on CPUs; peak memory of one call."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .backends.base import Backend, Prepared
+from .case import Case
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    peak_mem_mb: float | None
+    wall_s: float  # wall time spent in the timing call (warm-up, reps, flushes)
+
+
+def mode_fn(backend: Backend, p: Prepared, case: Case, dout: torch.Tensor, mode: str):
+    """The callable timed for ``mode``. bwd runs the forward once here, outside the timed region,
+    and times only ``out.backward`` (the graph is retained; grads are reset every rep)."""
+    if mode == "fwd":
+        return lambda: backend.forward(p, case)
+    if mode == "bwd":
+        out, _ = backend.forward(p, case)
+        return lambda: out.backward(dout, retain_graph=True)
+    if mode == "fwd_bwd":
+        return lambda: backend.forward(p, case)[0].backward(dout)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def _reset_grads(leaves):
+    for t in leaves:
+        t.grad = None
+
+
+def peak_memory_mb(fn, leaves, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    _reset_grads(leaves)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def bench(fn, leaves, device: torch.device, warmup_ms: int = 25, rep_ms: int = 100) -> Timing:
+    t0 = time.perf_counter()
+    peak = peak_memory_mb(fn, leaves, device)
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        med, p20, p80 = do_bench(
+            fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(leaves), quantiles=[0.5, 0.2, 0.8]
+        )
+    else:
+        from torch.utils import benchmark
+
+        def run():
+            _reset_grads(leaves)
+            fn()
+
+        run()  # warm-up
+        m = benchmark.Timer(stmt="run()", globals={"run": run}).blocked_autorange(
+            min_run_time=max(rep_ms, 50) / 1000
+        )
+        times = torch.tensor(m.times, dtype=torch.float64) * 1e3
+        q = torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)
+        med, p20, p80 = torch.quantile(times, q).tolist()
+    _reset_grads(leaves)
+    return Timing(float(med), float(p20), float(p80), peak, time.perf_counter() - t0)

@@ -1,0 +1,276 @@
+"""End-to-end accuracy and perf runs through the CLI on CPU, results, plots, failures."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from attnbench.backends.base import Backend, Capabilities
+from attnbench.reference import attention_ref, case_kwargs
+from attnbench.results import COLUMNS
+
+SUITE = """
+name: tiny
+seed: 3
+modes: [fwd, bwd, fwd_bwd]
+rep_ms: 20
+cases:
+  - {batch: 2, heads_q: 4, heads_kv: [4, 2], seqlen: 70, head_dim: 32, dtype: [fp32, bf16], causal: [false, true]}
+  - {heads_q: 2, seqlens: [[1, 40, 9]], head_dim: 16, dtype: fp32, causal: true}
+"""
+
+
+@pytest.fixture
+def suite(tmp_path):
+    f = tmp_path / "tiny.yaml"
+    f.write_text(SUITE)
+    return f
+
+
+class SameBatchKV(Backend):
+    """The Triton tutorial's batch > 1 bug: every batch reads batch 0's K/V."""
+
+    name = "test_same_batch_kv"
+    caps = Capabilities(devices={"cpu"}, lse=True)
+
+    def forward(self, p, case):
+        q, k, v = p.leaves
+        k0, v0 = k[:1].expand_as(k), v[:1].expand_as(v)
+        return attention_ref(q, k0, v0, upcast=False, **case_kwargs(case))
+
+
+class Crashes(Backend):
+    name = "test_crashes"
+    caps = Capabilities(devices={"cpu"})
+
+    def forward(self, p, case):
+        raise RuntimeError("boom\nsecond line")
+
+
+class Interrupts(Backend):
+    """Finishes one case, then the user hits Ctrl-C."""
+
+    name = "test_interrupts"
+    caps = Capabilities(devices={"cpu"})
+    calls = 0
+
+    def forward(self, p, case):
+        Interrupts.calls += 1
+        if Interrupts.calls > 1:
+            raise KeyboardInterrupt
+        q, k, v = p.leaves
+        return attention_ref(q, k, v, upcast=False, **case_kwargs(case))[0], None
+
+
+def test_accuracy_run_end_to_end(cli, suite, tmp_path):
+    out = tmp_path / "res"
+    res = cli(
+        "accuracy",
+        "--suite",
+        suite,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--only",
+        "naive,sdpa_math,sdpa_flash,sdpa_cudnn",
+    )
+    assert res.exit_code == 0, res.output
+    for line in (
+        "Output max diff",
+        "Output mean diff",
+        "dQ max diff",
+        "dK max diff",
+        "dV max diff",
+        "dQ mean diff",
+        "LSE max diff",
+    ):
+        assert line in res.output
+    df = pd.read_parquet(out)
+    assert list(df.columns) == COLUMNS
+    assert set(df.kind) == {"accuracy"} and df.run_id.nunique() == 1
+    ok = df[df.status == "ok"]
+    assert set(ok.backend) == {"naive", "sdpa_math", "sdpa_flash"}
+    assert set(ok[ok.backend == "naive"].tensor) == {"out", "lse", "dq", "dk", "dv"}
+    assert (
+        ok.accuracy_ok.all() and (ok.max_abs_err > 0).all() and (ok.baseline_max_abs_err > 0).all()
+    )
+    uns = df[df.status == "unsupported"]
+    assert set(uns.backend) >= {"sdpa_cudnn"}
+    assert uns[uns.backend == "sdpa_math"].message.str.contains("varlen").all()
+    assert df.torch_version.eq(torch.__version__).all() and df.timestamp.notna().all()
+
+
+def test_wrong_kernel_fails_and_its_speed_is_withheld(cli, suite, tmp_path, tmp_backend):
+    tmp_backend(SameBatchKV())
+    out = tmp_path / "res"
+    res = cli(
+        "accuracy",
+        "--suite",
+        suite,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--only",
+        "test_same_batch_kv",
+    )
+    assert res.exit_code == 1
+    df = pd.read_parquet(out)
+    assert (df[df.tensor == "out"].status == "accuracy_failed").all()
+    res = cli(
+        "perf",
+        "--sweep",
+        suite,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--modes",
+        "fwd",
+        "--only",
+        "test_same_batch_kv,naive",
+    )
+    assert res.exit_code == 1
+    assert "✗ wrong" in res.output
+    perf = pd.read_parquet(out).query("kind == 'perf'")
+    bad = perf[(perf.backend == "test_same_batch_kv") & ~perf.varlen]
+    assert (bad.status == "accuracy_failed").all() and (~bad.accuracy_ok).all()
+    assert bad.message.str.match(r"accuracy failed: (out|lse) max err").all()
+
+
+def test_perf_run_json_and_plots(cli, suite, tmp_path):
+    out = tmp_path / "res"
+    res = cli(
+        "perf",
+        "--sweep",
+        suite,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--json",
+        "--only",
+        "naive,sdpa_flash,sdpa_efficient",
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert rows and all(r["kind"] == "perf" for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {r["mode"] for r in ok} == {"fwd", "bwd", "fwd_bwd"}
+    for r in ok:
+        assert r["accuracy_ok"] is True
+        assert r["latency_ms_p20"] <= r["latency_ms"] <= r["latency_ms_p80"]
+        assert r["tflops"] == pytest.approx(r["flops"] / r["latency_ms"] / 1e9)
+    fwd = next(r for r in ok if r["mode"] == "fwd" and r["causal"] is False)
+    bwd = next(
+        r
+        for r in ok
+        if r["mode"] == "bwd" and r["case_id"] == fwd["case_id"] and r["backend"] == fwd["backend"]
+    )
+    assert bwd["flops"] == 2.5 * fwd["flops"]
+    assert fwd["flops"] == 4 * fwd["batch"] * fwd["heads_q"] * 70 * 70 * 32
+    assert {r["backend"] for r in rows if r["status"] == "unsupported"} == {
+        "sdpa_efficient",
+        "sdpa_flash",
+    }
+    # a second run, then plots: the folder still reads as one table
+    cli("accuracy", "--suite", suite, "--device", "cpu", "--out", out, "--only", "naive")
+    res = cli("plot", out)
+    assert res.exit_code == 0, res.output
+    pngs = sorted(p.name for p in (out / "_plots").glob("*.png"))
+    assert "accuracy.png" in pngs and "perf_fwd_causal_d32_fp32.png" not in pngs  # one seqlen
+    df = pd.read_parquet(out)
+    assert df.run_id.nunique() == 2 and set(df.kind) == {"perf", "accuracy"}
+
+
+def test_plot_seqlen_lines(cli, tmp_path):
+    out = tmp_path / "res"
+    res = cli(
+        "perf",
+        "--sweep",
+        "seqlen",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--only",
+        "sdpa_flash",
+        "--modes",
+        "fwd",
+    )
+    assert res.exit_code == 0, res.output
+    assert "no GPU" in res.output
+    res = cli("plot", out, "--out", tmp_path / "png")
+    assert res.exit_code == 0
+    assert (tmp_path / "png" / "perf_fwd_causal_d64_bf16.png").stat().st_size > 10_000
+
+
+def test_plot_empty_folder(cli, tmp_path):
+    res = cli("plot", tmp_path)
+    assert res.exit_code == 2 and "no results" in res.output
+
+
+def test_failing_backend_is_a_row_and_the_run_goes_on(cli, suite, tmp_path, tmp_backend):
+    tmp_backend(Crashes())
+    out = tmp_path / "res"
+    res = cli(
+        "accuracy",
+        "--suite",
+        suite,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--only",
+        "test_crashes,naive",
+    )
+    assert res.exit_code == 1
+    df = pd.read_parquet(out)
+    crash = df[df.backend == "test_crashes"]
+    assert list(crash.status) == ["error"] * 8 + ["unsupported"]  # the last case is varlen
+    assert (crash[crash.status == "error"].message == "RuntimeError: boom").all()
+    assert (df[df.backend == "naive"].status == "ok").all()
+
+
+def test_interrupted_run_keeps_finished_rows(cli, suite, tmp_path, tmp_backend):
+    Interrupts.calls = 0
+    tmp_backend(Interrupts())
+    out = tmp_path / "res"
+    res = cli(
+        "accuracy",
+        "--suite",
+        suite,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--only",
+        "naive,test_interrupts",
+    )
+    assert res.exit_code == 130 and "interrupted" in res.output
+    df = pd.read_parquet(out)
+    # case 1: naive (5 tensors) + test_interrupts (out, dq, dk, dv); case 2: naive only
+    assert len(df) == 5 + 4 + 5
+    assert df.case_id.nunique() == 2
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_list_and_env(cli):
+    res = cli("list", "--device", "cpu")
+    assert res.exit_code == 0
+    for name in ("naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn"):
+        assert name in res.output
+    assert "runs on cuda only" in res.output
+    res = cli("env")
+    assert res.exit_code == 0
+    for key in (
+        "gpu_name",
+        "torch_version",
+        "triton_version",
+        "flash_attn_version",
+        "attnbench_version",
+        "git_sha",
+    ):
+        assert key in res.output
