@@ -1,7 +1,11 @@
 """All backends, registered on import, in this order. One module per backend family; to add one,
 write the module (see :mod:`attnbench.backends.base`) and add its import here."""
 
+# isort: off
 from . import naive, sdpa  # noqa: F401
+from . import cuda_fa  # noqa: F401
+
+# isort: on
 from .base import REGISTRY, Backend, Capabilities, Prepared, Unsupported, get_backends, register
 
 __all__ = [
