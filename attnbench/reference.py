@@ -34,15 +34,19 @@ def visible_mask(
     window_left: int = -1,
     window_right: int = -1,
     device=None,
+    q_start: int = 0,
+    q_rows: int | None = None,
 ) -> torch.Tensor | None:
-    """Bool (Sq, Sk) mask of visible keys, bottom-right aligned; None when all are visible."""
+    """Bool (Sq, Sk) mask of visible keys, bottom-right aligned; None when all are visible.
+    ``q_start``/``q_rows`` select rows ``[q_start, q_start + q_rows)`` of the full mask."""
     if causal:
         window_right = 0
     if window_left < 0 and window_right < 0:
         return None
-    i = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    rows = seqlen_q - q_start if q_rows is None else q_rows
+    i = torch.arange(q_start, q_start + rows, device=device)[:, None] + (seqlen_k - seqlen_q)
     j = torch.arange(seqlen_k, device=device)[None, :]
-    mask = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    mask = torch.ones(rows, seqlen_k, dtype=torch.bool, device=device)
     if window_right >= 0:
         mask &= j <= i + window_right
     if window_left >= 0:
@@ -50,9 +54,12 @@ def visible_mask(
     return mask
 
 
-def alibi_bias(slopes: torch.Tensor, seqlen_q: int, seqlen_k: int) -> torch.Tensor:
+def alibi_bias(
+    slopes: torch.Tensor, seqlen_q: int, seqlen_k: int, q_start: int = 0, q_rows: int | None = None
+) -> torch.Tensor:
     """(Hq or B,Hq) slopes -> additive bias broadcastable to (B, Hq, Sq, Sk)."""
-    i = torch.arange(seqlen_q, device=slopes.device)[:, None] + (seqlen_k - seqlen_q)
+    rows = seqlen_q - q_start if q_rows is None else q_rows
+    i = torch.arange(q_start, q_start + rows, device=slopes.device)[:, None] + (seqlen_k - seqlen_q)
     j = torch.arange(seqlen_k, device=slopes.device)[None, :]
     dist = (i - j).abs().to(slopes.dtype)
     if slopes.dim() == 1:
@@ -76,9 +83,10 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     return torch.tensor(s, dtype=torch.float32)
 
 
-def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype):
-    b, sq, hq, d = q.shape
+def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype, q_start=0, seqlen_q=None):
+    b, rows, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
+    sq = rows if seqlen_q is None else seqlen_q  # rows [q_start, q_start + rows) of sq
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if hq != hkv:
         k = k.repeat_interleave(hq // hkv, dim=2)
@@ -87,8 +95,8 @@ def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype):
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
     if slopes is not None:
-        s = s + alibi_bias(slopes.to(s.device), sq, sk).to(dtype)
-    mask = visible_mask(sq, sk, causal, window[0], window[1], device=q.device)
+        s = s + alibi_bias(slopes.to(s.device), sq, sk, q_start, rows).to(dtype)
+    mask = visible_mask(sq, sk, causal, window[0], window[1], q.device, q_start, rows)
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)  # -inf on rows without a visible key
@@ -114,18 +122,23 @@ def attention_ref(
     upcast=True,
     cu_seqlens_q=None,
     cu_seqlens_k=None,
+    q_start=0,
+    seqlen_q=None,
 ):
     """Differentiable reference attention. Returns ``(out, lse)``.
 
     Dense inputs are (B, S, H, D); varlen inputs are (total, H, D) with int32 ``cu_seqlens_q``
     and ``cu_seqlens_k`` (length B + 1), computed sequence by sequence.
     ``out`` is in the compute dtype (fp32/fp64 when ``upcast``, else the input dtype).
+    Dense ``q`` may be rows ``[q_start, q_start + rows)`` of a query sequence of length
+    ``seqlen_q`` (masks and ALiBi stay aligned to the whole sequence): this is how
+    :func:`reference` evaluates long cases block by block.
     """
     dtype = ref_dtype(q.dtype, upcast)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     kw = dict(causal=causal, scale=scale, window=tuple(window), softcap=softcap, dtype=dtype)
     if cu_seqlens_q is None:
-        return _dense(q, k, v, slopes=alibi_slopes, **kw)
+        return _dense(q, k, v, slopes=alibi_slopes, q_start=q_start, seqlen_q=seqlen_q, **kw)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     outs, lses = [], []
     for i in range(len(cq) - 1):
@@ -167,10 +180,11 @@ def reference(
 ) -> RefResult:
     """Reference out, lse (and dq, dk, dv for ``inp.dout``) for a whole case, in chunks.
 
-    Attention is independent per (batch, kv-head group), so the work is split into chunks whose
-    score matrices fit ``budget_bytes``; each chunk runs its own forward and autograd backward.
-    This keeps 16k-token cases within memory while staying the same function as
-    :func:`attention_ref`.
+    Attention is independent per (batch, kv-head group) and each query row's softmax needs only
+    its own scores, so the work is split into chunks of (batch, kv heads, query rows) whose score
+    matrices fit ``budget_bytes``; each chunk runs :func:`attention_ref` forward and autograd
+    backward, and dk/dv sum the contributions of the row chunks (in the compute dtype). This keeps
+    16k-32k-token cases within memory while staying the same function as :func:`attention_ref`.
     """
     kw = case_kwargs(case)
     q, k, v = inp.q, inp.k, inp.v
@@ -188,7 +202,7 @@ def reference(
         with torch.enable_grad():
             o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
             dq, dk, dv = torch.autograd.grad(o, (qc, kc, vc), doc.to(o.dtype))
-        return o.detach(), l.detach(), dq.to(dtype), dk.to(dtype), dv.to(dtype)
+        return o.detach(), l.detach(), dq, dk, dv
 
     if case.varlen:
         o, l, dq, dk, dv = run(
@@ -205,15 +219,16 @@ def reference(
     b, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     g = hq // hkv
-    per_unit = g * sq * sk * torch.finfo(dtype).bits // 8 * (4 if grads else 2)
-    units = max(1, budget_bytes // max(per_unit, 1))  # (batch, kv-head) pairs per chunk
-    outs = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device)
-    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
-    dqs = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device) if grads else None
-    dks = torch.empty(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
-    dvs = torch.empty(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
+    per_row = g * sk * torch.finfo(dtype).bits // 8 * (4 if grads else 2)  # one kv head, one row
+    rows = max(1, min(sq, budget_bytes // max(per_row, 1)))
+    units = max(1, budget_bytes // max(per_row * sq, 1)) if rows == sq else 1
     hstep = max(1, min(hkv, units))
     bstep = max(1, units // hkv) if hstep == hkv else 1
+    out = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device)
+    lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    dqs = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device) if grads else None
+    dks = torch.zeros(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
+    dvs = torch.zeros(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
     slopes = inp.alibi_slopes
     for b0 in range(0, b, bstep):
         bs = slice(b0, b0 + bstep)
@@ -223,12 +238,16 @@ def reference(
             sl = None
             if slopes is not None:
                 sl = slopes[hqs] if slopes.dim() == 1 else slopes[bs, hqs]
-            doc = inp.dout[bs, :, hqs] if grads else None
-            o, l, dq, dk, dv = run(q[bs, :, hqs], k[bs, :, hk], v[bs, :, hk], doc, sl)
-            outs[bs, :, hqs] = o
-            lse[bs, hqs] = l
-            if grads:
-                dqs[bs, :, hqs] = dq
-                dks[bs, :, hk] = dk
-                dvs[bs, :, hk] = dv
-    return RefResult(outs, lse, dqs, dks, dvs)
+            for r0 in range(0, sq, rows):
+                rs = slice(r0, r0 + rows)
+                doc = inp.dout[bs, rs, hqs] if grads else None
+                o, l, dq, dk, dv = run(
+                    q[bs, rs, hqs], k[bs, :, hk], v[bs, :, hk], doc, sl, q_start=r0, seqlen_q=sq
+                )
+                out[bs, rs, hqs] = o
+                lse[bs, hqs, rs] = l
+                if grads:
+                    dqs[bs, rs, hqs] = dq
+                    dks[bs, :, hk] += dk
+                    dvs[bs, :, hk] += dv
+    return RefResult(out, lse, dqs, dks, dvs)

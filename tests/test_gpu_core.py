@@ -35,8 +35,17 @@ def test_sdpa_accuracy_and_perf_on_gpu(cli, tmp_path):
     assert (cross[cross.backend == "sdpa_flash"].status == "unsupported").all()
     assert (cross[cross.backend == "sdpa_efficient"].status == "ok").all()
 
-    res = cli("perf", "--sweep", f, "--out", out, "--only", "sdpa_flash,sdpa_efficient",
-              "--modes", "fwd,bwd")
+    res = cli(
+        "perf",
+        "--sweep",
+        f,
+        "--out",
+        out,
+        "--only",
+        "sdpa_flash,sdpa_efficient",
+        "--modes",
+        "fwd,bwd",
+    )
     assert res.exit_code == 0, res.output
     perf = pd.read_parquet(out).query("kind == 'perf' and status == 'ok'")
     assert len(perf) > 0 and perf.accuracy_ok.all()

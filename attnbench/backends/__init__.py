@@ -3,6 +3,7 @@ write the module (see :mod:`attnbench.backends.base`) and add its import here.""
 
 # isort: off
 from . import naive, sdpa  # noqa: F401
+from . import triton_fa2  # noqa: F401
 from . import flash_attn  # noqa: F401
 from . import cuda_fa  # noqa: F401
 

@@ -1,0 +1,166 @@
+"""Launch configurations of the Triton FlashAttention-2 kernels, per architecture.
+
+Three tables, picked once when the kernels are defined (at import):
+
+- ``hopper`` (sm_90 and newer): 128-row query tiles and 8 warps (two warpgroups, so ``tl.dot``
+  lowers to ``wgmma`` on a 64-row slice each), 64/128-key tiles, 2-3 pipeline stages for the
+  ``cp.async`` K/V prefetch. Head dim 256 drops to 64-key tiles and 2 stages (shared memory).
+- ``ampere`` (sm_80/86/89): the same shapes with 4 warps as an option and shallower pipelines;
+  ``mma.sync`` tiles prefer 64-128 rows per 4 warps.
+- ``interpret`` (``TRITON_INTERPRET=1``): one small config per kernel (no autotuning, the
+  interpreter is slow); the key tiles are smaller than the query tiles so the causal diagonal
+  spans several key blocks and both the unmasked and masked loops run in the tests.
+
+Autotuning keys are ``(HEAD_DIM, CAUSAL, IS_VARLEN, SEQ_BUCKET)`` plus the tensors' dtypes (the
+autotuner appends them), where ``SEQ_BUCKET`` is the next power of two of the longest sequence
+clamped to [256, 16384]: a sweep tunes once per bucket, not once per sequence length.
+Candidates that cannot fit in shared memory are pruned before compiling.
+``ATTNBENCH_TRITON_FA2_TUNE=0`` (read at import) keeps only the first config that survives the
+pruning (no autotuning, a quick start); the first entries are the expected winners.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+TUNE = os.environ.get("ATTNBENCH_TRITON_FA2_TUNE", "1") != "0"
+if INTERPRET:
+    from ._interpret_compat import install
+
+    install()
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
+_FWD = {
+    "hopper": [
+        (128, 128, 8, 2),
+        (128, 64, 8, 3),
+        (128, 64, 8, 2),
+        (128, 128, 8, 3),
+        (64, 64, 4, 3),
+        (64, 64, 4, 2),
+    ],
+    "ampere": [(128, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 2)],
+    "interpret": [(32, 16, 4, 1)],
+}
+# dk/dv pass: one program per BLOCK_N keys, looping over BLOCK_M query rows.
+_BWD_DKDV = {
+    "hopper": [
+        (64, 128, 8, 2),
+        (32, 128, 8, 2),
+        (16, 128, 8, 2),
+        (32, 64, 8, 2),
+        (64, 64, 8, 2),
+        (32, 128, 8, 1),
+    ],
+    "ampere": [(64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
+    "interpret": [(16, 32, 4, 1)],
+}
+# dq pass: one program per BLOCK_M query rows, looping over BLOCK_N keys.
+_BWD_DQ = {
+    "hopper": [
+        (128, 64, 8, 2),
+        (128, 32, 8, 3),
+        (64, 64, 4, 2),
+        (128, 64, 8, 3),
+        (64, 128, 8, 2),
+        (64, 32, 4, 2),
+    ],
+    "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 2), (64, 32, 4, 3)],
+    "interpret": [(32, 16, 4, 1)],
+}
+
+SMEM_BYTES = {"hopper": 227 * 1024, "ampere": 163 * 1024, "interpret": 1 << 30}
+PREPROCESS_BLOCK_M = 64
+
+
+def arch() -> str:
+    """``interpret``, ``hopper`` (sm_90+) or ``ampere`` (anything older with a CUDA GPU)."""
+    if INTERPRET or not torch.cuda.is_available():
+        return "interpret"
+    major, _ = torch.cuda.get_device_capability()
+    return "hopper" if major >= 9 else "ampere"
+
+
+ARCH = arch()
+
+
+def head_dim_pad(head_dim: int) -> int:
+    """Tile width along the head dim: the next power of two, at least 16 (``tl.dot``'s K)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def seq_bucket(seqlen: int) -> int:
+    """Autotuning bucket of a sequence length."""
+    return min(16384, max(256, triton.next_power_of_2(int(seqlen))))
+
+
+def _make(table, names) -> list[triton.Config]:
+    return [
+        triton.Config({names[0]: a, names[1]: b}, num_warps=w, num_stages=s)
+        for a, b, w, s in table[ARCH]
+    ]
+
+
+def fwd_configs() -> list[triton.Config]:
+    return _make(_FWD, ("BLOCK_M", "BLOCK_N"))
+
+
+def bwd_dkdv_configs() -> list[triton.Config]:
+    return _make(_BWD_DKDV, ("BLOCK_M", "BLOCK_N"))
+
+
+def bwd_dq_configs() -> list[triton.Config]:
+    return _make(_BWD_DQ, ("BLOCK_M", "BLOCK_N"))
+
+
+def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
+    """Bytes of shared memory a config needs, roughly (16-bit elements)."""
+    bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
+    if kind == "fwd":  # Q resident, K and V streamed
+        return 2 * d * (bm + 2 * bn * st)
+    if kind == "dkdv":  # K, V resident, Q and dO streamed
+        return 2 * d * (2 * bn + 2 * bm * st)
+    return 2 * d * (2 * bm + 2 * bn * st)  # dq: Q, dO resident, K and V streamed
+
+
+def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool = False) -> bool:
+    """fp32 inputs (FMA, no tensor cores): at most 64 x 64 tiles. At head dim 256 the fp32
+    accumulators alone fill the register file: keep them at <= 64 rows (dk and dv: 2 x BLOCK_N x 256; dq: BLOCK_M x 256; out: BLOCK_M x 256, with the
+    BLOCK_M x BLOCK_N score tile beside it)."""
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    if fp32:  # no tensor cores for exact fp32: FMA tiles, keep them small
+        return bm * bn <= 4096
+    if d < 256:
+        return True
+    if kind == "fwd":
+        return bm * bn <= 8192
+    if kind == "dkdv":
+        return bn <= 64
+    return bm <= 64
+
+
+def _pruner(kind: str):
+    def prune(configs, named_args, **kwargs):
+        d = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
+        q = named_args.get("Q")
+        fp32 = q is not None and q.dtype == torch.float32
+        scale = 2 if fp32 else 1  # 4-byte elements
+        keep = [
+            c
+            for c in configs
+            if _smem_estimate(c, d, kind) * scale <= SMEM_BYTES[ARCH]
+            and _fits_registers(c, d, kind, fp32)
+        ]
+        keep = keep or [min(configs, key=lambda c: _smem_estimate(c, d, kind))]
+        return keep if TUNE else keep[:1]
+
+    return prune
+
+
+prune_fwd = _pruner("fwd")
+prune_dkdv = _pruner("dkdv")
+prune_dq = _pruner("dq")

@@ -1,0 +1,446 @@
+"""Distributed attention on CPU (gloo): every strategy against the non-distributed run of the
+same local kernel and the fp32 reference, rank by rank, plus layouts, setup errors, the hang
+guard and the CLI end to end. The GPU part (NCCL) is marked ``gpu``.
+
+Processes are started once per world size (module cache) and run the whole matrix; each test
+then reads its own (world, strategy, kernel, case) result.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnbench.case import Case
+from attnbench.dist.check import run_distributed, run_single
+from attnbench.dist.config import load_dist_config, select
+from attnbench.dist.local import get_local_kernel, merge_block, recompute_backward
+from attnbench.dist.strategy import STRATEGIES, DistSetupError, Layout, check_setup
+from attnbench.reference import attention_ref
+
+CASES = [
+    Case(1, 4, 4, 128, 128, 32, "fp32", causal=False),
+    Case(1, 4, 4, 128, 128, 32, "fp32", causal=True),
+    Case(1, 4, 2, 128, 128, 32, "fp32", causal=False),
+    Case(1, 4, 2, 128, 128, 32, "fp32", causal=True),
+    Case(2, 4, 4, 64, 64, 32, "bf16", causal=True),
+]
+KERNELS = ("naive", "sdpa_flash")
+WORLD_STRATEGIES = {2: ("ring", "zigzag", "ulysses"), 4: STRATEGIES}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- the spawned worker --------------------------------------------------------------------------
+def _worker(rank, world, port, out_path, job, device, timeout_s):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    from attnbench.dist import comm
+
+    env = comm.init(device, timeout_s)
+    try:
+        result = globals()[f"_job_{job}"](env, comm)
+    finally:
+        comm.shutdown()
+    if rank == 0:
+        Path(out_path).write_bytes(pickle.dumps(result))
+
+
+def _job_matrix(env, comm, cases=CASES, kernels=KERNELS):
+    """Every strategy x kernel x case: per-rank errors (gathered) or the setup error."""
+    import torch.distributed as dist
+
+    from attnbench.dist.check import compare
+    from attnbench.dist.strategy import make_groups
+    from attnbench.inputs import make_inputs
+    from attnbench.reference import reference
+
+    res, groups = {}, {}
+    for case in cases:
+        inp = make_inputs(case, env.device, 0)
+        truth = reference(inp, case, upcast=True)
+        for name in kernels:
+            kernel = get_local_kernel(name)
+            single = run_single(inp, case, kernel)
+            for strategy in WORLD_STRATEGIES.get(env.world_size, STRATEGIES):
+                layout = Layout(strategy, env.world_size, 2 if strategy.startswith("hybrid") else 1)
+                key = (strategy, name, case.id)
+                try:
+                    check_setup(layout, case, kernel, env.device.split(":")[0])
+                except DistSetupError as e:
+                    res[key] = str(e)
+                    continue
+                if layout not in groups:
+                    groups[layout] = make_groups(layout, env.rank)
+                got = run_distributed(inp, case, kernel, layout, groups[layout], env.rank)
+                errs = compare(got, single, truth, layout, env.rank, case)
+                gathered = [None] * env.world_size
+                dist.all_gather_object(gathered, errs)
+                res[key] = gathered
+    # a bad local shape is refused before any collective (zigzag needs two chunks per rank)
+    from attnbench.dist.strategy import Groups, dist_attention
+
+    q = torch.randn(1, 7, 4, 32, device=env.device)
+    try:
+        dist_attention(
+            q,
+            q,
+            q,
+            Layout("zigzag", env.world_size),
+            Groups(),
+            get_local_kernel("naive"),
+            True,
+            0.1,
+        )
+        res["odd"] = None
+    except DistSetupError as e:
+        res["odd"] = str(e)
+    return res
+
+
+def _job_exact(env, comm):
+    """World size 1: every strategy returns exactly the non-distributed result."""
+    from attnbench.dist.strategy import Groups
+    from attnbench.inputs import make_inputs
+
+    res = {}
+    for case in (CASES[3], CASES[4]):
+        inp = make_inputs(case, env.device, 0)
+        for name in ("naive", "sdpa_flash", "ref"):
+            kernel = get_local_kernel(name)
+            single = run_single(inp, case, kernel)
+            for strategy in ("ring", "zigzag", "ulysses"):
+                got = run_distributed(inp, case, kernel, Layout(strategy, 1), Groups(), 0)
+                res[(strategy, name, case.id)] = {
+                    t: bool(torch.equal(getattr(got, t), getattr(single, t)))
+                    for t in ("out", "lse", "dq", "dk", "dv")
+                }
+    return res
+
+
+def _job_timeout(env, comm):
+    """Rank 1 skips a collective: rank 0 gets a DistTimeout naming itself and the phase."""
+    import torch.distributed as dist
+
+    wd = comm.Watchdog(env.rank, env.timeout_s)
+    if env.rank == 1:
+        time.sleep(env.timeout_s + 1.5)
+        return None
+    try:
+        with wd.phase("test phase: rank 1 skips this all_reduce"):
+            dist.all_reduce(torch.ones(1))
+    except comm.DistTimeout as e:
+        return str(e)
+    return None
+
+
+_CACHE: dict = {}
+
+
+def _spawn(world: int, job: str, tmp: Path, device: str = "cpu", timeout_s: float = 60.0):
+    key = (world, job, device)
+    if key not in _CACHE:
+        import torch.multiprocessing as mp
+
+        out = tmp / f"{job}-{world}-{device}.pkl"
+        mp.spawn(
+            _worker,
+            args=(world, _free_port(), str(out), job, device, timeout_s),
+            nprocs=world,
+            join=True,
+        )
+        _CACHE[key] = pickle.loads(out.read_bytes())
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="module")
+def tmp_mod(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist")
+
+
+# ---- strategies vs the non-distributed run ------------------------------------------------------
+MATRIX = [
+    (w, s, k, c)
+    for w, strats in WORLD_STRATEGIES.items()
+    for s in strats
+    for k in KERNELS
+    for c in CASES
+]
+
+
+@pytest.mark.parametrize(
+    "world,strategy,kernel,case", MATRIX, ids=[f"w{w}-{s}-{k}-{c.id}" for w, s, k, c in MATRIX]
+)
+def test_strategy_matches_single(tmp_mod, world, strategy, kernel, case):
+    res = _spawn(world, "matrix", tmp_mod)[(strategy, kernel, case.id)]
+    if strategy == "ulysses" and world == 4 and case.heads_kv == 2:
+        assert isinstance(res, str) and "heads_kv=2 must both be divisible" in res
+        return
+    assert not isinstance(res, str), res
+    assert [e.rank for errs in res for e in errs[:1]] == list(range(world))
+    for errs in res:
+        assert [e.tensor for e in errs] == ["out", "lse", "dq", "dk", "dv"]
+        for e in errs:
+            assert e.accuracy_ok, (
+                f"rank {e.rank} {e.tensor}: max err {e.max_abs_err:.3g} (mean "
+                f"{e.mean_abs_err:.3g}) vs non-distributed {e.single_max_abs_err:.3g}; dist - "
+                f"single max {e.diff_max:.3g}"
+            )
+            if case.dtype == "fp32":  # fp32: the distributed run is the same maths
+                assert e.diff_max < 1e-5, (e.tensor, e.rank, e.diff_max)
+
+
+def test_bad_local_shape_refused_before_collectives(tmp_mod):
+    msg = _spawn(2, "matrix", tmp_mod)["odd"]
+    assert msg is not None and "local seqlen 7 must be even" in msg
+
+
+def test_one_process_is_exactly_single(tmp_mod):
+    res = _spawn(1, "exact", tmp_mod)
+    assert len(res) == 2 * 3 * 3
+    for key, same in res.items():
+        assert all(same.values()), (key, same)
+
+
+def test_hung_collective_times_out_naming_the_rank(tmp_mod):
+    msg = _spawn(2, "timeout", tmp_mod, timeout_s=2.0)
+    assert msg is not None and "rank 0 stuck in test phase" in msg and "timed out" in msg
+
+
+def test_watchdog_ends_a_stuck_rank():
+    code = (
+        "import time\nfrom attnbench.dist.comm import Watchdog\n"
+        "wd = Watchdog(3, 0.5, grace_s=0.5)\n"
+        "with wd.phase('ring step 2'):\n    time.sleep(30)\n"
+    )
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 124
+    assert "rank 3 stuck" in p.stderr and "ring step 2" in p.stderr
+    assert time.monotonic() - t0 < 20
+
+
+# ---- pieces: layouts, merge, block backward, setup errors ----------------------------------------
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_layout_covers_every_token_once(strategy, world):
+    u = 2 if strategy.startswith("hybrid") else 1
+    if u > 1 and world < 4:
+        pytest.skip("hybrid needs >= 2 Ulysses x 2 ring ranks")
+    lay = Layout(strategy, world, u)
+    s = 16 * world
+    idx = torch.cat([lay.indices(r, s) for r in range(world)])
+    assert sorted(idx.tolist()) == list(range(s))
+    if strategy == "zigzag":
+        c = s // (2 * world)
+        assert lay.indices(0, s).tolist() == [*range(c), *range(s - c, s)]
+
+
+def test_merge_of_two_key_halves_is_full_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 16, 4, 8, dtype=torch.float64) for _ in range(3))
+    full, full_lse = attention_ref(q, k, v, upcast=False)
+    o1, l1 = attention_ref(q, k[:, :6], v[:, :6], upcast=False)
+    o2, l2 = attention_ref(q, k[:, 6:], v[:, 6:], upcast=False)
+    out, lse = merge_block(*merge_block(None, None, o1, l1), o2, l2)
+    torch.testing.assert_close(out, full.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(lse, full_lse.float(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("hkv", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_recompute_backward_is_autograd_of_the_reference(causal, hkv):
+    torch.manual_seed(1)
+    q = torch.randn(2, 24, 4, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 24, hkv, 8, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    out, lse = attention_ref(q, k, v, causal=causal, softmax_scale=0.3, upcast=False)
+    dout = torch.randn_like(out)
+    want = torch.autograd.grad(out, (q, k, v), dout)
+    got = recompute_backward(
+        dout, q.detach(), k.detach(), v.detach(), out.detach(), lse, causal, 0.3, budget_bytes=1
+    )  # one kv head per chunk
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w.float(), atol=1e-5, rtol=1e-5)
+
+
+def _case(s=128, hq=4, hkv=4, **kw):
+    return Case(1, hq, hkv, s, s, 32, "fp32", causal=True, **kw)
+
+
+BAD_SETUPS = [
+    (Layout("ring", 3), _case(128), "seqlen 128 not divisible by the world size 3"),
+    (Layout("zigzag", 4), _case(124), "not divisible into 2P = 8 zigzag chunks"),
+    (Layout("ulysses", 4), _case(128, 6, 6), "heads_q=6 and heads_kv=6 must both be divisible"),
+    (Layout("ulysses", 2), _case(128, 4, 1), "heads_kv=1 must both be divisible"),
+    (Layout("hybrid", 4, 2), _case(128, 3, 3), "must be divisible by ulysses_size 2"),
+    (Layout("hybrid", 2, 2), _case(128), "dividing the world size into >= 2 ring groups"),
+    (Layout("hybrid_zigzag", 4, 2), _case(130), "must split into 4 zigzag chunks"),
+    (Layout("ring", 2), Case(1, 4, 4, 128, 64, 32, "fp32"), "seqlen_q must equal seqlen_k"),
+    (Layout("ring", 2), _case(128, window_left=8), "sliding window"),
+]
+
+
+@pytest.mark.parametrize(
+    "layout,case,why",
+    BAD_SETUPS,
+    ids=[f"{lay.strategy}-w{lay.world_size}-{c.id}" for lay, c, _ in BAD_SETUPS],
+)
+def test_bad_setup_errors(layout, case, why):
+    with pytest.raises(DistSetupError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        check_setup(layout, case, get_local_kernel("naive"), "cpu")
+
+
+def test_backend_without_lse_is_refused():
+    with pytest.raises(DistSetupError, match="returns no log-sum-exp"):
+        check_setup(Layout("ring", 2), _case(), get_local_kernel("sdpa_math"), "cpu")
+    with pytest.raises(KeyError, match="unknown local backend"):
+        get_local_kernel("no_such_kernel")
+
+
+def test_config_selects_cases_per_world_size():
+    cfg, _ = load_dist_config("dist")
+    gpu = select(cfg, "cuda", 4)
+    bench = [c for c in gpu.cases if c.heads_q == 32]
+    assert bench and bench[0].seqlen_q == 8192 * 4 and bench[0].heads_kv == 8
+    assert bench[0].head_dim == 128 and bench[0].dtype == "bf16" and bench[0].causal
+    cpu = select(cfg, "cpu", 2)
+    assert (
+        cpu.local_backends == ["naive", "sdpa_flash"] and max(c.seqlen_q for c in cpu.cases) <= 256
+    )
+
+
+# ---- the CLI end to end ----------------------------------------------------------------------
+def test_cli_accuracy_end_to_end(tmp_path):
+    import pandas as pd
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "dist",
+        "accuracy",
+        "--suite",
+        "dist",
+        "--nproc",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "rank 1 out (distributed) - out_ref (non-distributed) diff:" in p.stdout
+    assert "Rank[1] max" in p.stdout
+    df = pd.read_parquet(tmp_path)
+    assert set(df["kind"]) == {"dist_accuracy"} and set(df["world_size"]) == {2}
+    ok = df[df["status"] == "ok"]
+    assert set(ok["strategy"]) == {"ring", "zigzag", "ulysses"}
+    assert set(ok["rank"]) == {0, 1} and set(ok["tensor"]) == {"out", "lse", "dq", "dk", "dv"}
+    assert set(df[df["status"] == "unsupported"]["strategy"]) == {"hybrid", "hybrid_zigzag"}
+
+
+def test_cli_usage_errors_before_launch(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "dist",
+        "accuracy",
+        "--nproc",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    p = subprocess.run(
+        cmd + ["--strategies", "spiral"], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and "unknown strategy 'spiral'" in p.stderr
+    p = subprocess.run(
+        cmd + ["--local-backends", "sdpa_mat"], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and "unknown local backend 'sdpa_mat'" in p.stderr
+
+
+# ---- GPU (NCCL) ------------------------------------------------------------------------------
+GPU_CASES = [
+    Case(1, 8, 4, 2048, 2048, 128, "bf16", causal=True),
+    Case(2, 8, 8, 1024, 1024, 64, "fp16", causal=False),
+]
+
+
+def _gpu_kernels():
+    ks = ["sdpa_flash"]
+    if get_local_kernel("flash_attn").why_unsupported(GPU_CASES[0], "cuda") is None:
+        ks.append("flash_attn")
+    return tuple(ks)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world", [2, 4])
+def test_gpu_strategies_nccl(tmp_path, world):
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} GPUs")
+    res = _spawn(world, "gpu_matrix", tmp_path, device="cuda", timeout_s=120)
+    bad = []
+    for key, val in res.items():
+        if key == "odd" or isinstance(val, str):
+            continue
+        bad += [
+            f"{key} rank {e.rank} {e.tensor} {e.max_abs_err:.3g} vs {e.single_max_abs_err:.3g}"
+            for errs in val
+            for e in errs
+            if not e.accuracy_ok
+        ]
+    assert len([v for v in res.values() if isinstance(v, list)]) >= 3
+    assert not bad, bad
+
+
+def _job_gpu_matrix(env, comm):
+    return _job_matrix(env, comm, cases=GPU_CASES, kernels=_gpu_kernels())
+
+
+@pytest.mark.gpu
+def test_gpu_cli_accuracy(tmp_path):
+    n = min(4, torch.cuda.device_count())
+    if n < 2:
+        pytest.skip("needs 2 GPUs")
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "dist",
+        "accuracy",
+        "--suite",
+        "dist",
+        "--nproc",
+        str(n),
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path),
+        "--local-backends",
+        "sdpa_flash",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-5000:] + p.stderr[-3000:]

@@ -1,0 +1,289 @@
+"""One-call GPU check of the ``triton_fa2`` kernels: accuracy, then TFLOP/s next to SDPA.
+
+Usage (on the GPU machine, from the repo root)::
+
+    python tools/gpu/triton_fa2_check.py                 # ~2-4 min: checks + timings, no tuning
+    python tools/gpu/triton_fa2_check.py --configs --head-dims 128 --seqlens 8192
+                                                         # autotune; TFLOP/s of every candidate
+
+1. Accuracy (flash-attention's rule, :mod:`attnbench.check`) on awkward shapes: batch > 1, odd
+   lengths, Sq != Sk both ways with causal, GQA/MQA, head dims 64/96/128/256, varlen, bf16/fp16.
+2. Timings (``triton.testing.do_bench``, median) of fwd and bwd at 16k tokens per batch, model
+   width 2048 (B = 16384 // S, H = 2048 // D), bf16, causal and not, for triton_fa2, SDPA cuDNN
+   and SDPA flash. FLOPs: fwd 4*B*H*S*S*D (halved when causal), bwd 2.5x fwd. Each timed case
+   also prints max |out - SDPA flash out| so no speed is shown without an accuracy hint.
+
+Without ``--configs`` the kernels run with the first surviving config of each table
+(``ATTNBENCH_TRITON_FA2_TUNE=0``, quick); with it they autotune and every candidate's TFLOP/s is
+printed (dkdv counted as 4 matmuls = 2x fwd FLOPs, dq as 3 = 1.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", action="store_true", help="autotune and print every candidate")
+    ap.add_argument("--head-dims", default="64,128")
+    ap.add_argument("--seqlens", default="2048,8192,16384")
+    ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--skip-bench", action="store_true")
+    return ap.parse_args()
+
+
+ARGS = parse()
+os.environ["ATTNBENCH_TRITON_FA2_TUNE"] = "1" if ARGS.configs else "0"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from attnbench.kernels.triton_fa2 import bwd, flash_attn, fwd  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from attnbench.backends import REGISTRY  # noqa: E402
+from attnbench.case import Case  # noqa: E402
+from attnbench.check import check_backend, make_truth  # noqa: E402
+from attnbench.inputs import make_inputs  # noqa: E402
+
+
+def check_cases():
+    c = dict
+    return [
+        Case(
+            **c(
+                batch=2,
+                heads_q=16,
+                heads_kv=4,
+                seqlen_q=1000,
+                seqlen_k=1000,
+                head_dim=64,
+                dtype="bf16",
+                causal=True,
+            )
+        ),
+        Case(
+            **c(
+                batch=1,
+                heads_q=8,
+                heads_kv=8,
+                seqlen_q=777,
+                seqlen_k=1537,
+                head_dim=96,
+                dtype="fp16",
+                causal=True,
+            )
+        ),
+        Case(
+            **c(
+                batch=2,
+                heads_q=8,
+                heads_kv=1,
+                seqlen_q=1537,
+                seqlen_k=777,
+                head_dim=128,
+                dtype="bf16",
+                causal=True,
+            )
+        ),
+        Case(
+            **c(
+                batch=2,
+                heads_q=16,
+                heads_kv=16,
+                seqlen_q=1024,
+                seqlen_k=1024,
+                head_dim=128,
+                dtype="fp16",
+                causal=False,
+            )
+        ),
+        Case(
+            **c(
+                batch=2,
+                heads_q=4,
+                heads_kv=4,
+                seqlen_q=513,
+                seqlen_k=513,
+                head_dim=256,
+                dtype="bf16",
+                causal=False,
+            )
+        ),
+        Case(
+            **c(
+                batch=4,
+                heads_q=8,
+                heads_kv=2,
+                seqlen_q=1000,
+                seqlen_k=1000,
+                head_dim=128,
+                dtype="bf16",
+                causal=True,
+                seqlens=(1, 129, 1000, 333),
+            )
+        ),
+        Case(
+            **c(
+                batch=3,
+                heads_q=4,
+                heads_kv=4,
+                seqlen_q=900,
+                seqlen_k=700,
+                head_dim=64,
+                dtype="fp16",
+                causal=False,
+                seqlens=(300, 17, 900),
+                seqlens_k=(500, 64, 700),
+            )
+        ),
+    ]
+
+
+def run_checks() -> bool:
+    be = REGISTRY["triton_fa2"]
+    ok_all = True
+    print("== accuracy (max err / same-dtype torch err; ok = <= 2x out/lse, 3x grads) ==")
+    for case in check_cases():
+        t0 = time.time()
+        why = be.why_unsupported(case, "cuda", "fwd_bwd")
+        if why:
+            print(f"{case.id}: {why}")
+            ok_all = False
+            continue
+        inp = make_inputs(case, "cuda", seed=0)
+        truth = make_truth(inp, case)
+        try:
+            errs = check_backend(be, case, inp, truth)
+        except Exception as e:  # report and go on: the timings are still useful
+            print(f"{case.id}: ERROR {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            ok_all = False
+            continue
+        ok = all(e.accuracy_ok for e in errs)
+        ok_all &= ok
+        parts = " ".join(
+            f"{e.tensor} {e.max_abs_err:.1e}/{e.baseline_max_abs_err:.1e}" for e in errs
+        )
+        print(f"{'ok  ' if ok else 'FAIL'} {case.id}: {parts} ({time.time() - t0:.0f}s)")
+    return ok_all
+
+
+def tflops(flops, ms):
+    return flops / (ms * 1e-3) / 1e12
+
+
+def _cfg_name(cfg):
+    kw = cfg.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
+
+
+def candidate_line(kernel, label, flops):
+    timings = getattr(kernel, "configs_timings", None) or {}
+    items = []
+    for cfg, t in timings.items():
+        ms = t[0] if isinstance(t, (list, tuple)) else t
+        val = tflops(flops, ms) if ms and ms != float("inf") else 0.0
+        items.append(f"{_cfg_name(cfg)}:{val:.0f}")
+    best = getattr(kernel, "best_config", None)
+    tail = f" -> {_cfg_name(best)}" if best is not None else ""
+    return f"    {label}: " + " ".join(items) + tail
+
+
+def bench_case(d, s, causal, dtype=torch.bfloat16):
+    b, h = 16384 // s, 2048 // d
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (
+        torch.randn(b, s, h, d, device="cuda", dtype=dtype, generator=g) for _ in range(4)
+    )
+    flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
+    row = {}
+
+    # triton_fa2 (B, S, H, D)
+    qt, kt, vt = (x.clone().requires_grad_() for x in (q, k, v))
+    out, _ = flash_attn(qt, kt, vt, causal=causal)
+    fwd_lines = [candidate_line(fwd._fwd_kernel, "fwd", flops)] if ARGS.configs else []
+    row["ours_fwd"] = do_bench(lambda: flash_attn(qt, kt, vt, causal=causal), warmup=25, rep=100)
+    torch.autograd.grad(out, (qt, kt, vt), do, retain_graph=True)
+    bwd_lines = []
+    if ARGS.configs:
+        bwd_lines = [
+            candidate_line(bwd._bwd_dkdv_kernel, "dkdv", 2 * flops),
+            candidate_line(bwd._bwd_dq_kernel, "dq", 1.5 * flops),
+        ]
+    row["ours_bwd"] = do_bench(
+        lambda: torch.autograd.grad(out, (qt, kt, vt), do, retain_graph=True), warmup=25, rep=100
+    )
+
+    # SDPA (B, H, S, D)
+    qs, ks, vs, dos = (x.transpose(1, 2).contiguous() for x in (q, k, v, do))
+    qs, ks, vs = (x.requires_grad_() for x in (qs, ks, vs))
+    diff = float("nan")
+    for name, kern in (
+        ("cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("flash", SDPBackend.FLASH_ATTENTION),
+    ):
+        try:
+            with sdpa_kernel(kern):
+                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
+                row[f"{name}_fwd"] = do_bench(
+                    lambda kern=kern: F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal),
+                    warmup=25,
+                    rep=100,
+                )
+                row[f"{name}_bwd"] = do_bench(
+                    lambda o=o: torch.autograd.grad(o, (qs, ks, vs), dos, retain_graph=True),
+                    warmup=25,
+                    rep=100,
+                )
+            if name == "flash":
+                diff = (o.transpose(1, 2).float() - out.float()).abs().max().item()
+        except RuntimeError as e:
+            print(f"  sdpa {name}: {str(e).splitlines()[0][:100]}")
+    cells = []
+    for mode, mult in (("fwd", 1.0), ("bwd", 2.5)):
+        for who in ("ours", "cudnn", "flash"):
+            ms = row.get(f"{who}_{mode}")
+            cells.append(f"{tflops(mult * flops, ms):6.0f}" if ms else "     -")
+    tag = "causal" if causal else "full  "
+    print(
+        f"D{d:<4}S{s:<6}{tag} B{b:<2}H{h:<3}|"
+        + " ".join(cells[:3])
+        + " |"
+        + " ".join(cells[3:])
+        + f" | {diff:.1e}",
+        flush=True,
+    )
+    for line in fwd_lines + bwd_lines:
+        print(line)
+
+
+def main():
+    dev = torch.cuda.get_device_name()
+    from attnbench.kernels.triton_fa2 import configs
+
+    print(f"{dev}  torch {torch.__version__}  arch-table {configs.ARCH}  tune {configs.TUNE}")
+    t0 = time.time()
+    ok = True
+    if not ARGS.skip_check:
+        ok = run_checks()
+        print(f"accuracy: {'all ok' if ok else 'FAILURES'} ({time.time() - t0:.0f}s)", flush=True)
+    if not ARGS.skip_bench:
+        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (do_bench median) ==")
+        print(
+            "case                      |  fwd: ours  cudnn  flash |  bwd: ours  cudnn  flash "
+            "| max|out-flash|"
+        )
+        for d in (int(x) for x in ARGS.head_dims.split(",")):
+            for causal in (False, True):
+                for s in (int(x) for x in ARGS.seqlens.split(",")):
+                    bench_case(d, s, causal)
+    print(f"total {time.time() - t0:.0f}s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
