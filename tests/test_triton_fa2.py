@@ -137,3 +137,31 @@ def test_backward_deterministic_gpu(causal):
         grads.append((q.grad, k.grad, v.grad))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def test_lse_backward_is_the_kernel_backward():
+    """The block backward used by ring/zigzag attention equals autograd through the kernel."""
+    from attnbench.backends import REGISTRY
+    from attnbench.inputs import make_inputs
+
+    be = REGISTRY["triton_fa2"]
+    case = Case(2, 4, 2, 40, 40, 32, "fp16", causal=True)
+    if be.why_unsupported(case, "cpu" if not torch.cuda.is_available() else "cuda"):
+        pytest.skip("triton_fa2 not runnable here")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    inp = make_inputs(case, dev)
+    p = be.prepare(inp, case)
+    out, lse = be.forward(p, case)
+    out.backward(inp.dout)
+    got = be.lse_backward(
+        inp.dout,
+        inp.q,
+        inp.k,
+        inp.v,
+        out.detach(),
+        lse.detach(),
+        causal=True,
+        softmax_scale=case.scale,
+    )
+    for g, w in zip(got, be.grads(p)):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

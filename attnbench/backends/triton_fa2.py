@@ -84,3 +84,13 @@ class TritonFA2(Backend):
             max_seqlen_q=inp.max_seqlen_q,
             max_seqlen_k=inp.max_seqlen_k,
         )
+
+    def lse_backward(self, dout, q, k, v, out, lse, *, causal, softmax_scale):
+        """dq, dk, dv of one block given the *global* ``out`` and ``lse`` of its query rows (the
+        block backward that ring/zigzag attention needs): the FA2 backward kernels as they are,
+        with delta = rowsum(dout * out) and P recomputed from the supplied lse."""
+        kern = _kernels().interface
+        pb = kern._Problem(q, k, v, causal, softmax_scale, None, None, None, None)
+        return kern._backward(
+            dout.contiguous(), q, k, v, out.to(q.dtype).contiguous(), lse.float().contiguous(), pb
+        )

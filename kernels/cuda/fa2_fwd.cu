@@ -148,6 +148,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 1) fa2_fwd_kernel(const FaPara
     }
   }
   cp_async_wait<0>();  // (n_blocks == 0: the Q copy may still be in flight)
+  __syncthreads();  // other threads' Q copies land in this warp's rows of sQ, reused below for O
 
   float inv[2], lse[2];
 #pragma unroll

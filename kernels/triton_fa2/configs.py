@@ -35,11 +35,12 @@ if INTERPRET:
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
 _FWD = {
+    # pruned with tools/gpu/triton_fa2_check.py --configs on an H200 (bf16, S 8k, 2026-11-21):
+    # hd128 128x128w8s3 490/461 (full/causal), 128x64w8s3 483/459; hd64 128x64w8s3 437/431,
+    # 128x128w8s2 331/284 (dropped). 64x64 stays as the fallback for head dim 256.
     "hopper": [
-        (128, 128, 8, 2),
-        (128, 64, 8, 3),
-        (128, 64, 8, 2),
         (128, 128, 8, 3),
+        (128, 64, 8, 3),
         (64, 64, 4, 3),
         (64, 64, 4, 2),
     ],
@@ -48,25 +49,22 @@ _FWD = {
 }
 # dk/dv pass: one program per BLOCK_N keys, looping over BLOCK_M query rows.
 _BWD_DKDV = {
+    # H200: 64x128w8s2 won everywhere (hd128 468/434, hd64 376/344); 32x128 next, and the small
+    # ones stay for head dim 256, where the larger tiles spill.
     "hopper": [
         (64, 128, 8, 2),
         (32, 128, 8, 2),
         (16, 128, 8, 2),
-        (32, 64, 8, 2),
-        (64, 64, 8, 2),
-        (32, 128, 8, 1),
     ],
     "ampere": [(64, 128, 8, 2), (32, 128, 4, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
     "interpret": [(16, 32, 4, 1)],
 }
 # dq pass: one program per BLOCK_M query rows, looping over BLOCK_N keys.
 _BWD_DQ = {
+    # H200: 128x64w8s3 won everywhere (hd128 617/579, hd64 603/566).
     "hopper": [
-        (128, 64, 8, 2),
-        (128, 32, 8, 3),
-        (64, 64, 4, 2),
         (128, 64, 8, 3),
-        (64, 128, 8, 2),
+        (64, 64, 4, 2),
         (64, 32, 4, 2),
     ],
     "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 2), (64, 32, 4, 3)],
