@@ -37,7 +37,6 @@ is exact maths, not a kernel, and is what a backend without a block-backward API
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 
 import torch
@@ -268,7 +267,7 @@ class SdpaFlashKernel(LocalKernel):
 
 class FlashAttnKernel(LocalKernel):
     """flash-attn 2's block API (``flash_attn.flash_attn_interface``), as ring-flash-attention
-    uses it. Keyword arguments are matched to the installed signature (2.6 took a
+    uses it, called positionally in the layout of the installed version (2.6 took a
     ``window_size`` tuple, 2.7+ takes ``window_size_left``/``_right``)."""
 
     name = "flash_attn"
@@ -293,58 +292,44 @@ class FlashAttnKernel(LocalKernel):
             return f"flash_attn: head dim {case.head_dim}"
         return None
 
-    @staticmethod
-    def _kwargs(fn, **kw):
-        params = inspect.signature(fn).parameters
-        if "window_size_left" not in params:
-            kw["window_size"] = (kw.pop("window_size_left"), kw.pop("window_size_right"))
-        return {k: v for k, v in kw.items() if k in params}
+    def _window(self):
+        """flash-attn >= 2.7 takes window_size_left/_right, 2.6 a window_size tuple. The 2.7+
+        functions are torch custom ops, so the layout is chosen by version, not by inspect."""
+        import flash_attn
+
+        major, minor = (int(x) for x in flash_attn.__version__.split(".")[:2])
+        return (-1, -1) if (major, minor) >= (2, 7) else ((-1, -1),)
 
     def forward(self, q, k, v, causal, scale):
         fn = self._iface()._flash_attn_forward
-        res = fn(
-            q,
-            k,
-            v,
-            **self._kwargs(
-                fn,
-                dropout_p=0.0,
-                softmax_scale=scale,
-                causal=causal,
-                window_size_left=-1,
-                window_size_right=-1,
-                softcap=0.0,
-                alibi_slopes=None,
-                return_softmax=False,
-            ),
-        )
+        # (q, k, v, dropout_p, softmax_scale, causal, window..., softcap, alibi_slopes,
+        #  return_softmax)
+        res = fn(q, k, v, 0.0, scale, causal, *self._window(), 0.0, None, False)
         return res[0], res[-3] if len(res) > 4 else res[1]
 
     def backward(self, dout, q, k, v, out, lse, causal, scale):
         fn = self._iface()._flash_attn_backward
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # (dout, q, k, v, out, lse, dq, dk, dv, dropout_p, softmax_scale, causal, window...,
+        #  softcap, alibi_slopes, deterministic, rng_state)
         fn(
-            dout.to(q.dtype),
+            dout.to(q.dtype).contiguous(),
             q,
             k,
             v,
-            out.to(q.dtype),
+            out.to(q.dtype).contiguous(),
             lse.contiguous(),
             dq,
             dk,
             dv,
-            **self._kwargs(
-                fn,
-                dropout_p=0.0,
-                softmax_scale=scale,
-                causal=causal,
-                window_size_left=-1,
-                window_size_right=-1,
-                softcap=0.0,
-                alibi_slopes=None,
-                deterministic=False,
-                rng_state=None,
-            ),
+            0.0,
+            scale,
+            causal,
+            *self._window(),
+            0.0,
+            None,
+            False,
+            None,
         )
         return dq, dk, dv
 

@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 1) fa2_bwd_dkdv_kernel(const F
     }
   }
   cp_async_wait<0>();
-  __syncwarp();
+  __syncthreads();  // no block iterated: other threads' copies may still land in this warp's rows
   // each warp stages its own 16 rows of sK / sV (only this warp ever read them)
   frag_to_smem<T, D / 8, LD>(sK, warp * 16, acc_dk, p.scale, p.scale, lane);
   frag_to_smem<T, D / 8, LD>(sV, warp * 16, acc_dv, 1.f, 1.f, lane);
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32, 1) fa2_bwd_dq_kernel(const FaP
     }
   }
   cp_async_wait<0>();
-  __syncwarp();
+  __syncthreads();  // no block iterated: other threads' copies may still land in this warp's rows
   frag_to_smem<T, D / 8, LD>(sQ, warp * 16, acc_dq, p.scale, p.scale, lane);
   __syncwarp();
   const int64_t rs = static_cast<int64_t>(p.hq) * D;
