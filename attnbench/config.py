@@ -176,7 +176,9 @@ def config_path(name_or_file: str) -> Path:
     return Path(str(shipped))
 
 
-def load_config(name_or_file: str) -> tuple[Config, Path]:
+def load_config(name_or_file: str, model: type[BaseModel] = Config) -> tuple[Config, Path]:
+    """Read, validate (``model``: :class:`Config` or a subclass-like model with ``cases`` and
+    ``cpu``) and expand a config, so impossible cases fail here with their key path."""
     path = config_path(name_or_file)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -187,10 +189,9 @@ def load_config(name_or_file: str) -> tuple[Config, Path]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        cfg = Config.model_validate(raw)
+        cfg = model.model_validate(raw)
     except ValidationError as e:
         raise ConfigError("\n".join(f"{path}: {line}" for line in _format_validation(e))) from None
-    # expand now so impossible cases fail at load time with their path
     for prefix, grids in (("cases", cfg.cases), ("cpu.cases", cfg.cpu.cases if cfg.cpu else [])):
         for i, grid in enumerate(grids):
             try:

@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..case import Case
-from ..config import ConfigError, Grid, Mode, _format_validation, config_path, expand
+from ..config import Grid, Mode, expand, load_config
 from .strategy import STRATEGIES
 
 Strategy = Literal["ring", "zigzag", "ulysses", "hybrid", "hybrid_zigzag"]
@@ -92,24 +91,7 @@ class Selection:
 
 def load_dist_config(name_or_file: str) -> tuple[DistConfig, Path]:
     """Load and validate a dist config (``dist`` -> the shipped configs/dist.yaml)."""
-    path = config_path(name_or_file)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    try:
-        cfg = DistConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError("\n".join(f"{path}: {line}" for line in _format_validation(e))) from None
-    for prefix, grids in (("cases", cfg.cases), ("cpu.cases", cfg.cpu.cases if cfg.cpu else [])):
-        for i, grid in enumerate(grids):
-            try:
-                expand(grid)
-            except ValueError as e:
-                raise ConfigError(f"{path}: {prefix}.{i}: {e}") from None
-    return cfg, path
+    return load_config(name_or_file, DistConfig)
 
 
 def select(
