@@ -37,7 +37,8 @@ if INTERPRET:
 _FWD = {
     # pruned with tools/gpu/triton_fa2_check.py --configs on an H200 (bf16, S 8k, 2026-11-21):
     # hd128 128x128w8s3 490/461 (full/causal), 128x64w8s3 483/459; hd64 128x64w8s3 437/431,
-    # 128x128w8s2 331/284 (dropped). 64x64 stays as the fallback for head dim 256.
+    # 128x128w8s2 331/284 (dropped). 64x64 stays as the fallback for head dim 256. A second
+    # tuning (S 2k/16k) tried 128x128w8s4, 128x64w8s4 (within 2%) and 128x128w4s3 (half): dropped.
     "hopper": [
         (128, 128, 8, 3),
         (128, 64, 8, 3),
@@ -49,9 +50,11 @@ _FWD = {
 }
 # dk/dv pass: one program per BLOCK_N keys, looping over BLOCK_M query rows.
 _BWD_DKDV = {
-    # H200: 64x128w8s2 won everywhere (hd128 468/434, hd64 376/344); 32x128 next, and the small
-    # ones stay for head dim 256, where the larger tiles spill.
+    # H200 (second tuning, S 2k/16k): 64x128w8s3 wins non-causal (hd128 16k 551 vs 459 for s2),
+    # 64x128w8s2 wins causal at 2k (341 vs 283); 32x128 and 16x128 stay for head dim 256.
+    # 64x128w4s2 (150) was dropped.
     "hopper": [
+        (64, 128, 8, 3),
         (64, 128, 8, 2),
         (32, 128, 8, 2),
         (16, 128, 8, 2),
@@ -61,9 +64,11 @@ _BWD_DKDV = {
 }
 # dq pass: one program per BLOCK_M query rows, looping over BLOCK_N keys.
 _BWD_DQ = {
-    # H200: 128x64w8s3 won everywhere (hd128 617/579, hd64 603/566).
+    # H200: 128x64w8s3 and 128x64w8s4 are within 1-2% (hd128 16k 632/646); 128x128w8s2 was
+    # slower (577) and dropped.
     "hopper": [
         (128, 64, 8, 3),
+        (128, 64, 8, 4),
         (64, 64, 4, 2),
         (64, 32, 4, 2),
     ],
