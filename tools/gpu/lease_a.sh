@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Device call A (nvidia-h200-x4): start the flash-attn build, run the GPU tests and the
 # distributed suite (local kernels triton_fa2, sdpa_flash) while it builds, then wait for it.
+# Needs two git-ignored folders, made here once and named in the device call's carry list:
+#   bash ../shared/device/flash_attn.sh download .gpu
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl pydantic==2.13.4 pydantic_core==2.46.4 annotated-types typing-inspection
+# (the GPU image has no pydantic). Call B (lease_b.sh) must follow within 30 s on the same machine.
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
