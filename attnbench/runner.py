@@ -217,7 +217,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
         ok, msg = _verdict(errs, m)
         try:
             p = be.prepare(inp, case)
-            fn = mode_fn(be, p, case, inp.dout, m)
+            fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
             del p, fn
         except Exception as e:

@@ -8,9 +8,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .backends.base import Backend, Prepared
-from .case import Case
-
 
 @dataclass
 class Timing:
@@ -21,16 +18,17 @@ class Timing:
     wall_s: float  # wall time spent in the timing call (warm-up, reps, flushes)
 
 
-def mode_fn(backend: Backend, p: Prepared, case: Case, dout: torch.Tensor, mode: str):
-    """The callable timed for ``mode``. bwd runs the forward once here, outside the timed region,
-    and times only ``out.backward`` (the graph is retained; grads are reset every rep)."""
+def mode_fn(forward, dout: torch.Tensor, mode: str):
+    """The callable timed for ``mode``; ``forward()`` returns ``(out, lse)``. bwd runs the forward
+    once here, outside the timed region, and times only ``out.backward`` (the graph is retained;
+    grads are reset every rep)."""
     if mode == "fwd":
-        return lambda: backend.forward(p, case)
+        return forward
     if mode == "bwd":
-        out, _ = backend.forward(p, case)
+        out, _ = forward()
         return lambda: out.backward(dout, retain_graph=True)
     if mode == "fwd_bwd":
-        return lambda: backend.forward(p, case)[0].backward(dout)
+        return lambda: forward()[0].backward(dout)
     raise ValueError(f"unknown mode {mode!r}")
 
 

@@ -90,16 +90,3 @@ def dist_bench(
         float(v) for v in torch.quantile(x, torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64))
     )
     return Timing(med, p20, p80, peak, time.perf_counter() - t_start)
-
-
-def mode_fn(attn, dout: torch.Tensor, mode: str):
-    """The callable timed for ``mode``; ``attn()`` returns (out, lse). bwd runs the forward
-    once here and times ``out.backward`` with the graph retained."""
-    if mode == "fwd":
-        return attn
-    if mode == "bwd":
-        out, _ = attn()
-        return lambda: out.backward(dout, retain_graph=True)
-    if mode == "fwd_bwd":
-        return lambda: attn()[0].backward(dout)
-    raise ValueError(f"unknown mode {mode!r}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import typer
 
 from ..case import DTYPE_ALIASES
-from ..cli import fail, make_console
+from ..cli import _DTYPE, _OUT, fail, make_console
 from ..config import ConfigError
 from ..env import default_device
 from ..results import ResultsWriter, new_run_id
@@ -193,8 +193,6 @@ def _run(
 _DEVICE = typer.Option(None, "--device", help="cuda (NCCL) or cpu (gloo); default cuda if present")
 _LOCAL = typer.Option(None, "--local-backends", help="comma-separated local backends (need an lse)")
 _STRATS = typer.Option(None, "--strategies", help=f"subset of {','.join(STRATEGIES)}")
-_DTYPE = typer.Option(None, "--dtype", help="run every case in these dtypes (fp16,bf16,fp32)")
-_OUT = typer.Option(Path("results"), "--out", help="results folder")
 _NPROC = typer.Option(None, "--nproc", help="start torchrun with this many processes")
 _TIMEOUT = typer.Option(None, "--timeout", help="collective timeout in seconds (config: 120)")
 

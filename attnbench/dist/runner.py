@@ -22,7 +22,8 @@ from ..inputs import make_inputs
 from ..reference import reference
 from ..runner import RunContext, classify
 from ..timing import bench
-from .bench import dist_bench, mode_fn
+from ..timing import mode_fn
+from .bench import dist_bench
 from .check import compare, report_lines, run_distributed, run_single
 from .comm import DistEnv, Watchdog
 from .config import DistConfig, Selection

@@ -46,7 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from attnbench.backends import REGISTRY  # noqa: E402
-from attnbench.case import Case  # noqa: E402
+from attnbench.case import Case, case_flops  # noqa: E402
 from attnbench.check import check_backend, make_truth  # noqa: E402
 from attnbench.inputs import make_inputs  # noqa: E402
 
@@ -199,7 +199,7 @@ def bench_case(d, s, causal, dtype=torch.bfloat16):
     q, k, v, do = (
         torch.randn(b, s, h, d, device="cuda", dtype=dtype, generator=g) for _ in range(4)
     )
-    flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
+    flops = case_flops(Case(b, h, h, s, s, d, "bf16", causal), "fwd")  # the harness formula
     row = {}
 
     # triton_fa2 (B, S, H, D)
