@@ -22,7 +22,8 @@ import torch
 from attnbench.case import Case
 from attnbench.dist.check import run_distributed, run_single
 from attnbench.dist.config import load_dist_config, select
-from attnbench.dist.local import get_local_kernel, merge_block, recompute_backward
+from attnbench.dist.local import get_local_kernel, recompute_backward
+from attnbench.dist.merge import merge_block, merge_into
 from attnbench.dist.strategy import STRATEGIES, DistSetupError, Layout, check_setup
 from attnbench.reference import attention_ref
 
@@ -263,6 +264,62 @@ def test_merge_of_two_key_halves_is_full_attention():
     out, lse = merge_block(*merge_block(None, None, o1, l1), o2, l2)
     torch.testing.assert_close(out, full.float(), atol=1e-6, rtol=0)
     torch.testing.assert_close(lse, full_lse.float(), atol=1e-6, rtol=0)
+
+
+def _merge_impls():
+    import os
+
+    impls = ["torch"]
+    try:
+        import triton  # noqa: F401
+
+        if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+            impls.append("triton")
+    except ImportError:
+        pass
+    return impls
+
+
+@pytest.mark.parametrize("impl", _merge_impls())
+@pytest.mark.parametrize("block_dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_merge_into_rows_of_a_view_matches_full_attention(impl, block_dtype):
+    """In-place merge into the second half of the rows (a strided view, as zigzag does), with
+    head dim 40 (not a power of two), and rows that see no key in one block or in both."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(2)
+    b, s, h, d = 2, 24, 3, 40
+    q = torch.randn(b, s, h, d, dtype=torch.float64)
+    k, v = (torch.randn(b, 20, h, d, dtype=torch.float64) for _ in "kv")
+    o1, l1 = attention_ref(q, k[:, :8], v[:, :8], upcast=False)
+    o2, l2 = attention_ref(q, k[:, 8:], v[:, 8:], upcast=False)
+    full, full_lse = attention_ref(q, k, v, upcast=False)
+    # rows 12-14 of head 0 see nothing in block 2 (reference convention: lse +inf, out 0)
+    e = slice(s // 2, s // 2 + 3)
+    l2[:, 0, e], o2[:, e, 0] = float("inf"), 0.0
+    out = torch.zeros(b, s, h, d, dtype=torch.float32, device=dev)
+    lse = torch.zeros(b, h, s, dtype=torch.float32, device=dev)
+    half = slice(s // 2, s)
+    merge_block_first = merge_block(None, None, o1.to(dev).float(), l1.to(dev))
+    out[:, half], lse[:, :, half] = (
+        t[:, half] if t.dim() == 4 else t[..., half] for t in merge_block_first
+    )
+    merge_into(
+        out[:, half],
+        lse[:, :, half],
+        o2.to(dev, block_dtype)[:, half],
+        l2.to(dev).float()[..., half],
+        impl=impl,
+    )
+    want, want_lse = full.clone(), full_lse.clone()
+    want[:, e, 0], want_lse[:, 0, e] = o1[:, e, 0], l1[:, 0, e]
+    tol = 1e-5 if block_dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(out[:, half].cpu(), want[:, half].float(), atol=tol, rtol=0)
+    torch.testing.assert_close(lse[..., half].cpu(), want_lse[..., half].float(), atol=1e-5, rtol=0)
+    assert (out[:, : s // 2] == 0).all() and (lse[..., : s // 2] == 0).all()  # untouched rows
+    # neither side sees a key: 0 and -inf, never NaN
+    o, l_ = torch.ones(1, 4, 1, 8, device=dev), torch.full((1, 1, 4), float("-inf"), device=dev)
+    merge_into(o, l_, torch.full_like(o, float("nan")), torch.full_like(l_, float("inf")), impl)
+    assert (o == 0).all() and torch.isneginf(l_).all()
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

@@ -4,14 +4,9 @@ results.
 
 Every strategy splits attention into blocks (a query shard against a key/value shard). A block
 forward returns ``out_b`` (input dtype) and ``lse_b = log sum_j exp(s_ij)`` (fp32, (B, H, Sq)).
-Partial results of the same query rows are merged in fp32 (Liu et al., Ring Attention,
-arXiv:2310.01889; the form of ring-flash-attention)::
-
-    out <- out - sigmoid(lse_b - lse) * (out - out_b)
-    lse <- lse - logsigmoid(lse - lse_b)
-
-which is ``out = (e^lse out + e^lse_b out_b) / (e^lse + e^lse_b)`` and ``lse = log(e^lse +
-e^lse_b)`` without overflow. The block backward needs the *global* ``out`` and ``lse`` (the
+Partial results of the same query rows are merged in fp32 by :mod:`attnbench.dist.merge`
+(``out = (e^lse out + e^lse_b out_b) / (e^lse + e^lse_b)``, ``lse = log(e^lse + e^lse_b)``
+without overflow; one fused pass on the GPU). The block backward needs the *global* ``out`` and ``lse`` (the
 softmax of one block is normalised by all keys): with ``P_b = exp(scale q k_b^T - lse)`` and
 ``delta = rowsum(dout * out)``::
 
@@ -26,6 +21,8 @@ name            block forward                                   block backward
 ``ref``         :func:`attnbench.reference.attention_ref` fp32  fp32 recomputation (above)
 ``sdpa_flash``  ``aten._scaled_dot_product_flash_attention``    the matching aten backward op
                 (``_for_cpu`` on CPU), GQA by repeating k/v     (kv-head groups summed)
+``sdpa_eff..``  ``aten._scaled_dot_product_efficient_attention``  the matching aten backward op
+                (CUDA only), GQA by repeating k/v               (lse padded to 32 rows)
 ``flash_attn``  flash-attn's ``_flash_attn_forward``            ``_flash_attn_backward``
 any backend     ``Backend.prepare`` + ``forward`` (no grad)      ``lse_backward`` if the backend
 with lse        e.g. ``naive``, ``triton_fa2``                  has one, else fp32 recomputation
@@ -40,9 +37,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
-from ..backends.base import REGISTRY, Backend
+from ..backends.base import REGISTRY, Backend, Prepared
 from ..case import Case
 from ..inputs import Inputs
 from ..reference import attention_ref, visible_mask
@@ -108,28 +104,6 @@ def recompute_backward(dout, q, k, v, out, lse, causal, scale, budget_bytes: int
     return dq, dk, dv
 
 
-# ---- the merge ------------------------------------------------------------------------------
-def merge_block(
-    out: torch.Tensor | None,
-    lse: torch.Tensor | None,
-    block_out: torch.Tensor,
-    block_lse: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge a block into the running fp32 ``out`` (B, S, H, D) and ``lse`` (B, H, S).
-
-    ``out``/``lse`` None: the first block (returned in fp32). Rows of a block with no visible
-    key (lse +inf in the reference's convention) leave the running result unchanged.
-    """
-    block_lse = block_lse.to(torch.float32)
-    block_lse = block_lse.masked_fill(torch.isposinf(block_lse), float("-inf"))
-    if out is None:
-        return block_out.to(torch.float32), block_lse
-    w = torch.sigmoid(block_lse - lse).transpose(1, 2)[..., None]  # (B, S, H, 1)
-    out = out - w * (out - block_out.to(torch.float32))
-    lse = lse - F.logsigmoid(lse - block_lse)
-    return out, lse
-
-
 # ---- kernels --------------------------------------------------------------------------------
 class RefKernel(LocalKernel):
     name = "ref"
@@ -182,8 +156,13 @@ class BackendKernel(LocalKernel):
 
     def forward(self, q, k, v, causal, scale):
         case = self._case(q, k, causal, scale)
+        inp = Inputs(q=q, k=k, v=v, dout=None)
         with torch.no_grad():
-            p = self.backend.prepare(Inputs(q=q, k=k, v=v, dout=None), case)
+            if type(self.backend).prepare is Backend.prepare:
+                # the default prepare only clones fresh leaves: skip the copies in a ring step
+                p = Prepared((q, k, v), {"inputs": inp})
+            else:
+                p = self.backend.prepare(inp, case)
             out, lse = self.backend.forward(p, case)
         if lse is None:
             raise RuntimeError(f"{self.name} returned no lse")
@@ -209,37 +188,34 @@ def _sum_groups(dk, dv, g):
     return dk.unflatten(2, (-1, g)).sum(3), dv.unflatten(2, (-1, g)).sum(3)
 
 
-class SdpaFlashKernel(LocalKernel):
-    """SDPA's flash kernel through the aten ops that return the lse; (B, H, S, D) inside.
-    ``is_causal`` is top-left aligned, which equals bottom-right for the square causal blocks the
-    strategies use (non-square causal blocks are refused)."""
+class _SdpaKernel(LocalKernel):
+    """SDPA kernels through the aten ops that return the lse, (B, H, S, D) views inside, GQA by
+    repeating k/v (and summing the kv-head groups of dk/dv). ``is_causal`` is top-left aligned,
+    which equals bottom-right for the square causal blocks the strategies use (non-square causal
+    blocks are refused)."""
 
-    name = "sdpa_flash"
-    description = "aten _scaled_dot_product_flash_attention (+ backward op); GQA by repeating k/v"
-    block_backward = "aten flash backward op"
+    def _check(self, case, device) -> str | None:
+        if device == "cuda" and case.dtype not in ("fp16", "bf16"):
+            return f"{self.name}: dtype {case.dtype} (the CUDA kernel takes fp16, bf16)"
+        if device == "cuda" and case.head_dim > 256:
+            return f"{self.name}: head dim {case.head_dim} > 256"
+        return None
 
     def why_unsupported(self, case, device):
-        if device == "cuda" and case.dtype not in ("fp16", "bf16"):
-            return f"sdpa_flash: dtype {case.dtype} (CUDA flash kernel takes fp16, bf16)"
-        if device == "cuda" and case.head_dim > 256:
-            return f"sdpa_flash: head dim {case.head_dim} > 256"
-        return None
+        return self._check(case, device)
+
+    def _fwd(self, qt, kt, vt, causal, scale):
+        raise NotImplementedError
+
+    def _bwd(self, dot, qt, kt, vt, ot, lse, causal, scale):
+        raise NotImplementedError
 
     def forward(self, q, k, v, causal, scale):
         if causal and q.shape[1] != k.shape[1]:
-            raise ValueError("sdpa_flash local kernel: causal blocks must be square")
-        g = q.shape[2] // k.shape[2]
-        k, v = _repeat_kv(k, v, g)
-        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        if q.is_cuda:
-            res = torch.ops.aten._scaled_dot_product_flash_attention(
-                qt, kt, vt, 0.0, causal, False, scale=scale
-            )
-        else:
-            res = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                qt, kt, vt, 0.0, causal, scale=scale
-            )
-        return res[0].transpose(1, 2), res[1].float()
+            raise ValueError(f"{self.name} local kernel: causal blocks must be square")
+        k, v = _repeat_kv(k, v, q.shape[2] // k.shape[2])
+        out, lse = self._fwd(*(t.transpose(1, 2) for t in (q, k, v)), causal, scale)
+        return out.transpose(1, 2), lse[..., : q.shape[1]].float()
 
     def backward(self, dout, q, k, v, out, lse, causal, scale):
         g = q.shape[2] // k.shape[2]
@@ -247,22 +223,89 @@ class SdpaFlashKernel(LocalKernel):
         qt, kt, vt, ot, dot = (
             t.transpose(1, 2) for t in (q, k, v, out.to(q.dtype), dout.to(q.dtype))
         )
-        lse = lse.contiguous()
-        if q.is_cuda:
-            # dense inputs: no cu_seqlens (None = undefined, as the forward returns them);
-            # dropout 0, so the philox seed/offset are never read
-            sq, sk = q.shape[1], k.shape[1]
-            seed = torch.empty(2, dtype=torch.uint64, device=q.device)
-            offset = torch.empty((), dtype=torch.uint64, device=q.device)
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-                dot, qt, kt, vt, ot, lse, None, None, sq, sk, 0.0, causal, seed, offset, scale=scale
-            )
-        else:
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                dot, qt, kt, vt, ot, lse, 0.0, causal, scale=scale
-            )
+        dq, dk, dv = self._bwd(dot, qt, kt, vt, ot, lse.float().contiguous(), causal, scale)
         dk, dv = _sum_groups(dk.transpose(1, 2), dv.transpose(1, 2), g)
         return dq.transpose(1, 2), dk, dv
+
+
+class SdpaFlashKernel(_SdpaKernel):
+    name = "sdpa_flash"
+    description = "aten _scaled_dot_product_flash_attention (+ backward op); GQA by repeating k/v"
+    block_backward = "aten flash backward op"
+
+    def _fwd(self, qt, kt, vt, causal, scale):
+        if qt.is_cuda:
+            res = torch.ops.aten._scaled_dot_product_flash_attention(
+                qt, kt, vt, 0.0, causal, False, scale=scale
+            )
+        else:
+            res = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                qt, kt, vt, 0.0, causal, scale=scale
+            )
+        return res[0], res[1]
+
+    def _bwd(self, dot, qt, kt, vt, ot, lse, causal, scale):
+        if not qt.is_cuda:
+            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                dot, qt, kt, vt, ot, lse, 0.0, causal, scale=scale
+            )
+        # dense inputs: no cu_seqlens (None = undefined, as the forward returns them); dropout 0,
+        # so the philox seed/offset are never read
+        seed = torch.empty(2, dtype=torch.uint64, device=qt.device)
+        offset = torch.empty((), dtype=torch.uint64, device=qt.device)
+        sq, sk = qt.shape[2], kt.shape[2]
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            dot, qt, kt, vt, ot, lse, None, None, sq, sk, 0.0, causal, seed, offset, scale=scale
+        )
+
+
+class SdpaEfficientKernel(_SdpaKernel):
+    """The memory-efficient (xformers/cutlass) kernel. Its lse comes padded to a multiple of 32
+    rows; the backward gets it padded the same way."""
+
+    name = "sdpa_efficient"
+    description = (
+        "aten _scaled_dot_product_efficient_attention (+ backward op); GQA by repeating k/v"
+    )
+    block_backward = "aten efficient backward op"
+
+    def why_unsupported(self, case, device):
+        if device != "cuda":
+            return "sdpa_efficient: CUDA only (aten's memory-efficient kernel has no CPU version)"
+        if case.dtype not in ("fp16", "bf16", "fp32"):
+            return f"sdpa_efficient: dtype {case.dtype}"
+        return None
+
+    def _fwd(self, qt, kt, vt, causal, scale):
+        res = torch.ops.aten._scaled_dot_product_efficient_attention(
+            qt, kt, vt, None, True, 0.0, causal, scale=scale
+        )
+        return res[0], res[1]
+
+    def _bwd(self, dot, qt, kt, vt, ot, lse, causal, scale):
+        sq = qt.shape[2]
+        pad = -sq % 32
+        if pad:
+            lse = torch.nn.functional.pad(lse, (0, pad))
+        # dropout 0: the philox seed/offset are never read
+        seed = torch.zeros((), dtype=torch.int64, device=qt.device)
+        offset = torch.zeros((), dtype=torch.int64, device=qt.device)
+        dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+            dot,
+            qt,
+            kt,
+            vt,
+            None,
+            ot,
+            lse,
+            seed,
+            offset,
+            0.0,
+            [True, True, True, False],
+            causal,
+            scale=scale,
+        )
+        return dq, dk, dv
 
 
 class FlashAttnKernel(LocalKernel):
@@ -335,7 +378,7 @@ class FlashAttnKernel(LocalKernel):
 
 
 LOCAL_KERNELS: dict[str, LocalKernel] = {
-    k.name: k for k in (RefKernel(), SdpaFlashKernel(), FlashAttnKernel())
+    k.name: k for k in (RefKernel(), SdpaFlashKernel(), SdpaEfficientKernel(), FlashAttnKernel())
 }
 
 

@@ -4,7 +4,7 @@ Ring attention (Liu, Zaharia, Abbeel, 2023, arXiv:2310.01889): rank ``r`` of ``P
 shard of q, k, v. For ``P`` steps it attends its queries to the k/v block it holds while the
 block travels on to rank ``r + 1`` (batched ``isend``/``irecv``, started before the block's
 compute so the transfer overlaps it); partial results are merged by their lse
-(:func:`attnbench.dist.local.merge_block`). At step ``s`` the block comes from rank
+(:func:`attnbench.dist.merge.merge_into`, in place, one fused pass on the GPU). At step ``s`` the block comes from rank
 ``src = r - s (mod P)``.
 
 Causal, contiguous shards (rank r holds chunk r): blocks from later ranks (``src > r``) are
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from .comm import RingComm
-from .local import LocalKernel, merge_block
+from .local import LocalKernel
+from .merge import merge_into, start_from
 
 _KV_TAG, _DKV_TAG = 0, 1
 
@@ -65,10 +66,9 @@ class RingAttnFunc(torch.autograd.Function):
                 qs, ks, c = blk
                 bo, bl = kernel.forward(q[:, qs], kb[:, ks], vb[:, ks], c, scale)
                 if step == 0:
-                    o, l = merge_block(None, None, bo, bl)
+                    start_from(out[:, qs], lse[:, :, qs], bo, bl)
                 else:
-                    o, l = merge_block(out[:, qs], lse[:, :, qs], bo, bl)
-                out[:, qs], lse[:, :, qs] = o, l
+                    merge_into(out[:, qs], lse[:, :, qs], bo, bl)
             if step + 1 < p:
                 comm.wait()
                 kb, vb = nk, nv
@@ -112,7 +112,7 @@ class RingAttnFunc(torch.autograd.Function):
                     c,
                     scale,
                 )
-                dq[:, qs] += bdq.float()
+                dq[:, qs].add_(bdq)
                 part = (ks, bdk, bdv)
             if step > 0:
                 dkv_comm.wait()
@@ -122,8 +122,8 @@ class RingAttnFunc(torch.autograd.Function):
                 dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
             if part is not None:
                 ks, bdk, bdv = part
-                dk[:, ks] += bdk.float()
-                dv[:, ks] += bdv.float()
+                dk[:, ks].add_(bdk)
+                dv[:, ks].add_(bdv)
             if p > 1:
                 rk, rv = dkv_comm.send_recv(dk), dkv_comm.send_recv(dv)
                 dkv_comm.commit()

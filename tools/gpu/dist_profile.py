@@ -1,0 +1,112 @@
+"""Where a ring/zigzag rank's time goes, on ONE GPU: the rank's compute with the transfers
+replaced by no-ops, against the ideal (single-GPU time of the whole sequence / P).
+
+    python tools/gpu/dist_profile.py --kernels triton_fa2,sdpa_flash --world 4
+
+The ring code runs unchanged (``attnbench.dist.ring``) with its ``RingComm`` swapped for one that
+hands the block straight back, so what is left is the rank's own work: block kernels, merges,
+slicing and gradient accumulation. ``merge`` = torch runs the eager merge instead of the fused
+Triton one. Shape: ring-flash-attention's benchmark (8k tokens per rank, 32/8 heads, D128,
+bf16, causal). Not a substitute for ``attnbench dist perf`` (no communication here).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from triton.testing import do_bench
+
+import attnbench.dist.merge as merge
+import attnbench.dist.ring as ring
+from attnbench.dist.local import get_local_kernel, local_attention
+
+
+class NoComm:
+    rank = 1
+
+    def __init__(self, group=None, tag=0):
+        self.world_size = NoComm.world
+        self.rank = NoComm.rank
+
+    def send_recv(self, t):
+        return t
+
+    def commit(self):
+        pass
+
+    def wait(self):
+        pass
+
+
+def _time(fn, leaves):
+    def run():
+        for t in leaves:
+            t.grad = None
+        fn()
+
+    return do_bench(run, warmup=50, rep=300)
+
+
+def _ring_times(kern, loc, scale, zigzag):
+    q, k, v = (t.clone().requires_grad_() for t in loc)
+
+    def fwd():
+        return ring.ring_attention(q, k, v, kern, True, scale, zigzag=zigzag)
+
+    with torch.no_grad():
+        t_f = do_bench(fwd, rep=300)
+    o, _ = fwd()
+    do = torch.randn_like(o)
+    return t_f, _time(lambda: o.backward(do, retain_graph=True), (q, k, v))
+
+
+def profile(kern, full, loc, p, scale):
+    """Rows (kernel, strategy, merge, rank, ideal fwd, fwd, ideal bwd, bwd) in ms."""
+    fq, fk, fv = (t.clone().requires_grad_() for t in full)
+    fo, _ = local_attention(fq, fk, fv, kern, True, scale)
+    fdo = torch.randn_like(fo)
+    with torch.no_grad():
+        t_fwd1 = do_bench(lambda: local_attention(fq, fk, fv, kern, True, scale), rep=300)
+    t_bwd1 = _time(lambda: fo.backward(fdo, retain_graph=True), (fq, fk, fv))
+    rows = []
+    for strat in ("ring", "zigzag"):
+        for impl in ("triton", "torch"):
+            merge.use_triton = (lambda t: t.is_cuda) if impl == "triton" else (lambda t: False)
+            for rank in range(p) if strat == "ring" else (1,):
+                NoComm.rank = rank
+                t_f, t_b = _ring_times(kern, loc, scale, strat == "zigzag")
+                rows.append((kern.name, strat, impl, rank, t_fwd1 / p, t_f, t_bwd1 / p, t_b))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernels", default="triton_fa2,sdpa_flash,sdpa_efficient")
+    ap.add_argument("--world", type=int, default=4)
+    ap.add_argument("--per-rank", type=int, default=8192)
+    ap.add_argument("--device", default="cuda")
+    a = ap.parse_args()
+    p, s = a.world, a.per_rank
+    NoComm.world = p
+    ring.RingComm = NoComm
+    dev, dt = a.device, torch.bfloat16
+    torch.manual_seed(0)
+    hq, hkv, d = 32, 8, 128
+    scale = d**-0.5
+    full = [torch.randn(1, p * s, h, d, device=dev, dtype=dt) for h in (hq, hkv, hkv)]
+    loc = [t[:, :s].clone() for t in full]
+    rows = []
+    for name in a.kernels.split(","):
+        rows += profile(get_local_kernel(name), full, loc, p, scale)
+    print(f"P={p}, {s} tokens per rank, 32/8 heads, D128, bf16, causal; no communication")
+    print("kernel         strategy merge  rank  ideal_fwd  fwd ms  eff  | ideal_bwd  bwd ms  eff")
+    for name, strat, impl, rank, i_f, t_f, i_b, t_b in rows:
+        print(
+            f"{name:14s} {strat:8s} {impl:6s} {rank:4d}  {i_f:8.3f} {t_f:7.3f} {i_f / t_f:4.0%}"
+            f"  | {i_b:8.3f} {t_b:7.3f} {i_b / t_b:4.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
