@@ -415,6 +415,27 @@ def test_cli_accuracy_end_to_end(tmp_path):
     assert set(df[df["status"] == "unsupported"]["strategy"]) == {"hybrid", "hybrid_zigzag"}
 
 
+def test_cli_perf_end_to_end_with_both_baselines(tmp_path):
+    """dist perf (gloo, 2 processes): per-rank rows plus a slowest-rank row per strategy and
+    mode, each with its verdict; rank 0's single-device baselines at S and at S/P, so both
+    efficiencies (strict, and ring-flash-attention's) are printed and recomputable."""
+    import pandas as pd
+
+    cmd = [sys.executable, "-m", "attnbench", "dist", "perf", "--sweep", "dist_bench"]
+    cmd += ["--nproc", "2", "--device", "cpu", "--out", str(tmp_path), "--strategies", "zigzag"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "vs P x S/P" in p.stdout
+    df = pd.read_parquet(tmp_path)
+    single = df[df["strategy"] == "single"]
+    assert set(single["seqlen_q"]) == {128, 64} and (single["status"] == "ok").all()
+    grp = df[(df["strategy"] == "zigzag") & df["rank"].isna()]
+    assert len(grp) == 4 and (grp["status"] == "ok").all()  # 2 kernels x fwd, fwd_bwd
+    assert grp["message"].str.contains("ring-flash-attention's ideal").all()
+    per_rank = df[(df["strategy"] == "zigzag") & df["rank"].notna()]
+    assert set(per_rank["rank"]) == {0, 1} and (per_rank["latency_ms"] > 0).all()
+
+
 def test_cli_usage_errors_before_launch(tmp_path):
     cmd = [
         sys.executable,

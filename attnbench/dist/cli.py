@@ -143,7 +143,7 @@ def _run(
         if not torch.cuda.is_available():
             fail("--device cuda given but no CUDA GPU is visible (use --device cpu)")
     timeout_s = timeout or cfg.timeout_s
-    env = comm.init(dev, timeout_s)
+    env = comm.init(dev, timeout_s, cfg.nccl_high_priority)
     wd = comm.Watchdog(env.rank, timeout_s)
     ctx = None
     if env.rank == 0:

@@ -42,8 +42,28 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def init(device: str, timeout_s: float = 120.0) -> DistEnv:
-    """Join the process group described by torchrun's environment variables."""
+def nccl_options(high_priority: bool = True):
+    """NCCL process-group options: communication on a high-priority stream, so a transfer's
+    kernel is scheduled as soon as an SM frees up instead of after the whole attention kernel
+    it should overlap (the default priority queues it behind every block of that kernel)."""
+    opts = dist.ProcessGroupNCCL.Options()
+    opts.is_high_priority_stream = high_priority
+    return opts
+
+
+def new_group(ranks: list[int]):
+    """A subgroup with the world group's NCCL options (the hybrid layouts' Ulysses/ring groups)."""
+    if dist.get_backend() == "nccl":
+        return dist.new_group(ranks, pg_options=nccl_options(_HIGH_PRIORITY[0]))
+    return dist.new_group(ranks)
+
+
+_HIGH_PRIORITY = [True]
+
+
+def init(device: str, timeout_s: float = 120.0, high_priority: bool = True) -> DistEnv:
+    """Join the process group described by torchrun's environment variables; NCCL
+    communication runs on a high-priority stream unless ``high_priority`` is False."""
     os.environ["NCCL_NVLS_ENABLE"] = "0"
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -58,8 +78,10 @@ def init(device: str, timeout_s: float = 120.0) -> DistEnv:
     else:
         dev, backend = "cpu", "gloo"
     if not dist.is_initialized():
+        _HIGH_PRIORITY[0] = high_priority
+        extra = {"pg_options": nccl_options(high_priority)} if backend == "nccl" else {}
         dist.init_process_group(
-            backend, rank=rank, world_size=world, timeout=dt.timedelta(seconds=timeout_s)
+            backend, rank=rank, world_size=world, timeout=dt.timedelta(seconds=timeout_s), **extra
         )
     return DistEnv(rank, world, local_rank, dev, backend, timeout_s)
 

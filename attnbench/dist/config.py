@@ -60,6 +60,7 @@ class DistConfig(_Strict):
     warmup_ms: int = 25
     rep_ms: int = 100
     timeout_s: float = 120.0
+    nccl_high_priority: bool = True  # NCCL on a high-priority stream (see comm.nccl_options)
     cases: list[Grid]
     cpu: DistVariant | None = None
 

@@ -8,7 +8,7 @@ gathers the per-rank numbers, prints them in rank order and writes the rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -230,63 +230,81 @@ def _verdict(errs, mode: str) -> tuple[bool, str | None]:
     )
 
 
-def _single_perf(run: DistRun, case, kernel, state, label) -> dict[str, float]:
-    """Rank 0 times the local kernel over the whole sequence on one device (the others wait);
-    returns mode -> median ms, and emits ``strategy=single`` rows with their own verdict (the
-    core rule: <= 2x / 3x same-dtype torch)."""
-    times: dict[str, float] = {}
-    if run.rank0:
-        truth, single = state["truth"], state["single"]
-        ok_by = {}
-        for t in CORE_TENSORS:
-            if t in truth.base:
-                mx, _ = abs_error(getattr(single, t), getattr(truth.ref, t))
-                ok_by[t] = core_passes(t, mx, truth.base[t][0], case.dtype)
-        rows = []
-        for mode in run.sel.modes:
-            ok = all(v for t, v in ok_by.items() if mode != "fwd" or t in ("out", "lse"))
-            try:
-                inp = state["inp"]
-                leaves = tuple(x.detach().clone().requires_grad_() for x in (inp.q, inp.k, inp.v))
-                fn = mode_fn(
-                    lambda lv=leaves: local_attention(*lv, kernel, case.causal, case.scale),
-                    inp.dout,
-                    mode,
-                )
-                t = bench(
-                    fn, leaves, torch.device(run.env.device), run.cfg.warmup_ms, run.cfg.rep_ms
-                )
-            except Exception as e:
-                status, msg = classify(e)
-                rows.append(
-                    run.row(case, kernel.name, mode, "single", 1, 0, status=status, message=msg)
-                )
-                continue
-            times[mode] = t.median_ms
-            flops = case_flops(case, mode)
-            rows.append(
-                run.row(
-                    case,
-                    kernel.name,
-                    mode,
-                    "single",
-                    1,
-                    0,
-                    status="ok" if ok else "accuracy_failed",
-                    accuracy_ok=ok,
-                    message=None if ok else "non-distributed run fails the core accuracy rule",
-                    latency_ms=t.median_ms,
-                    latency_ms_p20=t.p20_ms,
-                    latency_ms_p80=t.p80_ms,
-                    flops=flops,
-                    tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                    peak_mem_mb=t.peak_mem_mb,
-                    wall_s=t.wall_s,
-                )
+def _time_single(run: DistRun, case, kernel, inp, truth, single) -> tuple[dict, list]:
+    """Time the local kernel over ``case`` on this device: (mode -> median ms, rows), each row
+    with the core verdict of ``single`` against ``truth`` (<= 2x / 3x same-dtype torch)."""
+    ok_by = {}
+    for t in CORE_TENSORS:
+        if t in truth.base:
+            mx, _ = abs_error(getattr(single, t), getattr(truth.ref, t))
+            ok_by[t] = core_passes(t, mx, truth.base[t][0], case.dtype)
+    times, rows = {}, []
+    for mode in run.sel.modes:
+        ok = all(v for t, v in ok_by.items() if mode != "fwd" or t in ("out", "lse"))
+        try:
+            leaves = tuple(x.detach().clone().requires_grad_() for x in (inp.q, inp.k, inp.v))
+            fn = mode_fn(
+                lambda lv=leaves: local_attention(*lv, kernel, case.causal, case.scale),
+                inp.dout,
+                mode,
             )
+            t = bench(fn, leaves, torch.device(run.env.device), run.cfg.warmup_ms, run.cfg.rep_ms)
+        except Exception as e:
+            status, msg = classify(e)
+            rows.append(run.row(case, kernel.name, mode, "single", 1, 0, status=status, message=msg))
+            continue
+        if ok:
+            times[mode] = t.median_ms
+        flops = case_flops(case, mode)
+        rows.append(
+            run.row(
+                case,
+                kernel.name,
+                mode,
+                "single",
+                1,
+                0,
+                status="ok" if ok else "accuracy_failed",
+                accuracy_ok=ok,
+                message=None if ok else "non-distributed run fails the core accuracy rule",
+                latency_ms=t.median_ms,
+                latency_ms_p20=t.p20_ms,
+                latency_ms_p80=t.p80_ms,
+                flops=flops,
+                tflops=flops / (t.median_ms * 1e-3) / 1e12,
+                peak_mem_mb=t.peak_mem_mb,
+                wall_s=t.wall_s,
+            )
+        )
+    return times, rows
+
+
+def _single_perf(run: DistRun, case, kernel, state, label) -> dict[str, tuple]:
+    """Rank 0 times the local kernel on one device (the others wait) over the whole sequence
+    and, for P > 1, over one rank's share S/P of it (ring-flash-attention's "theoretic" baseline
+    is P x that time). Returns mode -> (ms at S, ms at S/P or None) and emits ``strategy=single``
+    rows (world size 1) for both, each with its own verdict."""
+    out: dict[str, tuple] = {}
+    if run.rank0:
+        full, rows = _time_single(run, case, kernel, state["inp"], state["truth"], state["single"])
+        share: dict = {}
+        P = run.env.world_size
+        if P > 1 and case.seqlen_q == case.seqlen_k and case.seqlen_q % P == 0:
+            try:
+                sub = replace(case, seqlen_q=case.seqlen_q // P, seqlen_k=case.seqlen_k // P)
+                inp = make_inputs(sub, run.env.device, run.cfg.seed)
+                truth = make_truth(inp, sub)
+                single = run_single(inp, sub, kernel)
+                share, more = _time_single(run, sub, kernel, inp, truth, single)
+                rows += more
+                del inp, truth, single
+            except Exception as e:  # the full-sequence baseline still stands
+                status, msg = classify(e)
+                run.print(f"[yellow]{label}: single-device run at S/P: {status}: {msg}[/]")
         run.emit(rows)
+        out = {m: (ms, share.get(m)) for m, ms in full.items()}
     with run.wd.phase(f"{label}: waiting for rank 0's single-device timing"):
-        return run.gather(times)[0]
+        return run.gather(out)[0]
 
 
 def run_perf(run: DistRun, summary: list[dict]) -> None:
@@ -455,8 +473,14 @@ def _perf_rows(run, case, backend, strategy, mode, per_rank, ok, vmsg, single_ms
             )
         )
     slow = max((t for _, _, t in per_rank), key=lambda t: t.median_ms)
-    eff = single_ms / (P * slow.median_ms) if single_ms else None
-    note = f"slowest rank; efficiency {eff:.1%} vs single-device / P" if eff else "slowest rank"
+    full_ms, share_ms = single_ms or (None, None)
+    eff = full_ms / (P * slow.median_ms) if full_ms else None
+    eff_share = P * share_ms / slow.median_ms if share_ms else None
+    note = "slowest rank"
+    if eff:
+        note += f"; efficiency {eff:.1%} vs single-device / P"
+    if eff_share:
+        note += f"; {eff_share:.1%} vs P x single-device at S/P (ring-flash-attention's ideal)"
     rows.append(
         run.row(
             case,
@@ -488,6 +512,7 @@ def _perf_rows(run, case, backend, strategy, mode, per_rank, ok, vmsg, single_ms
             per_rank=[t.median_ms for _, _, t in per_rank],
             tflops=flops / P / (slow.median_ms * 1e-3) / 1e12,
             eff=eff,
+            eff_share=eff_share,
             ok=ok,
         )
     )
@@ -506,6 +531,7 @@ def perf_table(summary: list[dict], world: int) -> Table:
         "ms",
         "TFLOP/s",
         "efficiency",
+        "vs P x S/P",
         "per-rank ms",
         "accuracy",
     ):
@@ -519,6 +545,7 @@ def perf_table(summary: list[dict], world: int) -> Table:
             f"{s['ms']:.3f}",
             f"{s['tflops']:.3g}",
             f"{s['eff']:.0%}" if s["eff"] else "-",
+            f"{s['eff_share']:.0%}" if s.get("eff_share") else "-",
             " ".join(f"{x:.3f}" for x in s["per_rank"]),
             "[green]ok[/]" if s["ok"] else "[red]FAIL[/]",
         )

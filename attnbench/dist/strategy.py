@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..case import Case
+from .comm import new_group
 from .local import LocalKernel
 from .ring import ring_attention
 from .ulysses import ulysses_attention
@@ -147,11 +148,11 @@ def make_groups(layout: Layout, rank: int) -> Groups:
     u, r = layout.ulysses_size, layout.ring_size
     mine = Groups()
     for j in range(r):
-        g = dist.new_group([j * u + i for i in range(u)])
+        g = new_group([j * u + i for i in range(u)])
         if rank // u == j:
             mine.ulysses = g
     for i in range(u):
-        g = dist.new_group([j * u + i for j in range(r)])
+        g = new_group([j * u + i for j in range(r)])
         if rank % u == i:
             mine.ring = g
     return mine

@@ -19,34 +19,55 @@ ap.add_argument("--local", default=None, help="accuracy table for this local ker
 a = ap.parse_args()
 pd.set_option("display.width", 250, "display.max_columns", 40, "display.max_rows", 400)
 df = pd.read_parquet(a.results)
-df = df[df.case_id.str.contains(a.case_like, regex=False)]
+df = df[df.case_id.str.contains(a.case_like, regex=False) | (df.strategy == "single")]
 
 perf = df[(df.kind == "dist_perf")]
 if len(perf):
-    single = perf[(perf.strategy == "single") & (perf.status == "ok")]
-    single = single.set_index(["world_size", "case_id", "backend", "mode"]).latency_ms
+    ok_single = perf[(perf.strategy == "single") & (perf.status == "ok")]
+    shape = ["backend", "mode", "heads_q", "heads_kv", "head_dim", "dtype", "causal", "batch"]
+    single = ok_single.set_index([*shape, "seqlen_q"]).latency_ms
     grp = perf[(perf.strategy != "single") & perf["rank"].isna()]
     cells = []
     for _, r in grp.iterrows():
-        key = (1, r.case_id, r.backend, r["mode"])
-        if r.status != "ok" or key not in single.index:
-            cell = "WRONG" if r.status == "accuracy_failed" else r.status[:11]
+        base = tuple(r[c] for c in shape)
+        full, share = (*base, r.seqlen_q), (*base, r.seqlen_q // r.world_size)
+        if r.status != "ok" or full not in single.index:
+            e1 = e2 = "WRONG" if r.status == "accuracy_failed" else r.status[:11]
         else:
-            cell = f"{single[key] / (r.world_size * r.latency_ms):.0%}"
-        cells.append((r.world_size, r.backend, r.strategy, r["mode"], cell))
-    t = pd.DataFrame(cells, columns=["P", "local", "strategy", "mode", "eff"])
-    print("efficiency vs single-device / P (slowest rank):")
+            e1 = f"{single[full] / (r.world_size * r.latency_ms):.0%}"
+            e2 = (
+                f"{r.world_size * single[share] / r.latency_ms:.0%}"
+                if share in single.index
+                else "-"
+            )
+        cells.append((r.world_size, r.backend, r.strategy, r["mode"], e1, e2, r.tflops))
+    t = pd.DataFrame(cells, columns=["P", "local", "strategy", "mode", "eff", "eff_rfa", "tflops"])
+    idx = ["P", "local", "strategy"]
+    cols = ["fwd", "bwd", "fwd_bwd"]
+    print("efficiency = single-device(S) / (P x slowest rank)   [issue 6's definition]")
     print(
-        t.pivot_table(
-            index=["P", "local", "strategy"], columns="mode", values="eff", aggfunc="last"
-        )
-        .reindex(columns=["fwd", "bwd", "fwd_bwd"])
+        t.pivot_table(index=idx, columns="mode", values="eff", aggfunc="last")
+        .reindex(columns=cols)
         .to_string()
     )
-    s = perf[(perf.strategy == "single") & (perf.status == "ok")]
+    print("efficiency = P x single-device(S/P) / slowest rank   [ring-flash-attention's]")
+    print(
+        t.pivot_table(index=idx, columns="mode", values="eff_rfa", aggfunc="last")
+        .reindex(columns=cols)
+        .to_string()
+    )
+    print("TFLOP/s per GPU (slowest rank):")
+    print(
+        t.pivot_table(index=idx, columns="mode", values="tflops", aggfunc="last")
+        .reindex(columns=cols)
+        .round(0)
+        .to_string()
+    )
     print("single-device TFLOP/s:")
     print(
-        s.pivot_table(index=["case_id", "backend"], columns="mode", values="tflops", aggfunc="last")
+        ok_single.pivot_table(
+            index=["case_id", "backend"], columns="mode", values="tflops", aggfunc="last"
+        )
         .round(0)
         .to_string()
     )
