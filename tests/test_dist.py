@@ -372,6 +372,12 @@ def test_backend_without_lse_is_refused():
         get_local_kernel("no_such_kernel")
 
 
+def test_cuda_only_local_kernels_say_why_on_cpu():
+    case = _case(128)
+    assert "CUDA only" in get_local_kernel("sdpa_efficient").why_unsupported(case, "cpu")
+    assert "cuda only" in get_local_kernel("flash_attn").why_unsupported(case, "cpu")
+
+
 def test_config_selects_cases_per_world_size():
     cfg, _ = load_dist_config("dist")
     gpu = select(cfg, "cuda", 4)
@@ -468,7 +474,7 @@ GPU_CASES = [
 
 
 def _gpu_kernels():
-    ks = ["sdpa_flash"]
+    ks = ["sdpa_flash", "sdpa_efficient"]
     if get_local_kernel("flash_attn").why_unsupported(GPU_CASES[0], "cuda") is None:
         ks.append("flash_attn")
     return tuple(ks)
