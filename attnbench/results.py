@@ -59,6 +59,10 @@ SCHEMA = pa.schema(
         ("latency_ms_p80", pa.float64()),
         ("flops", pa.float64()),
         ("tflops", pa.float64()),
+        # dist_perf slowest-rank rows: single-device(S) / (P x time), and P x single(S/P) / time
+        # (ring-flash-attention's "theoretic" baseline)
+        ("efficiency", pa.float64()),
+        ("efficiency_share", pa.float64()),
         ("peak_mem_mb", pa.float64()),
         ("wall_s", pa.float64()),
         ("device", pa.string()),

@@ -18,7 +18,7 @@ from .check import Truth, check_backend, make_truth, report_lines
 from .env import environment
 from .inputs import make_inputs
 from .results import ResultsWriter, now_utc
-from .timing import bench, mode_fn
+from .timing import bench, mode_fn, timing_columns
 
 
 @dataclass
@@ -234,13 +234,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
                 status="ok" if ok else "accuracy_failed",
                 message=msg,
                 accuracy_ok=ok,
-                latency_ms=t.median_ms,
-                latency_ms_p20=t.p20_ms,
-                latency_ms_p80=t.p80_ms,
-                flops=flops,
-                tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                peak_mem_mb=t.peak_mem_mb,
-                wall_s=t.wall_s,
+                **timing_columns(t, flops),
             )
         )
     return rows

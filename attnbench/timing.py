@@ -18,6 +18,20 @@ class Timing:
     wall_s: float  # wall time spent in the timing call (warm-up, reps, flushes)
 
 
+def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
+    """The result columns of one timing: median/p20/p80 ms, FLOPs, TFLOP/s per device (the
+    work is ``flops`` split over ``devices``), peak memory, wall time."""
+    return dict(
+        latency_ms=t.median_ms,
+        latency_ms_p20=t.p20_ms,
+        latency_ms_p80=t.p80_ms,
+        flops=flops,
+        tflops=flops / devices / (t.median_ms * 1e-3) / 1e12,
+        peak_mem_mb=t.peak_mem_mb,
+        wall_s=t.wall_s,
+    )
+
+
 def mode_fn(forward, dout: torch.Tensor, mode: str):
     """The callable timed for ``mode``; ``forward()`` returns ``(out, lse)``. bwd runs the forward
     once here, outside the timed region, and times only ``out.backward`` (the graph is retained;

@@ -36,6 +36,7 @@ class DistEnv:
     device: str  # "cpu" or "cuda:<local_rank>"
     backend: str  # "gloo" or "nccl"
     timeout_s: float
+    nccl_high_priority: bool = True
 
 
 def launched_by_torchrun() -> bool:
@@ -51,14 +52,11 @@ def nccl_options(high_priority: bool = True):
     return opts
 
 
-def new_group(ranks: list[int]):
+def new_group(ranks: list[int], env: DistEnv):
     """A subgroup with the world group's NCCL options (the hybrid layouts' Ulysses/ring groups)."""
-    if dist.get_backend() == "nccl":
-        return dist.new_group(ranks, pg_options=nccl_options(_HIGH_PRIORITY[0]))
+    if env.backend == "nccl":
+        return dist.new_group(ranks, pg_options=nccl_options(env.nccl_high_priority))
     return dist.new_group(ranks)
-
-
-_HIGH_PRIORITY = [True]
 
 
 def init(device: str, timeout_s: float = 120.0, high_priority: bool = True) -> DistEnv:
@@ -78,12 +76,11 @@ def init(device: str, timeout_s: float = 120.0, high_priority: bool = True) -> D
     else:
         dev, backend = "cpu", "gloo"
     if not dist.is_initialized():
-        _HIGH_PRIORITY[0] = high_priority
         extra = {"pg_options": nccl_options(high_priority)} if backend == "nccl" else {}
         dist.init_process_group(
             backend, rank=rank, world_size=world, timeout=dt.timedelta(seconds=timeout_s), **extra
         )
-    return DistEnv(rank, world, local_rank, dev, backend, timeout_s)
+    return DistEnv(rank, world, local_rank, dev, backend, timeout_s, high_priority)
 
 
 def shutdown() -> None:

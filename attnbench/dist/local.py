@@ -194,15 +194,12 @@ class _SdpaKernel(LocalKernel):
     which equals bottom-right for the square causal blocks the strategies use (non-square causal
     blocks are refused)."""
 
-    def _check(self, case, device) -> str | None:
+    def why_unsupported(self, case, device):
         if device == "cuda" and case.dtype not in ("fp16", "bf16"):
             return f"{self.name}: dtype {case.dtype} (the CUDA kernel takes fp16, bf16)"
         if device == "cuda" and case.head_dim > 256:
             return f"{self.name}: head dim {case.head_dim} > 256"
         return None
-
-    def why_unsupported(self, case, device):
-        return self._check(case, device)
 
     def _fwd(self, qt, kt, vt, causal, scale):
         raise NotImplementedError

@@ -125,7 +125,8 @@ def _triton_merge(out, lse, block_out, block_lse) -> None:
 
 
 def use_triton(t: torch.Tensor) -> bool:
-    """The fused kernel runs on CUDA tensors (and on CPU under ``TRITON_INTERPRET=1``, for tests)."""
+    """The fused kernel runs on CUDA tensors; elsewhere the torch form (tests force
+    ``impl="triton"`` on the CPU under ``TRITON_INTERPRET=1``)."""
     return triton is not None and t.is_cuda
 
 
@@ -148,19 +149,6 @@ def merge_into(
         _triton_merge(out, lse, block_out, block_lse.float())
     else:
         _torch_merge(out, lse, block_out, block_lse)
-
-
-def merge_block(out, lse, block_out, block_lse, impl: str | None = None):
-    """Functional form: the merged ``(out, lse)`` as new fp32 tensors; ``out``/``lse`` None
-    starts from the block."""
-    if out is None:
-        out = torch.empty(block_out.shape, dtype=torch.float32, device=block_out.device)
-        lse = torch.empty(block_lse.shape, dtype=torch.float32, device=block_lse.device)
-        start_from(out, lse, block_out, block_lse)
-        return out, lse
-    out, lse = out.float().clone(), lse.float().clone()
-    merge_into(out, lse, block_out, block_lse, impl)
-    return out, lse
 
 
 def start_from(out: torch.Tensor, lse: torch.Tensor, block_out, block_lse) -> None:

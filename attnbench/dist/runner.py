@@ -21,8 +21,7 @@ from ..check import passes as core_passes
 from ..inputs import make_inputs
 from ..reference import reference
 from ..runner import RunContext, classify
-from ..timing import bench
-from ..timing import mode_fn
+from ..timing import bench, mode_fn, timing_columns
 from .bench import dist_bench
 from .check import compare, report_lines, run_distributed, run_single
 from .comm import DistEnv, Watchdog
@@ -63,7 +62,7 @@ class DistRun:
         self._groups = self._groups or {}
         if layout not in self._groups:
             with self.wd.phase(f"creating the process groups of {layout.strategy}"):
-                self._groups[layout] = make_groups(layout, self.env.rank)
+                self._groups[layout] = make_groups(layout, self.env)
         return self._groups[layout]
 
     def all_ok(self, ok: bool) -> bool:
@@ -267,13 +266,7 @@ def _time_single(run: DistRun, case, kernel, inp, truth, single) -> tuple[dict, 
                 status="ok" if ok else "accuracy_failed",
                 accuracy_ok=ok,
                 message=None if ok else "non-distributed run fails the core accuracy rule",
-                latency_ms=t.median_ms,
-                latency_ms_p20=t.p20_ms,
-                latency_ms_p80=t.p80_ms,
-                flops=flops,
-                tflops=flops / (t.median_ms * 1e-3) / 1e12,
-                peak_mem_mb=t.peak_mem_mb,
-                wall_s=t.wall_s,
+                **timing_columns(t, flops),
             )
         )
     return times, rows
@@ -463,24 +456,16 @@ def _perf_rows(run, case, backend, strategy, mode, per_rank, ok, vmsg, single_ms
                 status=status,
                 message=vmsg,
                 accuracy_ok=ok,
-                latency_ms=t.median_ms,
-                latency_ms_p20=t.p20_ms,
-                latency_ms_p80=t.p80_ms,
-                flops=flops,
-                tflops=flops / P / (t.median_ms * 1e-3) / 1e12,
-                peak_mem_mb=t.peak_mem_mb,
-                wall_s=t.wall_s,
+                **timing_columns(t, flops, P),
             )
         )
     slow = max((t for _, _, t in per_rank), key=lambda t: t.median_ms)
     full_ms, share_ms = single_ms or (None, None)
     eff = full_ms / (P * slow.median_ms) if full_ms else None
     eff_share = P * share_ms / slow.median_ms if share_ms else None
-    note = "slowest rank"
-    if eff:
-        note += f"; efficiency {eff:.1%} vs single-device / P"
-    if eff_share:
-        note += f"; {eff_share:.1%} vs P x single-device at S/P (ring-flash-attention's ideal)"
+    note = "slowest rank; efficiency: vs single-device(S) / P, efficiency_share: vs P x single(S/P)"
+    group = timing_columns(slow, flops, P)
+    group["peak_mem_mb"] = max((t.peak_mem_mb or 0) for _, _, t in per_rank) or None
     rows.append(
         run.row(
             case,
@@ -492,13 +477,9 @@ def _perf_rows(run, case, backend, strategy, mode, per_rank, ok, vmsg, single_ms
             status=status,
             message=note if ok else f"{vmsg}; {note}",
             accuracy_ok=ok,
-            latency_ms=slow.median_ms,
-            latency_ms_p20=slow.p20_ms,
-            latency_ms_p80=slow.p80_ms,
-            flops=flops,
-            tflops=flops / P / (slow.median_ms * 1e-3) / 1e12,
-            peak_mem_mb=max((t.peak_mem_mb or 0) for _, _, t in per_rank) or None,
-            wall_s=slow.wall_s,
+            efficiency=eff,
+            efficiency_share=eff_share,
+            **group,
         )
     )
     run.emit(rows)
@@ -510,7 +491,7 @@ def _perf_rows(run, case, backend, strategy, mode, per_rank, ok, vmsg, single_ms
             mode=mode,
             ms=slow.median_ms,
             per_rank=[t.median_ms for _, _, t in per_rank],
-            tflops=flops / P / (slow.median_ms * 1e-3) / 1e12,
+            tflops=group["tflops"],
             eff=eff,
             eff_share=eff_share,
             ok=ok,

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..case import Case
-from .comm import new_group
+from .comm import DistEnv, new_group
 from .local import LocalKernel
 from .ring import ring_attention
 from .ulysses import ulysses_attention
@@ -141,19 +141,19 @@ class Groups:
     ring: object = None
 
 
-def make_groups(layout: Layout, rank: int) -> Groups:
+def make_groups(layout: Layout, env: DistEnv) -> Groups:
     """Create the layout's groups (every rank must call this, in the same order)."""
     if not layout.hybrid:
         return Groups()
     u, r = layout.ulysses_size, layout.ring_size
     mine = Groups()
     for j in range(r):
-        g = new_group([j * u + i for i in range(u)])
-        if rank // u == j:
+        g = new_group([j * u + i for i in range(u)], env)
+        if env.rank // u == j:
             mine.ulysses = g
     for i in range(u):
-        g = new_group([j * u + i for j in range(r)])
-        if rank % u == i:
+        g = new_group([j * u + i for j in range(r)], env)
+        if env.rank % u == i:
             mine.ring = g
     return mine
 

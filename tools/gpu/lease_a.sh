@@ -8,11 +8,7 @@
 #     -d .whl pydantic==2.13.4 pydantic_core==2.46.4 annotated-types typing-inspection
 # (the GPU image has no pydantic). Call B (lease_b.sh) must follow within 30 s on the same machine.
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+source tools/gpu/setup.sh
 MAX_JOBS=48 bash .gpu/flash_attn.sh build
 R=/tmp/resA; L=/tmp/logA; mkdir -p $R $L
 el "gpu tests"

@@ -2,9 +2,8 @@
 # Device call B (same machine, flash-attn built): the seqlen sweep with flash-attn, SDPA and the
 # in-repo kernels in one run per dtype, the basic accuracy suite, flash-attn's GPU tests; one GPU each.
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+source tools/gpu/setup.sh env
 export PYTHONPATH=/tmp/fa/src:/tmp/site
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 R=/tmp/resB; L=/tmp/logB; mkdir -p $R $L
 python3 -c "import flash_attn; print('flash_attn', flash_attn.__version__)"
 B="flash_attn_func,sdpa_flash,sdpa_cudnn,sdpa_efficient,triton_fa2,cuda_fa2"

@@ -4,11 +4,7 @@
 # that need no build (flash-attn takes ~9 min to build: it runs on the x4 lease). Carry .whl
 # (see lease_a.sh's header).
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+source tools/gpu/setup.sh
 R=$OUT/res_x2; L=$OUT/log_x2; mkdir -p $R $L
 LB=${LB:-triton_fa2,sdpa_flash,sdpa_efficient}
 el "profile (GPU 0, no communication)"

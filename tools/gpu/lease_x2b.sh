@@ -2,11 +2,7 @@
 # Device call on nvidia-h200-x2: the NCCL tests, then the dist_bench sweep at world 2 (both
 # efficiencies) for the local kernels that need no build. Carry .whl (see lease_a.sh).
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+source tools/gpu/setup.sh
 R=$OUT/w2; L=$OUT/log; mkdir -p $R $L
 el "NCCL tests"
 timeout 150 python3 -m pytest -m gpu -q --no-header -p no:cacheprovider tests/test_dist.py >$L/pytest.log 2>&1; echo "rc=$?"; tail -3 $L/pytest.log

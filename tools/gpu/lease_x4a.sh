@@ -5,11 +5,7 @@
 # flash_attn accuracy suite. Carry .gpu and .whl (see lease_a.sh's header); call B
 # (lease_x4b.sh, the timings) must follow within 30 s on the same machine.
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+source tools/gpu/setup.sh
 MAX_JOBS=50 bash .gpu/flash_attn.sh build
 R=/tmp/res4; L=/tmp/log4; mkdir -p $R $L
 el "dist accuracy w4 (triton_fa2, sdpa_flash, sdpa_efficient)"

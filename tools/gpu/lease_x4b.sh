@@ -4,8 +4,7 @@
 # if A had no time left, 4) with world-2 flash_attn perf on the other two GPUs; the one-GPU
 # profile (no communication) of zigzag with flash_attn and triton_fa2. Tables last.
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+source tools/gpu/setup.sh env
 bash .gpu/flash_attn.sh wait 120 | tail -1
 export PYTHONPATH=/tmp/fa/src:/tmp/site
 R=/tmp/res4; L=/tmp/log4; R2=/tmp/res2; mkdir -p $R $L $R2

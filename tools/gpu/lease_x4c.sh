@@ -3,11 +3,7 @@
 # local kernels that need no build, with NCCL on a high-priority stream (the default) and, for
 # comparison, on a default-priority stream. Tables last. Carry .whl (see lease_a.sh).
 set -u
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
+source tools/gpu/setup.sh
 R=$OUT/hi; R0=$OUT/lo; L=$OUT/log; mkdir -p $R $R0 $L
 LB=triton_fa2,sdpa_flash,sdpa_efficient
 el "dist_bench w4, NCCL high-priority stream"
