@@ -16,14 +16,29 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from . import backends as _backends  # noqa: F401  (registers every backend)
 from .backends.base import REGISTRY, get_backends
-from .case import DTYPE_ALIASES
 from .config import ConfigError, load_config, select_cases
+from .distributed.cli import app as dist_app
 from .env import default_device, environment
+from .options import (
+    DEVICE,
+    DTYPE,
+    JSON,
+    MODES_OPT,
+    ONLY,
+    OUT,
+    SKIP,
+    check_device,
+    err_console,
+    fail,
+    make_console,
+    parse_dtypes,
+    parse_modes,
+    split_list,
+)
 from .report import accuracy_table, perf_table, unsupported_reasons
 from .results import ResultsWriter, new_run_id
 from .runner import RunContext, run_accuracy, run_perf
@@ -35,50 +50,14 @@ app = typer.Typer(
 )
 
 
-def make_console(stderr: bool = False) -> Console:
-    """A console that does not squeeze tables to 80 columns when output is not a terminal."""
-    con = Console(stderr=stderr)
-    if not con.is_terminal:
-        con = Console(stderr=stderr, width=200)
-    return con
-
-
-err_console = make_console(stderr=True)
-
-
-def fail(msg: str, code: int = 2):
-    err_console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _split(v: str | None) -> list[str] | None:
-    return [s.strip() for s in v.split(",") if s.strip()] if v else None
-
-
-def _device(device: str | None) -> str:
-    import torch
-
-    dev = device or default_device()
-    if dev not in ("cuda", "cpu") and not dev.startswith("cuda:"):
-        fail(f"--device must be cuda or cpu, got {dev!r}")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda given but no CUDA GPU is visible (use --device cpu)")
-    return dev
-
-
 def _common(kind: str, config: str, only, skip, device, dtype, out, json_out):
     console = err_console if json_out else make_console()
-    dev = _device(device)
+    dev = check_device(device)
     try:
-        backends = get_backends(_split(only), _split(skip))
+        backends = get_backends(split_list(only), split_list(skip))
     except KeyError as e:
         fail(e.args[0])
-    dtypes = _split(dtype)
-    if dtypes:
-        bad = [d for d in dtypes if d not in DTYPE_ALIASES]
-        if bad:
-            fail(f"--dtype {bad[0]!r} unknown; expected fp16, bf16 or fp32")
-        dtypes = [DTYPE_ALIASES[d] for d in dtypes]
+    dtypes = parse_dtypes(dtype)
     try:
         cfg, path = load_config(config)
         cases, modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
@@ -123,23 +102,15 @@ def _finish(ctx: RunContext, table, t0: float) -> None:
         raise typer.Exit(1)
 
 
-_ONLY = typer.Option(None, "--only", help="comma-separated backends to run")
-_SKIP = typer.Option(None, "--skip", help="comma-separated backends to skip")
-_DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)")
-_DTYPE = typer.Option(None, "--dtype", help="run every case in these dtypes (fp16,bf16,fp32)")
-_OUT = typer.Option(Path("results"), "--out", help="results folder")
-_JSON = typer.Option(False, "--json", help="rows as JSON lines on stdout, the rest on stderr")
-
-
 @app.command()
 def accuracy(
     suite: str = typer.Option("basic", "--suite", help="suite name or YAML file"),
-    only: str = _ONLY,
-    skip: str = _SKIP,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    out: Path = _OUT,
-    json_out: bool = _JSON,
+    only: str = ONLY,
+    skip: str = SKIP,
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    out: Path = OUT,
+    json_out: bool = JSON,
 ):
     """Max/mean error of out, lse, dq, dk, dv of every backend against the fp32 reference."""
     t0 = time.perf_counter()
@@ -156,23 +127,20 @@ def accuracy(
 @app.command()
 def perf(
     sweep: str = typer.Option("seqlen", "--sweep", help="sweep name or YAML file"),
-    modes: str = typer.Option(None, "--modes", help="subset of fwd,bwd,fwd_bwd"),
-    only: str = _ONLY,
-    skip: str = _SKIP,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    out: Path = _OUT,
-    json_out: bool = _JSON,
+    modes: str = MODES_OPT,
+    only: str = ONLY,
+    skip: str = SKIP,
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    out: Path = OUT,
+    json_out: bool = JSON,
 ):
     """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
     t0 = time.perf_counter()
     ctx, cfg, cases, cfg_modes, backends = _common(
         "perf", sweep, only, skip, device, dtype, out, json_out
     )
-    run_modes = _split(modes) or cfg_modes
-    bad = [m for m in run_modes if m not in ("fwd", "bwd", "fwd_bwd")]
-    if bad:
-        fail(f"--modes {bad[0]!r} unknown; expected fwd, bwd, fwd_bwd")
+    run_modes = parse_modes(modes) or cfg_modes
     try:
         run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms)
     except KeyboardInterrupt:
@@ -181,7 +149,7 @@ def perf(
 
 
 @app.command("list")
-def list_backends(device: str = _DEVICE):
+def list_backends(device: str = DEVICE):
     """Every registered backend, whether it can run here, and why not."""
     dev = (device or default_device()).split(":")[0]
     t = Table(title=f"backends (device: {dev})", title_justify="left")
@@ -220,7 +188,7 @@ def list_backends(device: str = _DEVICE):
 
 
 @app.command()
-def env(device: str = _DEVICE):
+def env(device: str = DEVICE):
     """The environment facts every result row carries (and backend build flags)."""
     dev = device or default_device()
     con = make_console()
@@ -248,15 +216,7 @@ def plot(
         make_console().print(str(f), highlight=False)
 
 
-def _add_dist() -> None:
-    try:
-        from .dist.cli import app as dist_app
-    except ImportError:
-        return
-    app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, Ulysses).")
-
-
-_add_dist()
+app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, Ulysses).")
 
 
 def main() -> None:

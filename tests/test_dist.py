@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from attnbench.case import Case
-from attnbench.dist.check import run_distributed, run_single
-from attnbench.dist.config import load_dist_config, select
-from attnbench.dist.local import get_local_kernel, recompute_backward
-from attnbench.dist.merge import merge_into, start_from
-from attnbench.dist.strategy import STRATEGIES, DistSetupError, Layout, check_setup
+from attnbench.distributed.check import run_distributed, run_single
+from attnbench.distributed.config import load_dist_config, select
+from attnbench.distributed.local import get_local_kernel, recompute_backward
+from attnbench.distributed.merge import merge_into, start_from
+from attnbench.distributed.strategy import STRATEGIES, DistSetupError, Layout, check_setup
 from attnbench.reference import attention_ref
 
 CASES = [
@@ -54,7 +54,7 @@ def _worker(rank, world, port, out_path, job, device, timeout_s):
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    from attnbench.dist import comm
+    from attnbench.distributed import comm
 
     env = comm.init(device, timeout_s)
     try:
@@ -69,8 +69,8 @@ def _job_matrix(env, comm, cases=CASES, kernels=KERNELS):
     """Every strategy x kernel x case: per-rank errors (gathered) or the setup error."""
     import torch.distributed as dist
 
-    from attnbench.dist.check import compare
-    from attnbench.dist.strategy import make_groups
+    from attnbench.distributed.check import compare
+    from attnbench.distributed.strategy import make_groups
     from attnbench.inputs import make_inputs
     from attnbench.reference import reference
 
@@ -97,7 +97,7 @@ def _job_matrix(env, comm, cases=CASES, kernels=KERNELS):
                 dist.all_gather_object(gathered, errs)
                 res[key] = gathered
     # a bad local shape is refused before any collective (zigzag needs two chunks per rank)
-    from attnbench.dist.strategy import Groups, dist_attention
+    from attnbench.distributed.strategy import Groups, dist_attention
 
     q = torch.randn(1, 7, 4, 32, device=env.device)
     try:
@@ -119,7 +119,7 @@ def _job_matrix(env, comm, cases=CASES, kernels=KERNELS):
 
 def _job_exact(env, comm):
     """World size 1: every strategy returns exactly the non-distributed result."""
-    from attnbench.dist.strategy import Groups
+    from attnbench.distributed.strategy import Groups
     from attnbench.inputs import make_inputs
 
     res = {}
@@ -228,7 +228,7 @@ def test_hung_collective_times_out_naming_the_rank(tmp_mod):
 
 def test_watchdog_ends_a_stuck_rank():
     code = (
-        "import time\nfrom attnbench.dist.comm import Watchdog\n"
+        "import time\nfrom attnbench.distributed.comm import Watchdog\n"
         "wd = Watchdog(3, 0.5, grace_s=0.5)\n"
         "with wd.phase('ring step 2'):\n    time.sleep(30)\n"
     )

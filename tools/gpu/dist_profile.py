@@ -3,7 +3,7 @@ replaced by no-ops, against the ideal (single-GPU time of the whole sequence / P
 
     python tools/gpu/dist_profile.py --kernels triton_fa2,sdpa_flash --world 4
 
-The ring code runs unchanged (``attnbench.dist.ring``) with its ``RingComm`` swapped for one that
+The ring code runs unchanged (``attnbench.distributed.ring``) with its ``RingComm`` swapped for one that
 hands the block straight back, so what is left is the rank's own work: block kernels, merges,
 slicing and gradient accumulation. ``merge`` = torch runs the eager merge instead of the fused
 Triton one. Shape: ring-flash-attention's benchmark (8k tokens per rank, 32/8 heads, D128,
@@ -17,9 +17,9 @@ import argparse
 import torch
 from triton.testing import do_bench
 
-import attnbench.dist.merge as merge
-import attnbench.dist.ring as ring
-from attnbench.dist.local import get_local_kernel, local_attention
+import attnbench.distributed.merge as merge
+import attnbench.distributed.ring as ring
+from attnbench.distributed.local import get_local_kernel, local_attention
 
 
 class NoComm:

@@ -23,10 +23,18 @@ from pathlib import Path
 
 import typer
 
-from ..case import DTYPE_ALIASES
-from ..cli import _DTYPE, _OUT, fail, make_console
 from ..config import ConfigError
 from ..env import default_device
+from ..options import (
+    DTYPE,
+    MODES_OPT,
+    OUT,
+    fail,
+    make_console,
+    parse_dtypes,
+    parse_modes,
+    split_list,
+)
 from ..results import ResultsWriter, new_run_id
 from ..runner import RunContext
 from . import comm
@@ -42,10 +50,6 @@ app = typer.Typer(
 )
 
 
-def _split(v: str | None) -> list[str] | None:
-    return [s.strip() for s in v.split(",") if s.strip()] if v else None
-
-
 def _prepare(suite, device, local, strategies, dtype, world: int | None):
     """Validate everything that can be validated before any process group exists."""
     dev = device or default_device()
@@ -55,15 +59,10 @@ def _prepare(suite, device, local, strategies, dtype, world: int | None):
         cfg, path = load_dist_config(suite)
     except ConfigError as e:
         fail(str(e))
-    dtypes = _split(dtype)
-    if dtypes:
-        bad = [d for d in dtypes if d not in DTYPE_ALIASES]
-        if bad:
-            fail(f"--dtype {bad[0]!r} unknown; expected fp16, bf16 or fp32")
-        dtypes = [DTYPE_ALIASES[d] for d in dtypes]
+    dtypes = parse_dtypes(dtype)
     sel = select(cfg, dev, world or 1, dtypes)
-    sel.local_backends = _split(local) or sel.local_backends
-    sel.strategies = _split(strategies) or sel.strategies
+    sel.local_backends = split_list(local) or sel.local_backends
+    sel.strategies = split_list(strategies) or sel.strategies
     bad = [s for s in sel.strategies if s not in STRATEGIES]
     if bad:
         fail(f"unknown strategy {bad[0]!r}; expected {', '.join(STRATEGIES)}")
@@ -133,10 +132,7 @@ def _run(
     world = int(os.environ["WORLD_SIZE"])
     dev, cfg, path, sel = _prepare(suite, device, local, strategies, dtype, world)
     if modes:
-        sel.modes = _split(modes)
-        bad = [m for m in sel.modes if m not in ("fwd", "bwd", "fwd_bwd")]
-        if bad:
-            fail(f"--modes {bad[0]!r} unknown; expected fwd, bwd, fwd_bwd")
+        sel.modes = parse_modes(modes)
     if dev == "cuda":
         import torch
 
@@ -203,8 +199,8 @@ def accuracy(
     device: str = _DEVICE,
     local: str = _LOCAL,
     strategies: str = _STRATS,
-    dtype: str = _DTYPE,
-    out: Path = _OUT,
+    dtype: str = DTYPE,
+    out: Path = OUT,
     nproc: int = _NPROC,
     timeout: float = _TIMEOUT,
 ):
@@ -216,12 +212,12 @@ def accuracy(
 @app.command()
 def perf(
     sweep: str = typer.Option("dist", "--sweep", help="sweep name or YAML file"),
-    modes: str = typer.Option(None, "--modes", help="subset of fwd,bwd,fwd_bwd"),
+    modes: str = MODES_OPT,
     device: str = _DEVICE,
     local: str = _LOCAL,
     strategies: str = _STRATS,
-    dtype: str = _DTYPE,
-    out: Path = _OUT,
+    dtype: str = DTYPE,
+    out: Path = OUT,
     nproc: int = _NPROC,
     timeout: float = _TIMEOUT,
 ):

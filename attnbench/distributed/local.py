@@ -4,7 +4,7 @@ results.
 
 Every strategy splits attention into blocks (a query shard against a key/value shard). A block
 forward returns ``out_b`` (input dtype) and ``lse_b = log sum_j exp(s_ij)`` (fp32, (B, H, Sq)).
-Partial results of the same query rows are merged in fp32 by :mod:`attnbench.dist.merge`
+Partial results of the same query rows are merged in fp32 by :mod:`attnbench.distributed.merge`
 (``out = (e^lse out + e^lse_b out_b) / (e^lse + e^lse_b)``, ``lse = log(e^lse + e^lse_b)``
 without overflow; one fused pass on the GPU). The block backward needs the *global* ``out`` and ``lse`` (the
 softmax of one block is normalised by all keys): with ``P_b = exp(scale q k_b^T - lse)`` and

@@ -4,7 +4,7 @@ Ring attention (Liu, Zaharia, Abbeel, 2023, arXiv:2310.01889): rank ``r`` of ``P
 shard of q, k, v. For ``P`` steps it attends its queries to the k/v block it holds while the
 block travels on to rank ``r + 1`` (batched ``isend``/``irecv``, started before the block's
 compute so the transfer overlaps it); partial results are merged by their lse
-(:func:`attnbench.dist.merge.merge_into`, in place, one fused pass on the GPU). At step ``s`` the block comes from rank
+(:func:`attnbench.distributed.merge.merge_into`, in place, one fused pass on the GPU). At step ``s`` the block comes from rank
 ``src = r - s (mod P)``.
 
 Causal, contiguous shards (rank r holds chunk r): blocks from later ranks (``src > r``) are

@@ -250,7 +250,9 @@ def _time_single(run: DistRun, case, kernel, inp, truth, single) -> tuple[dict, 
             t = bench(fn, leaves, torch.device(run.env.device), run.cfg.warmup_ms, run.cfg.rep_ms)
         except Exception as e:
             status, msg = classify(e)
-            rows.append(run.row(case, kernel.name, mode, "single", 1, 0, status=status, message=msg))
+            rows.append(
+                run.row(case, kernel.name, mode, "single", 1, 0, status=status, message=msg)
+            )
             continue
         if ok:
             times[mode] = t.median_ms

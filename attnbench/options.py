@@ -1,0 +1,79 @@
+"""Options and parsers shared by every command line of attnbench (``attnbench ...`` and
+``attnbench dist ...``): one place for the consoles, the one-line error exit and the checks of
+``--only``/``--dtype``/``--modes``/``--device``, so both command lines behave the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from .case import DTYPE_ALIASES, MODES
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that does not squeeze tables to 80 columns when output is not a terminal."""
+    con = Console(stderr=stderr)
+    if not con.is_terminal:
+        con = Console(stderr=stderr, width=200)
+    return con
+
+
+err_console = make_console(stderr=True)
+
+
+def fail(msg: str, code: int = 2):
+    """Print ``error: msg`` on stderr and exit with ``code`` (2: usage or config error)."""
+    err_console.print(f"[red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def split_list(v: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; None when the option was not given."""
+    return [s.strip() for s in v.split(",") if s.strip()] if v else None
+
+
+def parse_dtypes(v: str | None) -> list[str] | None:
+    """``--dtype fp16,bfloat16`` -> canonical names; exits 2 on an unknown one."""
+    dtypes = split_list(v)
+    if not dtypes:
+        return None
+    bad = [d for d in dtypes if d not in DTYPE_ALIASES]
+    if bad:
+        fail(f"--dtype {bad[0]!r} unknown; expected fp16, bf16 or fp32")
+    return [DTYPE_ALIASES[d] for d in dtypes]
+
+
+def parse_modes(v: str | None) -> list[str] | None:
+    """``--modes fwd,bwd`` -> the list; exits 2 on an unknown mode."""
+    modes = split_list(v)
+    if not modes:
+        return None
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        fail(f"--modes {bad[0]!r} unknown; expected {', '.join(MODES)}")
+    return modes
+
+
+def check_device(device: str | None) -> str:
+    """``--device`` (default: cuda when present) checked against what this machine has."""
+    import torch
+
+    from .env import default_device
+
+    dev = device or default_device()
+    if dev not in ("cuda", "cpu") and not dev.startswith("cuda:"):
+        fail(f"--device must be cuda or cpu, got {dev!r}")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda given but no CUDA GPU is visible (use --device cpu)")
+    return dev
+
+
+ONLY = typer.Option(None, "--only", help="comma-separated backends to run")
+SKIP = typer.Option(None, "--skip", help="comma-separated backends to skip")
+DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)")
+DTYPE = typer.Option(None, "--dtype", help="run every case in these dtypes (fp16,bf16,fp32)")
+MODES_OPT = typer.Option(None, "--modes", help="subset of fwd,bwd,fwd_bwd")
+OUT = typer.Option(Path("results"), "--out", help="results folder")
+JSON = typer.Option(False, "--json", help="rows as JSON lines on stdout, the rest on stderr")
