@@ -216,3 +216,22 @@ def test_new_threshold_does_not_recompile():
         piecewise_forward(*xs, w, causal=True)
     torch.cuda.synchronize()
     assert sum(len(v[0]) for v in _fwd_kernel.fn.device_caches.values()) == before
+
+
+def test_tile_specs_parse():
+    from attnbench.kernels.piecewise.configs import parse_tiles
+
+    assert parse_tiles("128x64w8s3, 64x64w4s2") == [(128, 64, 8, 3), (64, 64, 4, 2)]
+    with pytest.raises(ValueError, match="BMxBNwWsS"):
+        parse_tiles("128x64w8")
+
+
+@pytest.mark.skipif(not (INTERPRET or HAS_GPU), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_chosen_configs_name_what_ran():
+    from attnbench.kernels.piecewise import chosen_configs
+
+    c = PCase(1, 2, 2, 20, 20, 32, "fp16", True, 5)
+    xs, dout = _inputs(c, _device())
+    _run(lambda *a: piecewise_attention(*a, c.w, causal=True), xs, dout)
+    chosen = chosen_configs()
+    assert set(chosen) == {"fwd", "bwd_dkdv", "bwd_dq"} and all(chosen.values()), chosen

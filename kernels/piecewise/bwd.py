@@ -27,6 +27,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..triton_fa2 import tuning
 from ..triton_fa2.fwd import load_rows, store_rows
 from . import configs
 from .fwd import key_classes, key_ranges
@@ -187,10 +188,11 @@ def _dkdv_class(
     return dk1, dk2, dv
 
 
-@triton.autotune(
+@tuning.autotune(
+    "piecewise_bwd_dkdv",
     configs=configs.bwd_dkdv_configs(),
     key=["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"],
-    prune_configs_by={"early_config_prune": configs.prune_dkdv},
+    prune=configs.prune_dkdv,
 )
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group", "w"])
 def _bwd_dkdv_kernel(
@@ -396,10 +398,11 @@ def _dq_class(
     return dq1, dq2
 
 
-@triton.autotune(
+@tuning.autotune(
+    "piecewise_bwd_dq",
     configs=configs.bwd_dq_configs(),
     key=["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"],
-    prune_configs_by={"early_config_prune": configs.prune_dq},
+    prune=configs.prune_dq,
 )
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group", "w"])
 def _bwd_dq_kernel(

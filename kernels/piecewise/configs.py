@@ -12,7 +12,9 @@ next to ``v``, so the FA2 Hopper tiles are cut down where they would not fit in 
 - dQ: ``q1``, ``q2``, ``dO`` resident, ``k1``/``k2``/``v`` streamed.
 
 Autotuning keys are ``(HEAD_DIM, CAUSAL, SEQ_BUCKET)`` plus the dtypes; the distance threshold
-is a run-time argument and never recompiles or retunes. The first entry of each table is the
+is a run-time argument and never recompiles or retunes. Choices are kept across runs by
+triton_fa2's :mod:`~attnbench.kernels.triton_fa2.tuning` (kernels ``piecewise_fwd``,
+``piecewise_bwd_dkdv``, ``piecewise_bwd_dq``; ``ATTNBENCH_RETUNE=1`` tunes again). The first entry of each table is the
 expected winner. Environment (read at import):
 
 - ``ATTNBENCH_PIECEWISE_TUNE=0``: keep only the first config that survives pruning (no tuning).
@@ -95,14 +97,6 @@ def bwd_dkdv_configs() -> list[triton.Config]:
 
 def bwd_dq_configs() -> list[triton.Config]:
     return _make(_BWD_DQ, "ATTNBENCH_PIECEWISE_DQ")
-
-
-def describe(cfg: triton.Config | None) -> str | None:
-    """``BMxBNwWsS`` of a config (what the autotuner picked), None if nothing ran yet."""
-    if cfg is None:
-        return None
-    k = cfg.kwargs
-    return f"{k['BLOCK_M']}x{k['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
 
 
 def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..triton_fa2 import tuning
 from ..triton_fa2.fwd import load_rows, store_rows
 from . import configs
 
@@ -169,10 +170,11 @@ def _fwd_class(
     return acc, l_i, m_i
 
 
-@triton.autotune(
+@tuning.autotune(
+    "piecewise_fwd",
     configs=configs.fwd_configs(),
     key=["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"],
-    prune_configs_by={"early_config_prune": configs.prune_fwd},
+    prune=configs.prune_fwd,
 )
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group", "w"])
 def _fwd_kernel(

@@ -190,9 +190,3 @@ def piecewise_attention(
     """Piecewise attention (fused Triton kernel). Returns ``(out, lse)``; see the module
     docstring. ``deterministic`` is accepted: the backward always is."""
     return PiecewiseAttnFunc.apply(q1, k1, q2, k2, v, dist_threshold, causal, softmax_scale)
-
-
-def chosen_configs() -> dict[str, str | None]:
-    """The autotuner's last choice per kernel (``BMxBNwWsS``), None before the first launch."""
-    kernels = {"fwd": _fwd_kernel, "bwd_dkdv": _bwd_dkdv_kernel, "bwd_dq": _bwd_dq_kernel}
-    return {k: configs.describe(getattr(fn, "best_config", None)) for k, fn in kernels.items()}
