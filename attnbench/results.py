@@ -65,6 +65,9 @@ SCHEMA = pa.schema(
         ("efficiency_share", pa.float64()),
         ("peak_mem_mb", pa.float64()),
         ("wall_s", pa.float64()),
+        # perf rows: wall time of the backend's first call on the case (fwd+bwd when it times a
+        # backward), untimed: compiles, autotuning, JIT, extension builds
+        ("first_call_s", pa.float64()),
         ("device", pa.string()),
         ("gpu_name", pa.string()),
         ("cpu_name", pa.string()),

@@ -18,7 +18,7 @@ from .check import Truth, check_backend, make_truth, report_lines
 from .env import environment
 from .inputs import make_inputs
 from .results import ResultsWriter, now_utc
-from .timing import bench, mode_fn, timing_columns
+from .timing import bench, first_call_s, mode_fn, timing_columns
 
 
 @dataclass
@@ -206,6 +206,10 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
     try:  # no speed without an accuracy verdict for the same case
         if inp is None:
             inp = cache["inputs"] = make_inputs(case, ctx.device, ctx.seed)
+        p = be.prepare(inp, case)
+        first = mode_fn(lambda p=p: be.forward(p, case), inp.dout, "fwd_bwd" if grads else "fwd")
+        first_s = first_call_s(first, p.leaves, dev)  # compiles/JIT/autotune: never timed
+        del p, first
         truth = _truth(inp, case, cache, grads=grads or ("t", True) in cache)
         errs = check_backend(be, case, inp, truth, grads=grads)
     except Exception as e:
@@ -222,7 +226,17 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
             del p, fn
         except Exception as e:
             status, emsg = classify(e)
-            rows.append(ctx.row(case, be.name, m, status=status, message=emsg, accuracy_ok=ok))
+            rows.append(
+                ctx.row(
+                    case,
+                    be.name,
+                    m,
+                    status=status,
+                    message=emsg,
+                    accuracy_ok=ok,
+                    first_call_s=first_s,
+                )
+            )
             _cleanup(ctx.device)
             continue
         flops = case_flops(case, m)
@@ -234,6 +248,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
                 status="ok" if ok else "accuracy_failed",
                 message=msg,
                 accuracy_ok=ok,
+                first_call_s=first_s,
                 **timing_columns(t, flops),
             )
         )
