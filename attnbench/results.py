@@ -75,6 +75,7 @@ SCHEMA = pa.schema(
         ("cuda_version", pa.string()),
         ("triton_version", pa.string()),
         ("flash_attn_version", pa.string()),
+        ("flash_attn_4_version", pa.string()),
         ("attnbench_version", pa.string()),
         ("git_sha", pa.string()),
         ("timestamp", pa.timestamp("us", tz="UTC")),

@@ -55,10 +55,13 @@ class RunContext:
                 print(json.dumps(r, default=str), flush=True)
 
 
-def classify(e: BaseException) -> tuple[str, str]:
+def classify(e: BaseException, backend: Backend | None = None) -> tuple[str, str]:
     """(status, one-line message) for an exception raised by a backend."""
     if isinstance(e, Unsupported):
         return "unsupported", str(e)
+    why = backend.refusal(e) if backend is not None else None
+    if why:
+        return "unsupported", why
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower():
         return "oom", f"out of memory: {text[:200]}"
@@ -112,7 +115,7 @@ def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) ->
                     truth = _truth(inp, case, cache, grads=True)
                     errs = check_backend(be, case, inp, truth, grads=be.caps.backward)
                 except Exception as e:  # one failing case never stops the run
-                    status, msg = classify(e)
+                    status, msg = classify(e, be)
                     ctx.emit([ctx.row(case, be.name, mode, status=status, message=msg)])
                     con.print(f"[yellow]{be.name} {case.id}: {status}: {msg}[/]")
                     _cleanup(ctx.device)
@@ -213,7 +216,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
         truth = _truth(inp, case, cache, grads=grads or ("t", True) in cache)
         errs = check_backend(be, case, inp, truth, grads=grads)
     except Exception as e:
-        status, msg = classify(e)
+        status, msg = classify(e, be)
         _cleanup(ctx.device)
         return [ctx.row(case, be.name, m, status=status, message=msg) for m in modes]
     rows = []
@@ -225,7 +228,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
             del p, fn
         except Exception as e:
-            status, emsg = classify(e)
+            status, emsg = classify(e, be)
             rows.append(
                 ctx.row(
                     case,
