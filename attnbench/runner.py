@@ -226,6 +226,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
             p = be.prepare(inp, case)
             fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
+            config = be.kernel_config(p, case, m)
             del p, fn
         except Exception as e:
             status, emsg = classify(e, be)
@@ -252,6 +253,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
                 message=msg,
                 accuracy_ok=ok,
                 first_call_s=first_s,
+                kernel_config=config,
                 **timing_columns(t, flops),
             )
         )
