@@ -141,3 +141,12 @@ def test_compiled_flex_forward_on_cpu(case):
     errs = check_backend(REGISTRY["flex"], case, inp, make_truth(inp, case, grads=False), False)
     assert [e.tensor for e in errs] == ["out"]  # no lse from FlexAttention on CPU
     assert errs[0].accuracy_ok and errs[0].max_abs_err > 0
+
+
+def test_one_compiled_flex_never_falls_back_to_eager():
+    fn = flex.compiled_flex()
+    assert fn is flex.compiled_flex()  # one compiled function for every case
+    cfg = torch._dynamo.config
+    assert cfg.recompile_limit >= flex.RECOMPILE_LIMIT
+    if hasattr(cfg, "fail_on_recompile_limit_hit"):
+        assert cfg.fail_on_recompile_limit_hit
