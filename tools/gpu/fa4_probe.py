@@ -21,7 +21,7 @@ import torch
 
 from attnbench.backends import REGISTRY
 from attnbench.case import Case
-from attnbench.check import FACTOR, FLOOR, check_backend, make_truth
+from attnbench.check import FLOOR, check_backend, factor, make_truth
 from attnbench.env import environment
 from attnbench.inputs import make_inputs
 from attnbench.runner import classify
@@ -77,7 +77,7 @@ def grade(be, case, grads: bool) -> tuple[str, float]:
         return f"{word}: {msg.removeprefix('unsupported: ')[:110]}", time.perf_counter() - t0
     dt = time.perf_counter() - t0
     worst = max(
-        e.max_abs_err / (FACTOR[e.tensor] * e.baseline_max_abs_err + FLOOR[case.dtype])
+        e.max_abs_err / (factor(e.tensor) * e.baseline_max_abs_err + FLOOR[case.dtype])
         for e in errs
     )
     bad = [e.tensor for e in errs if not e.accuracy_ok]
