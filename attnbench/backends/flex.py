@@ -22,6 +22,15 @@ on the first call of each case (``first_call_s``). On CPU FlexAttention compiles
 without the lse (torch 2.13: no backward, no ``return_lse`` there), so CPU cases are graded on out.
 Refusals from the compiler (``NotImplementedError`` inside a lowering) become ``unsupported`` rows
 with their message.
+
+Why ``flex_fa4`` detaches the lse: torch's FLASH backward lowering (``flex_attention_backward`` in
+``torch/_inductor/kernel/flex/flex_attention.py``, torch 2.11 and later) raises
+``NotImplementedError("FLASH backend backward does not support differentiating through logsumexp
+(dLSE)")`` whenever the backward graph receives a gradient for the lse, and AOTAutograd traces a
+tangent for every differentiable output of a compiled function, used by the loss or not: an lse
+returned undetached is the ``LoweringException: NotImplementedError`` of torch 2.11 (the
+probe's last lines, ``tools/gpu/fa4_probe.py``, check it). The same lowering refuses a
+deterministic backward with a block mask below sm100 (``deterministic`` is not declared here).
 """
 
 from __future__ import annotations
@@ -194,8 +203,11 @@ class Flex(Backend):
 
     def refusal(self, e):
         for err in exception_chain(e):
-            if isinstance(err, NotImplementedError) or "BACKEND='FLASH'" in str(err):
-                lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+            text = str(err)
+            if isinstance(err, NotImplementedError) or any(
+                w in text for w in ("NotImplementedError", "BACKEND='FLASH'")
+            ):
+                lines = [ln for ln in text.strip().splitlines() if ln.strip()]
                 text = lines[0] if lines else type(err).__name__
                 return f"unsupported: FlexAttention{' FLASH' if self.flash else ''}: {text[:300]}"
         return None
