@@ -15,24 +15,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
 from .base import Backend, Capabilities, Prepared, register
-
-
-def _raise_recompile_limit(n: int = 256) -> None:
-    """Each case's block masks and shapes compile anew; keep dynamo from falling back to the
-    (unfused, score-materialising) eager flex after its default 8 recompiles."""
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), n))
-
-
-@functools.cache
-def _compiled():
-    _raise_recompile_limit()
-    return torch.compile(flex_attention, dynamic=False)
+from .flex import compiled_flex, flex_api, flex_call, to_flex_layout
 
 
 @functools.lru_cache(maxsize=8)
@@ -48,9 +33,8 @@ def block_masks(seqlen_q: int, seqlen_k: int, w: int, causal: bool, device: str)
         d = i + off - j
         return (d >= w) & (d >= 0) if causal else d >= w
 
-    return tuple(
-        create_block_mask(m, None, None, seqlen_q, seqlen_k, device=device) for m in (near, far)
-    )
+    make = flex_api().create_block_mask
+    return tuple(make(m, None, None, seqlen_q, seqlen_k, device=device) for m in (near, far))
 
 
 def merge_by_lse(o_a, l_a, o_b, l_b):
@@ -70,31 +54,30 @@ class PiecewiseFlex(Backend):
     description = "FlexAttention, two passes (q1.k1 near, q2.k2 far) merged by lse"
     caps = Capabilities(problem="piecewise", devices={"cpu", "cuda"}, lse=True)
 
+    def availability(self, device):
+        return None if flex_api() else f"torch {torch.__version__} has no FlexAttention"
+
     def extra_check(self, case, device, mode):
         if device == "cpu" and mode != "fwd":
             return "unsupported: FlexAttention has no backward on CPU"
+        if case.head_dim < 16:
+            return f"unsupported: head dim {case.head_dim} < 16 (FlexAttention needs >= 16)"
         return None
 
     def prepare(self, inp, case):
-        cuda = inp.q1.is_cuda
-        leaves = tuple(
-            t.detach().transpose(1, 2).contiguous().requires_grad_(cuda) for t in inp.differentiable
-        )
+        cuda = inp.q1.is_cuda  # the CPU's flex is inference only: inputs must not need grad
+        leaves = tuple(to_flex_layout(t, False).requires_grad_(cuda) for t in inp.differentiable)
         dev = str(inp.q1.device)
         near, far = block_masks(case.seqlen_q, case.seqlen_k, case.dist_threshold, case.causal, dev)
-        flex = _compiled() if cuda else flex_attention
-        return Prepared(leaves, {"near": near, "far": far, "flex": flex})
+        attend = compiled_flex(differentiable_lse=True) if cuda else flex_call(True)
+        return Prepared(leaves, {"near": near, "far": far, "attend": attend})
 
     def forward(self, p, case):
         q1, k1, q2, k2, v = p.leaves
-        flex, kw = p.args["flex"], dict(scale=case.scale, enable_gqa=case.gqa)
-        o_a, aux_a = flex(
-            q1, k1, v, block_mask=p.args["near"], return_aux=AuxRequest(lse=True), **kw
-        )
-        o_b, aux_b = flex(
-            q2, k2, v, block_mask=p.args["far"], return_aux=AuxRequest(lse=True), **kw
-        )
-        out, lse = merge_by_lse(o_a, aux_a.lse, o_b, aux_b.lse)
+        attend = p.args["attend"]
+        o_a, l_a = attend(q1, k1, v, None, p.args["near"], case.scale, case.gqa, None, True)
+        o_b, l_b = attend(q2, k2, v, None, p.args["far"], case.scale, case.gqa, None, True)
+        out, lse = merge_by_lse(o_a, l_a, o_b, l_b)
         return out.transpose(1, 2), lse
 
     def grads(self, p):
