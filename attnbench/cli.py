@@ -21,6 +21,7 @@ from rich.table import Table
 
 from . import backends as _backends  # noqa: F401  (registers every backend)
 from .backends.base import REGISTRY, get_backends
+from .compare import compare_command
 from .config import ConfigError, load_config, select_cases
 from .distributed.cli import app as dist_app
 from .env import default_device, environment
@@ -40,7 +41,7 @@ from .options import (
     parse_modes,
     split_list,
 )
-from .report import accuracy_table, perf_table, unsupported_reasons
+from .report import accuracy_table, perf_table, unrepeatable, unsupported_reasons
 from .results import ResultsWriter, new_run_id
 from .runner import RunContext, run_accuracy, run_perf
 
@@ -138,6 +139,7 @@ def perf(
     retune: bool = typer.Option(
         False, "--retune", help="re-tune Triton kernels instead of reusing kept choices"
     ),
+    repeat: int = typer.Option(1, "--repeat", help="time every case N times; report the spread"),
 ):
     """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
     t0 = time.perf_counter()
@@ -147,10 +149,15 @@ def perf(
         "perf", sweep, only, skip, device, dtype, out, json_out
     )
     run_modes = parse_modes(modes) or cfg_modes
+    if repeat < 1:
+        fail(f"--repeat must be >= 1, got {repeat}")
+    ctx.repeat = repeat
     try:
         run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms)
     except KeyboardInterrupt:
         fail(f"interrupted: {len(ctx.rows)} finished rows kept in {ctx.writer.path}", 130)
+    for line in unrepeatable(ctx.rows):
+        ctx.console.print(line, highlight=False)
     _finish(ctx, perf_table(ctx.rows), t0)
 
 
@@ -222,69 +229,7 @@ def plot(
         make_console().print(str(f), highlight=False)
 
 
-@app.command()
-def compare(
-    base: str = typer.Argument(..., help="BASE: run id, parquet file or folder"),
-    new: str = typer.Argument(None, help="NEW: run id, parquet file or folder"),
-    backend: str = typer.Option(None, "--backend", help="within one run: this backend (NEW)"),
-    vs: str = typer.Option(None, "--vs", help="... against this backend (BASE)"),
-    threshold: str = typer.Option(
-        None, "--threshold", help="exit 1 on a slowdown beyond this (e.g. 3%) or a lost verdict"
-    ),
-    results: Path = typer.Option(Path("results"), "--results", help="where run ids are looked up"),
-    plot_path: Path = typer.Option(None, "--plot", help="write a speedup-per-case PNG here"),
-    json_out: bool = typer.Option(False, "--json", help="the comparison as JSON on stdout"),
-):
-    """Speedups of NEW over BASE per backend and case, accuracy changes, one-sided cases."""
-    import json
-
-    from .compare import compare_frames, parse_threshold, resolve
-    from .report import compare_header, compare_table
-
-    if (backend is None) != (vs is None):
-        fail("--backend and --vs go together (compare RUN --backend A --vs B)")
-    if backend is not None and new is not None:
-        fail("give one run with --backend A --vs B, or two runs BASE NEW, not both")
-    if backend is None and new is None:
-        fail("compare needs BASE and NEW (or one run with --backend A --vs B)")
-    try:
-        th = parse_threshold(threshold)
-        b = resolve(base, results)
-        n = resolve(new, results) if new is not None else b
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    if backend is not None:
-        missing = [x for x in (backend, vs) if x not in set(b.backend)]
-        if missing:
-            fail(f"backend {missing[0]!r} not in {base} (has: {', '.join(sorted(set(b.backend)))})")
-        b, n = b[b.backend == vs], b[b.backend == backend]
-        comp = compare_frames(b, n, vs, backend, th, join_backend=False)
-    else:
-        comp = compare_frames(b, n, base, new, th)
-    if comp.cases.empty and not comp.accuracy_changes:
-        fail("no case is in both BASE and NEW")
-    con = err_console if json_out else make_console()
-    if json_out:
-        print(json.dumps(comp.to_json(), default=str, indent=1))
-    else:
-        for line in compare_header(comp):
-            con.print(line, highlight=False)
-        con.print(compare_table(comp))
-    if plot_path is not None:
-        from .plot import compare_plot
-
-        try:
-            con.print(f"plot -> {compare_plot(comp, plot_path)}", highlight=False)
-        except FileNotFoundError as e:
-            con.print(f"[yellow]no plot: {e}[/]")
-    if comp.failed:
-        con.print(
-            f"[red]{len(comp.regressions)} cases slower by more than {th:.1%}, "
-            f"{len(comp.lost)} lost their accuracy verdict[/]"
-        )
-        raise typer.Exit(1)
-
-
+app.command("compare")(compare_command)
 app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, Ulysses).")
 
 

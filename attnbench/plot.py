@@ -57,6 +57,9 @@ def _perf_plot(g: pd.DataFrame, x: str, title: str, path: Path) -> None:
                     textcoords="offset points",
                     xytext=(4, 4),
                 )
+    if "matmul_tflops" in g and g.matmul_tflops.notna().any():
+        peak = g.matmul_tflops.median()
+        ax.axhline(peak, color="gray", ls="--", lw=1, label=f"matmul ceiling {peak:.0f}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel(x)
     ax.set_ylabel("TFLOP/s (median; band p20-p80)")

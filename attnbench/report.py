@@ -71,7 +71,8 @@ def perf_table(rows: list[dict]) -> Table:
         if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
     ]
     t = Table(
-        title="perf: TFLOP/s (median); ✗ = failed the accuracy check, number withheld",
+        title="perf: TFLOP/s (median) [% of the measured matmul ceiling]; ✗ = failed the "
+        "accuracy check, number withheld",
         title_justify="left",
     )
     t.add_column("mode")
@@ -94,13 +95,38 @@ def perf_table(rows: list[dict]) -> Table:
                 cells.append("")
             elif r["status"] == "ok":
                 v = r["tflops"]
-                cells.append(f"[bold green]{v:.1f}[/]" if v == best else f"{v:.1f}")
+                cell = f"[bold green]{v:.1f}[/]" if v == best else f"{v:.1f}"
+                pct = r.get("pct_of_peak")
+                cells.append(cell + (f" [dim]{pct:.0f}%[/]" if pct is not None else ""))
             elif r["status"] == "accuracy_failed":
                 cells.append("[bold red]✗ wrong[/]")
             else:
                 cells.append(_STATUS_CELL.get(r["status"], r["status"]))
         t.add_row(mode, case, *cells)
     return t
+
+
+def unrepeatable(rows: list[dict], tolerance: float = 0.02) -> list[str]:
+    """With ``--repeat N``: the cases whose timings spread by more than ``tolerance``
+    ((max - min) / median of the N medians), worst first."""
+    timed = [r for r in rows if r.get("repeat_spread") is not None]
+    bad = sorted(
+        (r for r in timed if r["repeat_spread"] > tolerance), key=lambda r: -r["repeat_spread"]
+    )
+    if not timed:
+        return []
+    n = timed[0]["repeats"]
+    head = f"repeatability ({n} timings per case): {len(timed) - len(bad)}/{len(timed)} within"
+    lines = [f"[bold]{head} {tolerance:.0%}[/]"]
+    for r in bad[:15]:
+        lines.append(
+            f"[yellow]  not repeatable: {r['backend']} {r['mode']} {r['case_id']}: "
+            f"{r['latency_ms_min']:.4g}-{r['latency_ms_max']:.4g} ms "
+            f"(spread {r['repeat_spread']:.1%})[/]"
+        )
+    if len(bad) > 15:
+        lines.append(f"[yellow]  ... and {len(bad) - 15} more[/]")
+    return lines
 
 
 def unsupported_reasons(rows: list[dict]) -> list[str]:
