@@ -141,11 +141,17 @@ def now_utc() -> dt.datetime:
 
 
 def load_results(path: str | Path):
-    """All runs under ``path`` (a folder or one file) as a DataFrame."""
-    import pandas as pd
-
+    """All runs under ``path`` (a folder or one file) as a DataFrame with every column of the
+    schema: files written before a column existed read as null there (reading the folder in one
+    go would take the first file's columns only)."""
     p = Path(path)
     files = [p] if p.is_file() else sorted(p.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no results (*.parquet) in {p}")
-    return pd.read_parquet(p if p.is_file() else str(p))
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    for name in COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(
+                SCHEMA.field(name), pa.nulls(len(table), SCHEMA.field(name).type)
+            )
+    return table.to_pandas()

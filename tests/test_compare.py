@@ -143,3 +143,18 @@ def test_bad_input_is_one_line_and_exit_2(cli, run, args, msg):
     folder, rid, _ = run
     res = cli("compare", *[rid if a == "RID" else a for a in args], "--results", folder)
     assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output
+
+
+def test_folder_with_an_older_run_keeps_the_new_columns(run, tmp_path):
+    from attnbench.results import load_results
+
+    _, _, df = run
+    old = df.drop(columns=["kernel_config", "repeats", "matmul_tflops"])
+    old.to_parquet(tmp_path / "0-old.parquet")  # sorts first: its columns used to win
+    df.assign(kernel_config="x").to_parquet(tmp_path / "1-new.parquet")
+    both = load_results(tmp_path)
+    assert len(both) == 2 * len(df)
+    assert both.kernel_config.isna().sum() == len(df) and (both.kernel_config == "x").sum() == len(
+        df
+    )
+    assert both.matmul_tflops.isna().all() and "repeat_spread" in both
