@@ -20,14 +20,19 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from .case import Case
 from .options import err_console, fail, make_console
+from .problems import PROBLEMS
 from .results import load_results
 
 ENV_COLUMNS = ("gpu_name", "device", "torch_version", "cuda_version", "triton_version")
 ENV_COLUMNS += ("flash_attn_version",)
 INFO_COLUMNS = ("git_sha", "attnbench_version")
-CASE_COLUMNS = ["problem", "case_id", *(f.name for f in fields(Case)), "varlen", "tensor"]
+CASE_COLUMNS = list(
+    dict.fromkeys(
+        ["problem", "case_id", "varlen", "tensor"]
+        + [f.name for p in PROBLEMS.values() for f in fields(p.case_type)]
+    )
+)
 
 
 def resolve(spec: str, results: Path) -> pd.DataFrame:
