@@ -169,6 +169,15 @@ def score_mod_for(case, slopes=None, cu_q=None, cu_k=None, device=None):
     return mod
 
 
+def flex_limits(case, device, mode) -> str | None:
+    """What FlexAttention cannot run, whatever the problem: a CPU backward, head dims < 16."""
+    if device == "cpu" and mode != "fwd":
+        return "unsupported: FlexAttention has no backward on CPU"
+    if case.head_dim < 16:
+        return f"unsupported: head dim {case.head_dim} < 16 (FlexAttention needs >= 16)"
+    return None
+
+
 def to_flex_layout(x: torch.Tensor, varlen: bool) -> torch.Tensor:
     """(B, S, H, D) -> (B, H, S, D); varlen (T, H, D) -> (1, H, T, D); contiguous."""
     x = x[None] if varlen else x
@@ -210,11 +219,7 @@ class Flex(Backend):
         return fa4_availability(device) if self.flash else None
 
     def extra_check(self, case, device, mode):
-        if device == "cpu" and mode != "fwd":
-            return "unsupported: FlexAttention has no backward on CPU"
-        if case.head_dim < 16:
-            return f"unsupported: head dim {case.head_dim} < 16 (FlexAttention needs >= 16)"
-        return None
+        return flex_limits(case, device, mode)
 
     def refusal(self, e):
         for err in exception_chain(e):

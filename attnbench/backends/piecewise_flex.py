@@ -17,7 +17,7 @@ import functools
 import torch
 
 from .base import Backend, Capabilities, Prepared, register
-from .flex import compiled_flex, flex_api, flex_call, to_flex_layout
+from .flex import compiled_flex, flex_api, flex_call, flex_limits, to_flex_layout
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,11 +58,7 @@ class PiecewiseFlex(Backend):
         return None if flex_api() else f"torch {torch.__version__} has no FlexAttention"
 
     def extra_check(self, case, device, mode):
-        if device == "cpu" and mode != "fwd":
-            return "unsupported: FlexAttention has no backward on CPU"
-        if case.head_dim < 16:
-            return f"unsupported: head dim {case.head_dim} < 16 (FlexAttention needs >= 16)"
-        return None
+        return flex_limits(case, device, mode)
 
     def prepare(self, inp, case):
         cuda = inp.q1.is_cuda  # the CPU's flex is inference only: inputs must not need grad

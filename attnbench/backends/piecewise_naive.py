@@ -1,7 +1,7 @@
 """``piecewise_naive``: the piecewise reference run in the input dtype (same-dtype torch), the
 baseline of the accuracy rule for piecewise attention, as ``naive`` is for attention."""
 
-from ..problems.piecewise import piecewise_ref
+from ..problems.piecewise import case_kwargs, piecewise_ref
 from .base import Backend, Capabilities, register
 
 
@@ -12,15 +12,4 @@ class PiecewiseNaive(Backend):
     caps = Capabilities(problem="piecewise", devices={"cpu", "cuda"}, lse=True, deterministic=True)
 
     def forward(self, p, case):
-        q1, k1, q2, k2, v = p.leaves
-        return piecewise_ref(
-            q1,
-            k1,
-            q2,
-            k2,
-            v,
-            dist_threshold=case.dist_threshold,
-            causal=case.causal,
-            softmax_scale=case.scale,
-            upcast=False,
-        )
+        return piecewise_ref(*p.leaves, upcast=False, **case_kwargs(case))

@@ -6,8 +6,9 @@ interpreter's bf16 ``tl.dot`` is wrong in triton 3.6)."""
 
 from __future__ import annotations
 
+from ..problems.piecewise import case_kwargs
 from .base import Backend, Capabilities, register
-from .triton_fa2 import _interpret
+from .triton_fa2 import _interpret, chosen_configs_text
 
 
 def _kernels():
@@ -44,18 +45,8 @@ class PiecewiseTriton(Backend):
         return None
 
     def forward(self, p, case):
-        return _kernels().piecewise_attention(
-            *p.leaves,
-            dist_threshold=case.dist_threshold,
-            causal=case.causal,
-            softmax_scale=case.scale,
-            deterministic=case.deterministic,
-        )
+        kw = case_kwargs(case)
+        return _kernels().piecewise_attention(*p.leaves, deterministic=case.deterministic, **kw)
 
     def kernel_config(self, p, case, mode):
-        """The autotuned config of each kernel the timed call ran."""
-        names = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}.get(
-            mode, ("fwd", "bwd_dkdv", "bwd_dq")
-        )
-        chosen = getattr(_kernels(), "chosen_configs", dict)()
-        return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
+        return chosen_configs_text(_kernels(), mode)

@@ -24,6 +24,16 @@ def _kernels():
     return triton_fa2
 
 
+def chosen_configs_text(kernels, mode: str) -> str | None:
+    """The autotuned config of each kernel a ``mode`` call ran (the last one launched), from a
+    kernel package with ``chosen_configs()`` (fwd, bwd_dkdv, bwd_dq)."""
+    names = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}.get(
+        mode, ("fwd", "bwd_dkdv", "bwd_dq")
+    )
+    chosen = kernels.chosen_configs()
+    return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
+
+
 @register
 class TritonFA2(Backend):
     name = "triton_fa2"
@@ -86,12 +96,7 @@ class TritonFA2(Backend):
         )
 
     def kernel_config(self, p, case, mode):
-        """The autotuned config of each kernel the timed call ran (the last one launched)."""
-        names = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}.get(
-            mode, ("fwd", "bwd_dkdv", "bwd_dq")
-        )
-        chosen = _kernels().chosen_configs()
-        return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
+        return chosen_configs_text(_kernels(), mode)
 
     def lse_backward(self, dout, q, k, v, out, lse, *, causal, softmax_scale):
         """dq, dk, dv of one block given the *global* ``out`` and ``lse`` of its query rows (the

@@ -115,6 +115,11 @@ def piecewise_ref(
     return softmax_rows(s, v, (j <= i) if causal else None)
 
 
+def case_kwargs(case: PiecewiseCase) -> dict:
+    """The case's arguments of :func:`piecewise_ref` (and of the kernels' interface)."""
+    return dict(dist_threshold=case.dist_threshold, causal=case.causal, softmax_scale=case.scale)
+
+
 def reference(
     inp: PiecewiseInputs, case: PiecewiseCase, *, upcast=True, grads=True, budget_bytes=None
 ):
@@ -123,18 +128,7 @@ def reference(
 
     def fn(qs, kvs, *, bs, hqs, **where):
         (q1, q2), (k1, k2, v) = qs, kvs
-        return piecewise_ref(
-            q1,
-            k1,
-            q2,
-            k2,
-            v,
-            dist_threshold=case.dist_threshold,
-            causal=case.causal,
-            softmax_scale=case.scale,
-            upcast=upcast,
-            **where,
-        )
+        return piecewise_ref(q1, k1, q2, k2, v, upcast=upcast, **case_kwargs(case), **where)
 
     out, lse, gs = chunked_reference(
         fn,
