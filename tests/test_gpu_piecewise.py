@@ -19,18 +19,19 @@ def test_piecewise_accuracy_suite_on_every_backend(cli, tmp_path):
     res = cli("accuracy", "--suite", "piecewise", "--out", out, "--only", BACKENDS)
     df = pd.read_parquet(out)
     assert set(df.problem) == {"piecewise"}
-    ran = df[df.status != "unsupported"]
-    bad = ran[ran.status != "ok"]
-    assert bad.empty, bad[["backend", "case_id", "tensor", "status", "message"]].to_string()
-    assert res.exit_code == 0, res.output
-    # every backend except FlagAttention (optional) graded every case it declares
+    # ours: every case graded and passing, gradients included
     for be in ("piecewise_naive", "piecewise_flex", "piecewise_triton"):
         rows = df[df.backend == be]
-        assert (rows.status == "ok").all(), rows.message.dropna().unique()
+        bad = rows[rows.status != "ok"]
+        assert bad.empty, bad[["case_id", "tensor", "status", "message"]].to_string()
         assert {"dq1", "dk1", "dq2", "dk2", "dv"} <= set(rows.tensor)
+    # FlagAttention as shipped: a verdict for every case it declares (it may fail the rule:
+    # that is a finding about it, shown in the table), a reason for every other one
     flag = df[df.backend == "flag_attn_piecewise"]
-    skipped = flag[flag.status == "unsupported"].message
-    assert skipped.str.contains("not installed|GQA|head dim|fp32").all()
+    assert set(flag.status) <= {"ok", "accuracy_failed", "unsupported"}, flag.message.unique()
+    reasons = flag[flag.status == "unsupported"].message
+    assert reasons.str.contains("not installed|GQA|head dim|dtype").all()
+    assert res.exit_code == (1 if (df.status == "accuracy_failed").any() else 0), res.output
 
 
 def test_piecewise_perf_rows_have_verdicts(cli, tmp_path):
