@@ -177,6 +177,8 @@ def load_results(path: str | Path, warn=None):
         except (OSError, pa.ArrowException, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             warn(f"skipping {f}: not a readable results file ({first})")
+    if not files:
+        raise FileNotFoundError(f"no results (*.parquet) in {p}")
     if not tables:
         raise FileNotFoundError(f"no readable results (*.parquet) in {p}")
     return pa.concat_tables(tables).to_pandas()

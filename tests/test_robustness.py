@@ -222,7 +222,7 @@ def test_bad_parquet_files_are_skipped_with_a_warning(cli, tmp_path):
     res = cli("plot", out)
     assert res.exit_code == 0, res.output
     assert "warning: skipping" in res.output and "empty.parquet" in res.output
-    assert list((out / "_plots").glob("perf_*.png"))
+    assert list((out / "_plots").glob("*/perf_*.png"))
 
 
 def test_old_results_without_new_columns_still_load(tmp_path):
