@@ -12,6 +12,7 @@ could not be written (rows written before are kept); 2 usage or config error (no
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,12 @@ def _common(kind: str, config: str, only, skip, device, dtype, out, json_out, mo
         cases, cfg_modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
     except ConfigError as e:
         fail(str(e))
+    wrong = [b.name for b in backends if b.caps.problem != cfg.problem]
+    if only and wrong:
+        fail(f"{', '.join(wrong)}: not a {cfg.problem} backend ({cfg.name} poses {cfg.problem})")
+    backends = [b for b in backends if b.caps.problem == cfg.problem]
+    if not backends:
+        fail(f"--only/--skip leave no {cfg.problem} backend to run")
     if cfg.kind is not None and cfg.kind != kind:
         flag = "--suite" if cfg.kind == "accuracy" else "--sweep"
         fail(f"{path}: kind: {cfg.kind}, not {kind}; run it with `attnbench {cfg.kind} {flag} ...`")
@@ -177,9 +184,14 @@ def perf(
     dtype: str = DTYPE,
     out: Path = OUT,
     json_out: bool = JSON,
+    retune: bool = typer.Option(
+        False, "--retune", help="re-tune Triton kernels instead of reusing kept choices"
+    ),
 ):
     """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
     t0 = time.perf_counter()
+    if retune:
+        os.environ["ATTNBENCH_RETUNE"] = "1"  # read by kernels/triton_fa2/tuning.py
     ctx, cfg, cases, run_modes, backends = _common(
         "perf", sweep, only, skip, device, dtype, out, json_out, modes
     )
@@ -192,7 +204,8 @@ def list_backends(device: str = DEVICE):
     """Every registered backend, whether it can run here, and why not."""
     dev = (device or default_device()).split(":")[0]
     t = Table(title=f"backends (device: {dev})", title_justify="left")
-    for c in ("backend", "available", "devices", "dtypes", "head dims", "features", "description"):
+    cols = ("backend", "problem", "available", "devices", "dtypes", "head dims", "features")
+    for c in (*cols, "description"):
         t.add_column(c)
     for name, be in REGISTRY.items():
         c = be.caps
@@ -216,6 +229,7 @@ def list_backends(device: str = DEVICE):
         hd = ",".join(map(str, sorted(c.head_dims))) if c.head_dims else f"<={c.max_head_dim}"
         t.add_row(
             name,
+            c.problem,
             "[green]yes[/]" if not why else f"[red]no[/]: {why}",
             ",".join(sorted(c.devices)),
             ",".join(sorted(c.dtypes)),

@@ -1,11 +1,11 @@
 """Plots from stored results (matplotlib, PNG), one folder of figures per run:
 ``<out>/<run_id>/`` (``attnbench plot results/ [--run ID] [--latest]``).
 
-- ``perf_<mode>_<causal>_d<head_dim>_<dtype>_h<heads>.png``: TFLOP/s against seqlen, one line per
+- ``perf_<problem>_<mode>_<causal>_d<head_dim>_<dtype>_h<heads>.png``: TFLOP/s against seqlen, one line per
   backend and series of shapes (e.g. 16k tokens per batch, batch = tokens / seqlen), the p20-p80
   band shaded; points that failed the accuracy check are red crosses labelled ``wrong``, never
   part of the line. The title names the run, the device and what varies along x.
-- ``perf_headdim_<mode>_<causal>_s<seqlen>_<dtype>.png``: the same against head dim.
+- ``perf_headdim_<problem>_<mode>_<causal>_s<seqlen>_<dtype>_b<batch>.png``: the same against head dim.
 - ``accuracy.png``: per backend and tensor, the worst error over the rule's limit (error /
   (k x same-dtype torch error), the table's number; 1.0 = at the limit).
 - ``accuracy_cases.png``: the same ratio per case x backend, so a failing case is found.
@@ -25,11 +25,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from .check import FACTOR  # noqa: E402
+from .check import factor  # noqa: E402
 from .results import load_results  # noqa: E402
 
 # Case parameters that are fixed along every line (besides the x axis and its co-varying size).
 _KNOBS = [
+    "problem",
     "mode",
     "causal",
     "dtype",
@@ -153,13 +154,13 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         heads = f"{r.heads_q}" if r.heads_q == r.heads_kv else f"{r.heads_q}-{r.heads_kv}"
         series = _series(g, "batch", "seqlen_q", "tokens per batch", "batch = tokens / seqlen")
         extra = _extras(r)
-        name = f"perf_{r['mode']}_{_tag(r.causal)}_d{r.head_dim}_{r['dtype']}_h{heads}"
+        name = f"perf_{r.problem}_{r['mode']}_{_tag(r.causal)}_d{r.head_dim}_{r['dtype']}_h{heads}"
         if r.sk >= 0:
             name += f"_sk{r.sk}"
         name += f"_{extra}" if extra else ""
         what = series[0][0] if len(series) == 1 else "one line per batch size"
         title = (
-            f"{r['mode']}, {_tag(r.causal)}, head dim {r.head_dim}, {r['dtype']}, heads {heads}"
+            f"{r.problem} {r['mode']}, {_tag(r.causal)}, head dim {r.head_dim}, {r['dtype']}, heads {heads}"
             + (f", seqlen_k {r.sk}" if r.sk >= 0 else "")
             + (f", {extra}" if extra else "")
             + f"\nx: sequence length; {what}\n{run}"
@@ -176,11 +177,13 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         series = _series(g, "heads_q", "head_dim", "model dim", "heads = model dim / head dim")
         extra = _extras(r)
         seq = f"{r.seqlen_q}" if r.seqlen_q == r.seqlen_k else f"{r.seqlen_q}x{r.seqlen_k}"
-        name = f"perf_headdim_{r['mode']}_{_tag(r.causal)}_s{seq}_{r['dtype']}_b{r.batch}"
+        name = (
+            f"perf_headdim_{r.problem}_{r['mode']}_{_tag(r.causal)}_s{seq}_{r['dtype']}_b{r.batch}"
+        )
         name += f"_{extra}" if extra else ""
         what = series[0][0] if len(series) == 1 else "one line per head count"
         title = (
-            f"{r['mode']}, {_tag(r.causal)}, seqlen {seq}, {r['dtype']}, batch {r.batch}"
+            f"{r.problem} {r['mode']}, {_tag(r.causal)}, seqlen {seq}, {r['dtype']}, batch {r.batch}"
             + (f", GQA {r.ratio}:1" if r.ratio > 1 else "")
             + (f", {extra}" if extra else "")
             + f"\nx: head dim; {what}\n{run}"
@@ -194,7 +197,7 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
 def rule_ratio(acc: pd.DataFrame) -> pd.Series:
     """Error over the rule's limit, error / (k x same-dtype torch error): the accuracy table's
     number (1.0 = at the limit; NaN/Inf error -> inf)."""
-    k = acc.tensor.map(FACTOR).astype(float)
+    k = acc.tensor.map(factor).astype(float)
     limit = k * acc.baseline_max_abs_err
     r = acc.max_abs_err / limit.where(limit > 0)
     r = r.where(limit > 0, np.where(acc.max_abs_err == 0, 0.0, np.inf))
@@ -214,7 +217,7 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
         .agg(ratio=("ratio", "max"), ok=("accuracy_ok", "all"))
         .reset_index()
     )
-    tensors = [t for t in ("out", "lse", "dq", "dk", "dv") if t in set(worst.tensor)]
+    tensors = list(dict.fromkeys(acc.tensor))  # out, lse, then each problem's gradients
     backends = list(dict.fromkeys(worst.backend))
     top = max(2.0, float(np.nanmax(worst.ratio.replace(np.inf, np.nan).fillna(1.0))) * 1.5)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(backends) + 2), 4.5))

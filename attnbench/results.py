@@ -23,6 +23,7 @@ SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("kind", pa.string()),  # accuracy | perf | dist_accuracy | dist_perf
         ("suite", pa.string()),
+        ("problem", pa.string()),  # attention | piecewise (attnbench.problems); null: attention
         ("backend", pa.string()),
         ("mode", pa.string()),  # fwd | bwd | fwd_bwd (accuracy rows: fwd or fwd_bwd)
         ("case_id", pa.string()),
@@ -43,6 +44,7 @@ SCHEMA = pa.schema(
         ("softcap", pa.float64()),
         ("alibi", pa.bool_()),
         ("deterministic", pa.bool_()),
+        ("dist_threshold", pa.int64()),  # piecewise: q2.k2 where i + Sk - Sq - j >= this
         ("strategy", pa.string()),  # distributed runs
         ("world_size", pa.int64()),
         ("rank", pa.int64()),
@@ -63,6 +65,8 @@ SCHEMA = pa.schema(
         # (ring-flash-attention's "theoretic" baseline)
         ("efficiency", pa.float64()),
         ("efficiency_share", pa.float64()),
+        ("reps", pa.int64()),  # timed reps of the timing
+        ("kernel_config", pa.string()),  # what a choosing backend ran (Triton config, SDPA kernel)
         ("peak_mem_mb", pa.float64()),
         ("wall_s", pa.float64()),
         ("device", pa.string()),
@@ -181,4 +185,6 @@ def load_results(path: str | Path, warn=None):
         raise FileNotFoundError(f"no results (*.parquet) in {p}")
     if not tables:
         raise FileNotFoundError(f"no readable results (*.parquet) in {p}")
-    return pa.concat_tables(tables).to_pandas()
+    df = pa.concat_tables(tables).to_pandas()
+    df["problem"] = df["problem"].fillna("attention")
+    return df

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .backends.base import Backend, Unsupported
-from .case import Case, case_flops
+from .case import Case
 from .check import Truth, check_backend, make_truth, report_lines
 from .env import environment
-from .inputs import make_inputs
+from .problems import problem_of
 from .results import ResultsWriter, now_utc
 from .timing import bench, mode_fn, timing_columns
 
@@ -108,7 +108,7 @@ def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) ->
                     continue
                 try:
                     if inp is None:
-                        inp = make_inputs(case, ctx.device, ctx.seed)
+                        inp = problem_of(case).make_inputs(case, ctx.device, ctx.seed)
                     truth = _truth(inp, case, cache, grads=True)
                     errs = check_backend(be, case, inp, truth, grads=be.caps.backward)
                 except Exception as e:  # one failing case never stops the run
@@ -205,7 +205,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
     grads = be.caps.backward and any(m != "fwd" for m in modes)
     try:  # no speed without an accuracy verdict for the same case
         if inp is None:
-            inp = cache["inputs"] = make_inputs(case, ctx.device, ctx.seed)
+            inp = cache["inputs"] = problem_of(case).make_inputs(case, ctx.device, ctx.seed)
         truth = _truth(inp, case, cache, grads=grads or ("t", True) in cache)
         errs = check_backend(be, case, inp, truth, grads=grads)
     except Exception as e:
@@ -219,13 +219,14 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
             p = be.prepare(inp, case)
             fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
+            config = be.kernel_config(p, case, m)
             del p, fn
         except Exception as e:
             status, emsg = classify(e)
             rows.append(ctx.row(case, be.name, m, status=status, message=emsg, accuracy_ok=ok))
             _cleanup(ctx.device)
             continue
-        flops = case_flops(case, m)
+        flops = problem_of(case).flops(case, m)
         rows.append(
             ctx.row(
                 case,
@@ -234,6 +235,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
                 status="ok" if ok else "accuracy_failed",
                 message=msg,
                 accuracy_ok=ok,
+                kernel_config=config,
                 **timing_columns(t, flops),
             )
         )

@@ -204,7 +204,7 @@ def test_plot_seqlen_lines(cli, tmp_path):
     assert "no GPU" in res.output
     res = cli("plot", out, "--out", tmp_path / "png")
     assert res.exit_code == 0
-    (png,) = (tmp_path / "png").glob("*-perf-seqlen-*/perf_fwd_causal_d64_bf16_h4.png")
+    (png,) = (tmp_path / "png").glob("*-perf-seqlen-*/perf_attention_fwd_causal_d64_bf16_h4.png")
     assert png.stat().st_size > 10_000
 
 

@@ -39,6 +39,7 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Capabilities:
+    problem: str = "attention"  # the problem served (attnbench.problems.PROBLEMS)
     devices: frozenset[str] = frozenset({"cuda"})
     dtypes: frozenset[str] = frozenset({"fp16", "bf16", "fp32"})
     head_dims: frozenset[int] | None = None  # None: any head dim up to max_head_dim
@@ -86,6 +87,8 @@ class Backend:
     def why_unsupported(self, case: Case, device: str, mode: str = "fwd") -> str | None:
         """The reason this backend cannot run ``case`` on ``device`` (None: it can)."""
         c = self.caps
+        if case.problem != c.problem:
+            return f"unsupported: {self.name} serves problem {c.problem}, not {case.problem}"
         dev = torch.device(device).type
         if dev not in c.devices:
             return f"{self.name} does not run on {dev} (runs on: {', '.join(sorted(c.devices))})"
@@ -131,8 +134,9 @@ class Backend:
 
     # ---- running -------------------------------------------------------------------------
     def prepare(self, inp: Inputs, case: Case) -> Prepared:
-        """Outside the timed region: layout changes, packing. Default: fresh leaf q, k, v."""
-        leaves = tuple(t.detach().clone().requires_grad_() for t in (inp.q, inp.k, inp.v))
+        """Outside the timed region: layout changes, packing. Default: fresh leaves of the
+        problem's differentiable inputs (q, k, v for attention)."""
+        leaves = tuple(t.detach().clone().requires_grad_() for t in inp.differentiable)
         return Prepared(leaves, {"inputs": inp})
 
     def forward(self, p: Prepared, case: Case) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -140,8 +144,14 @@ class Backend:
         raise NotImplementedError
 
     def grads(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """dq, dk, dv in attnbench layout, unpacked from the leaves' gradients."""
+        """The problem's gradients (dq, dk, dv for attention) in attnbench layout, unpacked
+        from the leaves' gradients."""
         return tuple(t.grad for t in p.leaves)
+
+    def kernel_config(self, p: Prepared, case: Case, mode: str) -> str | None:
+        """What this backend actually ran for ``mode`` where it chooses among kernels or tiles
+        (e.g. the Triton config its autotuner picked), asked after timing; None: no choice."""
+        return None
 
     def build_flags(self) -> str | None:
         """Compiler flags for backends built on first use (shown by ``attnbench env``)."""

@@ -85,6 +85,14 @@ class TritonFA2(Backend):
             max_seqlen_k=inp.max_seqlen_k,
         )
 
+    def kernel_config(self, p, case, mode):
+        """The autotuned config of each kernel the timed call ran (the last one launched)."""
+        names = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}.get(
+            mode, ("fwd", "bwd_dkdv", "bwd_dq")
+        )
+        chosen = _kernels().chosen_configs()
+        return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
+
     def lse_backward(self, dout, q, k, v, out, lse, *, causal, softmax_scale):
         """dq, dk, dv of one block given the *global* ``out`` and ``lse`` of its query rows (the
         block backward that ring/zigzag attention needs): the FA2 backward kernels as they are,
