@@ -43,13 +43,13 @@ def test_piecewise_perf_rows_have_verdicts(cli, tmp_path):
     )
     out = tmp_path / "r"
     res = cli("perf", "--sweep", sweep, "--out", out, "--only", BACKENDS)
-    assert res.exit_code == 0, res.output
     df = pd.read_parquet(out)
+    ours = df[df.backend.isin(["piecewise_flex", "piecewise_triton"])]
+    assert (ours.status == "ok").all(), ours.message.dropna().unique()
+    assert res.exit_code == (0 if df.status.isin(["ok", "unsupported"]).all() else 1)
     ok = df[df.status == "ok"]
-    assert {"piecewise_flex", "piecewise_triton"} <= set(ok.backend)
     assert ok.accuracy_ok.all() and (ok.tflops > 0).all()
     assert (ok.dist_threshold == ok.seqlen_q // 2).all()
     res = cli("plot", out)
-    assert (
-        res.exit_code == 0 and (out / "_plots" / "perf_piecewise_fwd_causal_d128_bf16.png").exists()
-    )
+    assert res.exit_code == 0
+    assert list((out / "_plots").glob("*/perf_piecewise_fwd_causal_d128_bf16_h*.png"))
