@@ -18,6 +18,7 @@ from .case import Case
 from .check import Truth, check_backend, make_truth, report_lines
 from .env import environment
 from .problems import problem_of
+from .report import case_line
 from .results import ResultsWriter, now_utc
 from .timing import bench, first_call_s, mode_fn, timing_columns
 
@@ -226,6 +227,8 @@ def run_perf(
                     )
                     inp = cache.get("inputs")
                 ctx.emit(rows)
+                if not ctx.console.is_terminal and runnable:
+                    ctx.console.print(case_line(rows), highlight=False)
                 prog.advance(task)
             del inp, cache
             _cleanup(ctx.device)
