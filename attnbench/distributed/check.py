@@ -16,9 +16,10 @@ import math
 from dataclasses import dataclass
 
 from ..case import Case
-from ..check import abs_error
+from ..check import TensorError, abs_error
 from ..inputs import Inputs
 from ..reference import RefResult
+from ..state import CaseState
 from .local import LocalKernel, local_attention
 from .strategy import Groups, Layout, dist_attention
 
@@ -29,18 +30,18 @@ LSE_FLOOR = 1e-5  # lse is fp32 whatever the input dtype
 
 
 @dataclass
-class DistError:
-    """One tensor on one rank: distributed vs reference, single vs reference, dist vs single."""
+class DistError(TensorError):
+    """One tensor on one rank: distributed vs reference (``max_abs_err``), the non-distributed
+    run vs reference (its baseline, ``baseline_*``) and distributed vs non-distributed
+    (``diff_*``)."""
 
-    rank: int
-    tensor: str
-    max_abs_err: float
-    mean_abs_err: float
-    single_max_abs_err: float
-    single_mean_abs_err: float
-    diff_max: float
-    diff_mean: float
-    accuracy_ok: bool
+    rank: int = 0
+    diff_max: float = 0.0
+    diff_mean: float = 0.0
+
+    @property
+    def where(self) -> str:
+        return f"rank {self.rank} "
 
 
 def passes(tensor: str, err: float, single_err: float, dtype: str) -> bool:
@@ -56,6 +57,11 @@ def run_single(inp: Inputs, case: Case, kernel: LocalKernel) -> RefResult:
     out, lse = local_attention(q, k, v, kernel, case.causal, case.scale)
     out.backward(inp.dout)
     return RefResult(out.detach(), lse, q.grad, k.grad, v.grad)
+
+
+def single_of(state: CaseState, kernel: LocalKernel) -> RefResult:
+    """The non-distributed run of ``kernel`` over ``state``'s case (made once per kernel)."""
+    return state.single(kernel.name, lambda inp, case: run_single(inp, case, kernel))
 
 
 def run_distributed(
@@ -83,8 +89,9 @@ def compare(
         mx, mean = abs_error(x, ref)
         smx, smean = abs_error(one, ref)
         dmx, dmean = abs_error(x, one)
+        ok = passes(t, mx, smx, case.dtype)
         errs.append(
-            DistError(rank, t, mx, mean, smx, smean, dmx, dmean, passes(t, mx, smx, case.dtype))
+            DistError(t, mx, mean, smx, smean, ok, rank=rank, diff_max=dmx, diff_mean=dmean)
         )
     return errs
 
@@ -123,6 +130,6 @@ def report_lines(per_rank: list[list[DistError]]) -> list[str]:
             if (r, t) in by:
                 e = by[r, t]
                 mark = "" if e.accuracy_ok else " FAIL"
-                cells.append(f"{t} {e.max_abs_err:.3g}/{e.single_max_abs_err:.3g}{mark}")
+                cells.append(f"{t} {e.max_abs_err:.3g}/{e.baseline_max_abs_err:.3g}{mark}")
         lines.append(f"Rank[{r}] " + "  ".join(cells))
     return lines

@@ -35,12 +35,15 @@ from ..options import (
     parse_modes,
     split_list,
 )
+from ..report import dist_perf_table
 from ..results import ResultsWriter, new_run_id
 from ..runner import RunContext
 from . import comm
+from .accuracy import run_accuracy
 from .config import load_dist_config, select
+from .context import BAD, DistRun
 from .local import get_local_kernel
-from .runner import BAD, DistRun, perf_table, run_accuracy, run_perf
+from .perf import run_perf
 from .strategy import STRATEGIES
 
 app = typer.Typer(
@@ -163,20 +166,19 @@ def _run(
             highlight=False,
         )
     run = DistRun(env, cfg, sel, wd, ctx)
-    summary: list[dict] = []
     try:
         if kind == "accuracy":
             run_accuracy(run)
         else:
-            run_perf(run, summary)
+            run_perf(run)
         n_bad = len([r for r in ctx.rows if r["status"] in BAD]) if ctx else 0
         with wd.phase("sharing the verdict"):
             n_bad = run.gather(n_bad)[0]
     finally:
         comm.shutdown()
     if ctx is not None:
-        if summary:
-            ctx.console.print(perf_table(summary, world))
+        if kind == "perf":
+            ctx.console.print(dist_perf_table(ctx.rows, world))
         ctx.console.print(
             f"{len(ctx.rows)} rows -> {ctx.writer.path}  (wall {time.perf_counter() - t0:.1f} s)",
             highlight=False,
