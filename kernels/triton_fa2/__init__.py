@@ -8,6 +8,6 @@ dK/dV pass, dQ pass), :mod:`.configs` (per-architecture tiles, autotuning), :mod
 """
 
 from . import configs
-from .interface import FlashAttnFunc, flash_attn
+from .interface import FlashAttnFunc, flash_attn, flash_attn_backward, flash_attn_forward
 
-__all__ = ["FlashAttnFunc", "configs", "flash_attn"]
+__all__ = ["FlashAttnFunc", "configs", "flash_attn", "flash_attn_backward", "flash_attn_forward"]
