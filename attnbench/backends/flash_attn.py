@@ -1,6 +1,6 @@
 """Upstream flash-attn 2 (Dao-AILab/flash-attention), one backend per public entry point::
 
-    attnbench run --only flash_attn_func,flash_attn_varlen_qkvpacked_func ...
+    attnbench perf --only flash_attn_func,flash_attn_varlen_qkvpacked_func ...
 
 Backends and the leaves gradients are taken against:
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..case import Case
 from ..check import TensorError, abs_error
 from ..inputs import Inputs
@@ -44,6 +46,18 @@ class DistError(TensorError):
         return f"rank {self.rank} "
 
 
+@dataclass
+class Outputs:
+    """What a kernel or strategy returned: out, lse and the gradients of q, k, v (of a whole case
+    or of one rank's shard). The reference's own result is :class:`attnbench.reference.RefResult`."""
+
+    out: torch.Tensor
+    lse: torch.Tensor
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
+
+
 def passes(tensor: str, err: float, single_err: float, dtype: str) -> bool:
     if not math.isfinite(err):
         return False
@@ -51,31 +65,31 @@ def passes(tensor: str, err: float, single_err: float, dtype: str) -> bool:
     return err <= FACTOR * single_err + floor
 
 
-def run_single(inp: Inputs, case: Case, kernel: LocalKernel) -> RefResult:
+def run_single(inp: Inputs, case: Case, kernel: LocalKernel) -> Outputs:
     """The non-distributed run: the local kernel over the whole sequence, with its backward."""
     q, k, v = (t.detach().clone().requires_grad_() for t in (inp.q, inp.k, inp.v))
     out, lse = local_attention(q, k, v, kernel, case.causal, case.scale)
     out.backward(inp.dout)
-    return RefResult(out.detach(), lse, q.grad, k.grad, v.grad)
+    return Outputs(out.detach(), lse, q.grad, k.grad, v.grad)
 
 
-def single_of(state: CaseState, kernel: LocalKernel) -> RefResult:
+def single_of(state: CaseState, kernel: LocalKernel) -> Outputs:
     """The non-distributed run of ``kernel`` over ``state``'s case (made once per kernel)."""
     return state.single(kernel.name, lambda inp, case: run_single(inp, case, kernel))
 
 
 def run_distributed(
     inp: Inputs, case: Case, kernel: LocalKernel, layout: Layout, groups: Groups, rank: int
-) -> RefResult:
+) -> Outputs:
     """This rank's shard of out, lse, dq, dk, dv from the strategy (forward + backward)."""
     q, k, v = (layout.shard(t, rank, 1).requires_grad_() for t in (inp.q, inp.k, inp.v))
     out, lse = dist_attention(q, k, v, layout, groups, kernel, case.causal, case.scale)
     out.backward(layout.shard(inp.dout, rank, 1))
-    return RefResult(out.detach(), lse, q.grad, k.grad, v.grad)
+    return Outputs(out.detach(), lse, q.grad, k.grad, v.grad)
 
 
 def compare(
-    got: RefResult, single: RefResult, truth: RefResult, layout: Layout, rank: int, case: Case
+    got: Outputs, single: Outputs, truth: RefResult, layout: Layout, rank: int, case: Case
 ) -> list[DistError]:
     """Errors of this rank's shard (lse sharded along its last dim, the rest along dim 1)."""
     errs = []
