@@ -11,6 +11,7 @@ Exit codes: 0 all good; 1 some case failed accuracy or errored; 2 usage or confi
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -134,9 +135,14 @@ def perf(
     dtype: str = DTYPE,
     out: Path = OUT,
     json_out: bool = JSON,
+    retune: bool = typer.Option(
+        False, "--retune", help="re-tune Triton kernels instead of reusing kept choices"
+    ),
 ):
     """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
     t0 = time.perf_counter()
+    if retune:
+        os.environ["ATTNBENCH_RETUNE"] = "1"  # read by kernels/triton_fa2/tuning.py
     ctx, cfg, cases, cfg_modes, backends = _common(
         "perf", sweep, only, skip, device, dtype, out, json_out
     )

@@ -63,6 +63,8 @@ SCHEMA = pa.schema(
         # (ring-flash-attention's "theoretic" baseline)
         ("efficiency", pa.float64()),
         ("efficiency_share", pa.float64()),
+        ("reps", pa.int64()),  # timed reps of the timing
+        ("kernel_config", pa.string()),  # what a choosing backend ran (Triton config, SDPA kernel)
         ("peak_mem_mb", pa.float64()),
         ("wall_s", pa.float64()),
         ("device", pa.string()),

@@ -174,6 +174,7 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
             p = be.prepare(inp, case)
             fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
+            config = be.kernel_config(p, case, m)
             del p, fn
         except Exception as e:
             status, emsg = classify(e)
@@ -189,6 +190,7 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
                 status="ok" if ok else "accuracy_failed",
                 message=msg,
                 accuracy_ok=ok,
+                kernel_config=config,
                 **timing_columns(t, flops),
             )
         )

@@ -1,12 +1,32 @@
-"""Timing: ``triton.testing.do_bench`` on GPUs (L2 flushed before every rep; median, p20, p80),
-``torch.utils.benchmark`` on CPUs; peak memory of one call."""
+"""The one timer of attnbench: every timing (perf rows, Triton autotuning, the matmul ceiling)
+goes through :func:`bench` or :func:`gpu_times`.
+
+GPU: the loop of ``triton.testing.do_bench`` (triton 3.6: L2 flushed with triton's own
+``clear_cache`` before every rep, one pair of CUDA events per rep, median/p20/p80), with two
+changes that make short kernels repeatable:
+
+- a spin (``torch.cuda._sleep``) is enqueued after the L2 flush and before each rep's start event,
+  sized from the measured host enqueue time of ``fn``: while the GPU spins, Python enqueues the
+  whole of ``fn``, so the GPU never waits on the host between the events (do_bench times the
+  host's launch latency along with a 20 us kernel);
+- the rep count comes from the time of ``fn`` alone (do_bench's estimate includes the flush) and
+  is at least ``min_reps``.
+
+CPU: ``torch.utils.benchmark`` (blocked autorange), the same quantiles.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
+
+QUANTILES = (0.5, 0.2, 0.8)
+MIN_REPS = 100  # reps per timing at least, however long rep_ms says
+MAX_REPS = 5000  # and at most (bounds the wall time of a 10 us kernel)
+SPIN_CAP_MS = 5.0  # longest spin per rep (a fn that synchronises gains nothing from more)
 
 
 @dataclass
@@ -16,11 +36,12 @@ class Timing:
     p80_ms: float
     peak_mem_mb: float | None
     wall_s: float  # wall time spent in the timing call (warm-up, reps, flushes)
+    reps: int | None = None  # timed reps
 
 
 def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
     """The result columns of one timing: median/p20/p80 ms, FLOPs, TFLOP/s per device (the
-    work is ``flops`` split over ``devices``), peak memory, wall time."""
+    work is ``flops`` split over ``devices``), peak memory, wall time, rep count."""
     return dict(
         latency_ms=t.median_ms,
         latency_ms_p20=t.p20_ms,
@@ -29,6 +50,7 @@ def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
         tflops=flops / devices / (t.median_ms * 1e-3) / 1e12,
         peak_mem_mb=t.peak_mem_mb,
         wall_s=t.wall_s,
+        reps=t.reps,
     )
 
 
@@ -62,28 +84,147 @@ def peak_memory_mb(fn, leaves, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def bench(fn, leaves, device: torch.device, warmup_ms: int = 25, rep_ms: int = 100) -> Timing:
+def quantiles(times_ms, qs=QUANTILES) -> list[float]:
+    t = torch.tensor(list(times_ms), dtype=torch.float64)
+    return torch.quantile(t, torch.tensor(qs, dtype=torch.float64)).tolist()
+
+
+def plan_reps(
+    est_ms: float,
+    warmup_ms: float,
+    rep_ms: float,
+    min_reps: int = MIN_REPS,
+    max_reps: int = MAX_REPS,
+) -> tuple[int, int]:
+    """(warm-up calls, timed reps) for a fn whose own GPU time is ``est_ms``: enough reps to
+    fill ``rep_ms`` of kernel time, at least ``min_reps``, at most ``max_reps``."""
+    if warmup_ms < 0 or rep_ms <= 0 or min_reps < 1 or max_reps < min_reps:
+        raise ValueError(
+            f"bad timing arguments: warmup_ms={warmup_ms}, rep_ms={rep_ms}, "
+            f"min_reps={min_reps}, max_reps={max_reps}"
+        )
+    est = max(est_ms, 1e-4)
+    n_warmup = max(1, min(max_reps, math.ceil(warmup_ms / est)))
+    n_rep = max(min_reps, min(max_reps, math.ceil(rep_ms / est)))
+    return n_warmup, n_rep
+
+
+def spin_ms(host_ms: float) -> float:
+    """Spin before each rep's start event: 1.5 x the host's enqueue time of fn plus 20 us,
+    capped at ``SPIN_CAP_MS``."""
+    return min(SPIN_CAP_MS, 1.5 * max(host_ms, 0.0) + 0.02)
+
+
+_CYCLES_PER_MS: dict[int, float] = {}
+
+
+def _cycles_per_ms(device: torch.device) -> float:
+    """GPU clock cycles per ms of ``torch.cuda._sleep`` (measured once per device)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _CYCLES_PER_MS:
+        cycles = 2_000_000
+        torch.cuda._sleep(cycles)  # warm-up
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        torch.cuda._sleep(cycles)
+        e.record()
+        torch.cuda.synchronize(device)
+        _CYCLES_PER_MS[idx] = cycles / max(s.elapsed_time(e), 1e-3)
+    return _CYCLES_PER_MS[idx]
+
+
+def gpu_times(
+    fn,
+    leaves=(),
+    warmup_ms: float = 25,
+    rep_ms: float = 100,
+    min_reps: int = MIN_REPS,
+    max_reps: int = MAX_REPS,
+    device: torch.device | None = None,
+) -> list[float]:
+    """Per-rep GPU times (ms) of ``fn`` on the current CUDA device; see the module docstring."""
+    from triton import runtime
+
+    drv = runtime.driver.active
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    plan_reps(1.0, warmup_ms, rep_ms, min_reps, max_reps)  # argument check before any work
+    _reset_grads(leaves)
+    fn()
+    torch.cuda.synchronize(device)
+    cache = drv.get_empty_cache_for_benchmark()
+    cycles = _cycles_per_ms(device)
+
+    # host enqueue time of fn, measured while the GPU is kept busy (launches never wait)
+    torch.cuda._sleep(int(cycles * 2 * SPIN_CAP_MS))
+    t0 = time.perf_counter()
+    for _ in range(3):
+        _reset_grads(leaves)
+        fn()
+    host_ms = (time.perf_counter() - t0) * 1e3 / 3
+    spin = int(cycles * spin_ms(host_ms))
+    torch.cuda.synchronize(device)
+
+    def reps(n: int) -> list[float]:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for i in range(n):
+            _reset_grads(leaves)
+            drv.clear_cache(cache)
+            torch.cuda._sleep(spin)
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+    est_ms = quantiles(reps(5), (0.5,))[0]
+    n_warmup, n_rep = plan_reps(est_ms, warmup_ms, rep_ms, min_reps, max_reps)
+    for _ in range(n_warmup):
+        _reset_grads(leaves)
+        fn()
+    return reps(n_rep)
+
+
+def autotune_bench(kernel_call, quantiles=QUANTILES):
+    """``do_bench`` for ``triton.autotune``: the same loop, more reps than Triton's default."""
+    return _quantiles_or_median(gpu_times(kernel_call, warmup_ms=25, rep_ms=100), quantiles)
+
+
+def _quantiles_or_median(times, qs):
+    return quantiles(times, qs) if qs else quantiles(times, (0.5,))[0]
+
+
+def cpu_times(fn, leaves=(), rep_ms: float = 100) -> list[float]:
+    """Per-block mean times (ms) of ``fn`` on the CPU (``torch.utils.benchmark``)."""
+    from torch.utils import benchmark
+
+    def run():
+        _reset_grads(leaves)
+        fn()
+
+    run()  # warm-up
+    m = benchmark.Timer(stmt="run()", globals={"run": run}).blocked_autorange(
+        min_run_time=max(rep_ms, 50) / 1000
+    )
+    return [t * 1e3 for t in m.times]
+
+
+def bench(
+    fn,
+    leaves,
+    device: torch.device,
+    warmup_ms: float = 25,
+    rep_ms: float = 100,
+    min_reps: int = MIN_REPS,
+) -> Timing:
+    """Median/p20/p80 ms of ``fn`` on ``device`` (grads of ``leaves`` reset every rep), its
+    peak memory (CUDA) and the wall time of the whole timing."""
     t0 = time.perf_counter()
     peak = peak_memory_mb(fn, leaves, device)
     if device.type == "cuda":
-        from triton.testing import do_bench
-
-        med, p20, p80 = do_bench(
-            fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(leaves), quantiles=[0.5, 0.2, 0.8]
-        )
+        times = gpu_times(fn, leaves, warmup_ms, rep_ms, min_reps=min_reps, device=device)
     else:
-        from torch.utils import benchmark
-
-        def run():
-            _reset_grads(leaves)
-            fn()
-
-        run()  # warm-up
-        m = benchmark.Timer(stmt="run()", globals={"run": run}).blocked_autorange(
-            min_run_time=max(rep_ms, 50) / 1000
-        )
-        times = torch.tensor(m.times, dtype=torch.float64) * 1e3
-        q = torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)
-        med, p20, p80 = torch.quantile(times, q).tolist()
+        times = cpu_times(fn, leaves, rep_ms)
+    med, p20, p80 = quantiles(times)
     _reset_grads(leaves)
-    return Timing(float(med), float(p20), float(p80), peak, time.perf_counter() - t0)
+    return Timing(med, p20, p80, peak, time.perf_counter() - t0, len(times))

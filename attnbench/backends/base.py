@@ -172,6 +172,11 @@ class Backend:
         P = exp(scale q k^T - lse), delta = rowsum(dout * out)."""
         raise NotImplementedError(f"{self.name} has no block backward")
 
+    def kernel_config(self, p: Prepared, case: Case, mode: str) -> str | None:
+        """What this backend actually ran for ``mode`` where it chooses among kernels or tiles
+        (e.g. the Triton config its autotuner picked), asked after timing; None: no choice."""
+        return None
+
     def build_flags(self) -> str | None:
         """Compiler flags for backends built on first use (shown by ``attnbench env``)."""
         return None

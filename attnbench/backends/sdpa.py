@@ -17,12 +17,25 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..reference import alibi_bias, visible_mask
 from .base import Backend, Capabilities, Prepared, Unsupported, register
 
 _NO_KERNEL = ("No available kernel", "No viable backend")
 aten = torch.ops.aten
+
+
+class _AtenOps(TorchDispatchMode):
+    """Records the names of the aten ops run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
 
 
 class Sdpa(Backend):
@@ -92,6 +105,13 @@ class Sdpa(Backend):
             reasons = [str(w.message).split("\n")[0] for w in caught]
             raise Unsupported(f"unsupported: {'; '.join(reasons) or str(e).splitlines()[0]}") from e
         return out.transpose(1, 2), None
+
+    def kernel_config(self, p, case, mode):
+        """The aten kernel SDPA dispatched to (one forward, watched by a dispatch mode)."""
+        with _AtenOps() as ops:
+            self._call(p, case)
+        fused = [o for o in ops.names if "scaled_dot_product" in o]
+        return fused[0].removeprefix("aten._scaled_dot_product_") if fused else "math (aten ops)"
 
     def grads(self, p):
         return tuple(t.grad.transpose(1, 2) for t in p.leaves)

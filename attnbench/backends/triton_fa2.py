@@ -89,6 +89,14 @@ class TritonFA2(Backend):
             max_seqlen_k=inp.max_seqlen_k,
         )
 
+    def kernel_config(self, p, case, mode):
+        """The autotuned config of each kernel the timed call ran (the last one launched)."""
+        names = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}.get(
+            mode, ("fwd", "bwd_dkdv", "bwd_dq")
+        )
+        chosen = _kernels().chosen_configs()
+        return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
+
     def block_forward(self, q, k, v, causal, softmax_scale):
         with torch.no_grad():
             return _kernels().flash_attn_forward(q, k, v, causal, softmax_scale)

@@ -7,7 +7,26 @@ dK/dV pass, dQ pass), :mod:`.configs` (per-architecture tiles, autotuning), :mod
 ``TRITON_INTERPRET=1`` before the import to run it on the CPU.
 """
 
-from . import configs
+from . import configs, tuning
+from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
+from .fwd import _fwd_kernel
 from .interface import FlashAttnFunc, flash_attn, flash_attn_backward, flash_attn_forward
 
-__all__ = ["FlashAttnFunc", "configs", "flash_attn", "flash_attn_backward", "flash_attn_forward"]
+AUTOTUNED = {"fwd": _fwd_kernel, "bwd_dkdv": _bwd_dkdv_kernel, "bwd_dq": _bwd_dq_kernel}
+
+
+def chosen_configs() -> dict[str, str | None]:
+    """{kernel: "BLOCK_MxBLOCK_N wWARPS sSTAGES"} of the config each kernel last ran with."""
+    return {n: tuning.describe(getattr(k, "best_config", None)) for n, k in AUTOTUNED.items()}
+
+
+__all__ = [
+    "AUTOTUNED",
+    "FlashAttnFunc",
+    "chosen_configs",
+    "configs",
+    "flash_attn",
+    "flash_attn_backward",
+    "flash_attn_forward",
+    "tuning",
+]

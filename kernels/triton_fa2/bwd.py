@@ -28,7 +28,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import configs
+from . import configs, tuning
 from .fwd import load_rows, store_rows
 
 
@@ -165,10 +165,11 @@ def _dkdv_inner(
     return dk, dv
 
 
-@triton.autotune(
+@tuning.autotune(
+    "bwd_dkdv",
     configs=configs.bwd_dkdv_configs(),
     key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "SEQ_BUCKET"],
-    prune_configs_by={"early_config_prune": configs.prune_dkdv},
+    prune=configs.prune_dkdv,
 )
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group"])
 def _bwd_dkdv_kernel(
@@ -437,10 +438,11 @@ def _dq_inner(
     return dq
 
 
-@triton.autotune(
+@tuning.autotune(
+    "bwd_dq",
     configs=configs.bwd_dq_configs(),
     key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "SEQ_BUCKET"],
-    prune_configs_by={"early_config_prune": configs.prune_dq},
+    prune=configs.prune_dq,
 )
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group"])
 def _bwd_dq_kernel(

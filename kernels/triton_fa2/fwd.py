@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import configs
+from . import configs, tuning
 
 LOG2E = 1.4426950408889634  # the host folds it into qk_scale = softmax_scale * log2(e)
 
@@ -131,10 +131,11 @@ def _fwd_inner(
     return acc, l_i, m_i
 
 
-@triton.autotune(
+@tuning.autotune(
+    "fwd",
     configs=configs.fwd_configs(),
     key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "SEQ_BUCKET"],
-    prune_configs_by={"early_config_prune": configs.prune_fwd},
+    prune=configs.prune_fwd,
 )
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group"])
 def _fwd_kernel(

@@ -1,0 +1,152 @@
+"""Autotuning that is kept across runs, so a second run times the same kernel.
+
+``autotune(name, configs, key, prune)`` replaces ``triton.autotune`` on the three tuned kernels
+(``fwd``, ``bwd_dkdv``, ``bwd_dq``). Candidates are timed with attnbench's one timer
+(:func:`attnbench.timing.autotune_bench`: L2 flushed, host launch hidden, >= 100 reps), and each
+choice is stored in a JSON file keyed by
+
+    GPU name | torch version | triton version  ->  kernel  ->  tuning key  ->  config
+
+(the tuning key is Triton's: the ``key`` arguments plus the dtypes of the tensor arguments).
+A stored choice is reused only while it is still one of the kernel's candidates.
+
+- file: ``$ATTNBENCH_TUNING_CACHE``, else ``$XDG_CACHE_HOME/attnbench/tuning.json``, else
+  ``~/.cache/attnbench/tuning.json``;
+- ``ATTNBENCH_RETUNE=1`` (``attnbench perf --retune``) ignores stored choices, tunes again and
+  overwrites them.
+
+Triton's own ``cache_results=True`` (triton 3.6) stores timings in Triton's kernel cache keyed by
+the compile target (``cuda:90`` for both H100 and H200) and not by torch version; it cannot be
+forced to re-tune short of deleting the compiled kernels too, so it is not used here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from triton.runtime.autotuner import Autotuner, Config
+
+ENV_FILE = "ATTNBENCH_TUNING_CACHE"
+ENV_RETUNE = "ATTNBENCH_RETUNE"
+
+
+def cache_path() -> Path:
+    if os.environ.get(ENV_FILE):
+        return Path(os.environ[ENV_FILE])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "attnbench" / "tuning.json"
+
+
+def retune() -> bool:
+    return os.environ.get(ENV_RETUNE, "0") not in ("", "0")
+
+
+def env_key() -> str:
+    """GPU name and the software versions a tuning choice is valid for."""
+    import triton
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return f"{gpu} | torch {torch.__version__} | triton {triton.__version__}"
+
+
+def config_dict(cfg: Config) -> dict:
+    return dict(
+        kwargs=dict(cfg.kwargs),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        num_ctas=cfg.num_ctas,
+        maxnreg=cfg.maxnreg,
+    )
+
+
+def describe(cfg: Config | None) -> str | None:
+    """``128x64 w8 s3`` (the tuned kwargs, here BLOCK_M x BLOCK_N; warps; stages) of a config."""
+    if cfg is None:
+        return None
+    tiles = "x".join(str(v) for v in cfg.kwargs.values())
+    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def load(path: Path | None = None) -> dict:
+    p = path or cache_path()
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def store(env: str, kernel: str, choices: dict[tuple, Config], path: Path | None = None) -> None:
+    """Merge ``choices`` into the file (read, update, atomic replace)."""
+    p = path or cache_path()
+    data = load(p)
+    entries = data.setdefault(env, {}).setdefault(kernel, {})
+    for key, cfg in choices.items():
+        entries[json.dumps(list(key))] = config_dict(cfg)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, p)
+
+
+def stored_choices(env: str, kernel: str, candidates: list[Config], path=None) -> dict:
+    """{tuning key: candidate Config} of the stored choices that are still candidates."""
+    by_dict = {json.dumps(config_dict(c), sort_keys=True): c for c in candidates}
+    out = {}
+    for key, d in load(path).get(env, {}).get(kernel, {}).items():
+        cfg = by_dict.get(json.dumps(d, sort_keys=True))
+        if cfg is not None:
+            out[tuple(json.loads(key))] = cfg
+    return out
+
+
+class PersistentAutotuner(Autotuner):
+    """``triton.autotune``'s Autotuner, with its choices restored from and saved to the file."""
+
+    def __init__(self, *args, tuning_name: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tuning_name = tuning_name
+        self._restored = False
+
+    def run(self, *args, **kwargs):
+        if not self._restored:
+            self._restored = True
+            if len(self.configs) > 1 and not retune():
+                self.cache.update(stored_choices(env_key(), self.tuning_name, self.configs))
+        before = set(self.cache)
+        ret = super().run(*args, **kwargs)
+        new = {k: self.cache[k] for k in set(self.cache) - before}
+        if new:
+            try:
+                store(env_key(), self.tuning_name, new)
+            except OSError:  # a read-only home: tuning still works, it is just not kept
+                pass
+        return ret
+
+
+def _bench(kernel_call, quantiles=None):
+    from ...timing import autotune_bench
+
+    return autotune_bench(kernel_call, quantiles)
+
+
+def autotune(name: str, configs: list[Config], key: list[str], prune):
+    """Decorator like ``triton.autotune(configs, key, prune_configs_by=...)``, kept across runs."""
+
+    def deco(fn):
+        return PersistentAutotuner(
+            fn,
+            fn.arg_names,
+            configs,
+            key,
+            None,
+            None,
+            prune_configs_by={"early_config_prune": prune},
+            do_bench=_bench,
+            tuning_name=name,
+        )
+
+    return deco

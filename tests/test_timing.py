@@ -1,0 +1,153 @@
+"""The one timer (rep planning, argument checks, the CPU path), the triton_fa2 tuning cache and
+the ``kernel_config`` column."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from attnbench import timing
+
+SUITE = """
+name: tiny_cfg
+rep_ms: 5
+cases:
+  - {batch: 1, heads_q: 2, seqlen: 48, head_dim: 16, dtype: fp32, causal: [false, true]}
+"""
+
+
+@pytest.mark.parametrize(
+    "est_ms, n_rep",
+    [(0.02, 5000), (0.5, 200), (2.0, 100), (50.0, 100)],
+    ids=["20us-capped", "0.5ms", "2ms-min", "50ms-min"],
+)
+def test_plan_reps_fills_rep_time_with_a_floor_and_a_cap(est_ms, n_rep):
+    n_warm, n = timing.plan_reps(est_ms, warmup_ms=25, rep_ms=100)
+    assert n == n_rep
+    assert n_warm >= 1 and n_warm <= timing.MAX_REPS
+
+
+def test_plan_reps_counts_kernel_time_only():
+    # do_bench sized reps from fn + L2 flush; here a 20 us kernel gets rep_ms / 20 us reps
+    assert timing.plan_reps(0.02, 25, 10, min_reps=1)[1] == 500
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(rep_ms=0), dict(warmup_ms=-1), dict(min_reps=0), dict(min_reps=10, max_reps=5)],
+    ids=["rep0", "warmup-neg", "min0", "max<min"],
+)
+def test_plan_reps_rejects_bad_arguments(kw):
+    args = dict(est_ms=1.0, warmup_ms=25, rep_ms=100) | kw
+    with pytest.raises(ValueError, match="bad timing arguments"):
+        timing.plan_reps(**args)
+
+
+def test_spin_covers_the_host_and_is_capped():
+    assert timing.spin_ms(0.1) > 0.1
+    assert timing.spin_ms(0.0) > 0
+    assert timing.spin_ms(1e3) == timing.SPIN_CAP_MS
+
+
+def test_cpu_bench_counts_reps_and_resets_grads():
+    x = torch.randn(64, 64, requires_grad=True)
+    calls = []
+
+    def fn():
+        assert x.grad is None  # reset before every call
+        calls.append(1)
+        (x @ x).sum().backward()
+
+    t = timing.bench(fn, [x], torch.device("cpu"), rep_ms=20)
+    assert t.reps >= 1
+    assert len(calls) > t.reps  # warm-up + the timed blocks (several calls each)
+    assert t.p20_ms <= t.median_ms <= t.p80_ms and t.median_ms > 0
+    assert x.grad is None and t.peak_mem_mb is None
+
+
+# ---- triton_fa2 tuning cache -------------------------------------------------------------------
+@pytest.fixture
+def tuner(tmp_path, monkeypatch):
+    import triton
+    import triton.language as tl
+    from attnbench.kernels.triton_fa2 import tuning
+
+    monkeypatch.setenv(tuning.ENV_FILE, str(tmp_path / "t" / "tuning.json"))
+    monkeypatch.delenv(tuning.ENV_RETUNE, raising=False)
+
+    @triton.jit
+    def k(X, N: tl.constexpr, BLOCK: tl.constexpr):
+        pass
+
+    configs = [
+        triton.Config({"BLOCK": b}, num_warps=w, num_stages=2) for b, w in [(16, 4), (32, 8)]
+    ]
+
+    def make():
+        return tuning.autotune("test_k", configs, ["N"], prune=lambda c, n, **kw: c)(k)
+
+    return tuning, make, configs
+
+
+def test_tuning_cache_round_trip(tuner):
+    tuning, make, configs = tuner
+    key = (64, "torch.float16")
+    tuning.store(tuning.env_key(), "test_k", {key: configs[1]})
+    data = json.loads(tuning.cache_path().read_text())
+    (env,) = data
+    assert env.startswith("cpu | torch ") and "triton 3." in env
+    assert data[env]["test_k"] == {'[64, "torch.float16"]': tuning.config_dict(configs[1])}
+    back = tuning.stored_choices(tuning.env_key(), "test_k", configs)
+    assert back == {key: configs[1]}
+    # another GPU or version, or a config that is no longer a candidate: not reused
+    assert tuning.stored_choices("H200 | torch 9 | triton 9", "test_k", configs) == {}
+    assert tuning.stored_choices(tuning.env_key(), "test_k", configs[:1]) == {}
+    # merging keeps the other entries
+    tuning.store(tuning.env_key(), "test_k", {(128, "torch.float16"): configs[0]})
+    assert len(tuning.stored_choices(tuning.env_key(), "test_k", configs)) == 2
+    assert tuning.describe(configs[1]) == "32 w8 s2"
+
+
+def test_autotuner_launch_reuses_the_stored_choice(tuner, monkeypatch):
+    """A stored choice is taken at the first launch without timing anything (on the CPU a
+    timing would fail: no GPU), and the kernel runs with that config."""
+    tuning, make, configs = tuner
+    tuning.store(tuning.env_key(), "test_k", {(64, "torch.float32"): configs[1]})
+    at = make()
+    at[(1,)](torch.zeros(4), N=64)
+    assert at.best_config is configs[1]
+    monkeypatch.setenv(tuning.ENV_RETUNE, "1")  # --retune: the stored choice is ignored
+    at = make()
+    with pytest.raises(Exception):  # noqa: B017  (it tries to time on a GPU that is not here)
+        at[(1,)](torch.zeros(4), N=64)
+    assert not at.cache
+
+
+def test_tuning_cache_survives_a_corrupt_file(tuner):
+    tuning, _, configs = tuner
+    tuning.cache_path().parent.mkdir(parents=True)
+    tuning.cache_path().write_text("{not json")
+    assert tuning.stored_choices(tuning.env_key(), "test_k", configs) == {}
+    tuning.store(tuning.env_key(), "test_k", {(1,): configs[0]})
+    assert tuning.stored_choices(tuning.env_key(), "test_k", configs) == {(1,): configs[0]}
+
+
+# ---- kernel_config column ----------------------------------------------------------------------
+def test_kernel_config_column(cli, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SUITE)
+    out = tmp_path / "r"
+    only = "naive,sdpa_math,sdpa_flash,triton_fa2"
+    res = cli("perf", "--sweep", f, "--device", "cpu", "--out", out, "--only", only)
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out).query("status == 'ok'")
+    cfg = df.groupby(["backend", "mode"]).kernel_config.first()
+    assert cfg["sdpa_flash", "fwd"] == "flash_attention_for_cpu"
+    assert cfg["sdpa_math", "fwd"] == "math (aten ops)"
+    assert pd.isna(cfg["naive", "fwd"])
+    # interpreter: the one config of each kernel, in the form "BLOCK_MxBLOCK_N wW sS"
+    assert cfg["triton_fa2", "fwd"] == "fwd 32x16 w4 s1"
+    assert cfg["triton_fa2", "bwd"] == "bwd_dkdv 16x32 w4 s1; bwd_dq 32x16 w4 s1"
+    assert cfg["triton_fa2", "fwd_bwd"].count(";") == 2
+    assert (df.reps >= 1).all()
