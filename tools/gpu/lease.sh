@@ -5,7 +5,8 @@
 #   bash tools/gpu/lease.sh [setup options] -- 'COMMAND' ['COMMAND' ...]
 #
 # Each COMMAND is one shell line, run in order with its own log ($OUT/logs/NN.log) and exit
-# code; `attnbench perf|accuracy|dist ...` lines without --out get `--out $OUT/results`. Example
+# code; `attnbench perf|accuracy|dist ...` lines without --out get `--out $R` ($R =
+# $OUT/results, exported, as are $OUT and $L, for lines that run several jobs). Example
 # (the single-GPU checks of issue 11):
 #
 #   bash tools/gpu/lease.sh -- \
@@ -19,9 +20,10 @@
 #                        --platform manylinux2014_x86_64 -d .whl pydantic==2.13.4 \
 #                        pydantic_core==2.46.4 annotated-types typing-inspection
 #   --again          a later call on the same warm machine: skip the installs (PYTHONPATH only)
-#   --flash-attn S   build upstream flash-attn from .gpu/ (bash ../shared/device/flash_attn.sh
-#                    download .gpu), waiting up to S seconds before the commands (0: start the
-#                    build and return; a later call waits with --flash-attn S --again)
+#   --flash-attn S   upstream flash-attn from .gpu/ (bash ../shared/device/flash_attn.sh download
+#                    .gpu): start its build (~7 min on x4, ~20 on x1) and wait up to S seconds
+#                    before the commands; S=0 runs the commands during the build, and a later
+#                    call on the warm machine waits for it (--again --flash-attn 540)
 #   --fa4-park       FlashAttention-4, call 1 of 2: park the first half of its wheels
 #                    (bash ../shared/device/fa4.sh download; carry .fa4a); call 2 must follow
 #   --fa4            FlashAttention-4, call 2 (carry .fa4b) and later calls: install, PYTHONPATH
@@ -30,9 +32,9 @@
 # Folders to carry: .whl always (unless --again), plus .gpu / .fa4a / .fa4b / .flag as above.
 # Multi-GPU: `attnbench dist ... --nproc N` lines run torchrun themselves.
 set -u
-OUT=${OUT:-/tmp/out}
-R=$OUT/results
-L=$OUT/logs
+export OUT=${OUT:-/tmp/out}
+export R=$OUT/results
+export L=$OUT/logs
 mkdir -p "$R" "$L"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -54,7 +56,7 @@ while [ $# -gt 0 ]; do
 done
 
 # ---- setup --------------------------------------------------------------------------------
-if [ -n "$fa_wait" ] && [ "$again" = 0 ]; then
+if [ -n "$fa_wait" ]; then  # starts the background build once per machine (no-op after)
   MAX_JOBS=${MAX_JOBS:-$(($(nproc) > 8 ? $(nproc) - 8 : $(nproc)))} bash .gpu/flash_attn.sh build
 fi
 if [ "$again" = 0 ]; then
@@ -103,4 +105,9 @@ for cmd in "$@"; do
   echo "=== $n: $cmd"
   tail -n "${TAIL:-30}" "$log" | cut -c1-200
 done
+if ls "$R"/*.parquet >/dev/null 2>&1; then
+  echo "=== tables of $R"
+  python3 tools/gpu/summarize.py "$R" 2>&1 | head -n 60
+  if [[ "$*" == *"attnbench dist"* ]]; then python3 tools/gpu/dist_summary.py "$R" 2>&1 | head -n 60; fi
+fi
 el done
