@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
@@ -30,6 +31,10 @@ BWD_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
 
 @dataclass(frozen=True)
 class Case:
+    """A plain-attention case; other problems subclass it with their own fields (see
+    :mod:`attnbench.problems`)."""
+
+    problem: ClassVar[str] = "attention"
     batch: int
     heads_q: int
     heads_kv: int
@@ -113,6 +118,7 @@ class Case:
     def params(self) -> dict:
         """The case as flat result columns."""
         d = asdict(self)
+        d["problem"] = self.problem
         d["softmax_scale"] = self.scale
         d["varlen"] = self.varlen
         d["seqlens"] = list(self.seqlens) if self.seqlens is not None else None

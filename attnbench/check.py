@@ -16,13 +16,20 @@ import torch
 
 from .backends.base import Backend
 from .case import Case
-from .inputs import Inputs
-from .reference import RefResult, reference
+from .problems import problem_of
 
-TENSORS = ("out", "lse", "dq", "dk", "dv")
-FACTOR = {"out": 2.0, "lse": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0}
+TENSORS = ("out", "lse", "dq", "dk", "dv")  # plain attention's; problem_of(case).tensors in general
 FLOOR = {"fp16": 1e-5, "bf16": 1e-5, "fp32": 1e-7}
-LABEL = {"out": "Output", "lse": "LSE", "dq": "dQ", "dk": "dK", "dv": "dV"}
+
+
+def factor(tensor: str) -> float:
+    """The rule's k: 2 for the outputs (out, lse), 3 for every gradient."""
+    return 2.0 if tensor in ("out", "lse") else 3.0
+
+
+def label(tensor: str) -> str:
+    """``out`` -> Output, ``lse`` -> LSE, ``dq1`` -> dQ1 (flash-attention's report words)."""
+    return {"out": "Output", "lse": "LSE"}.get(tensor, tensor[:1] + tensor[1:].upper())
 
 
 @dataclass
@@ -75,33 +82,33 @@ def abs_error(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 def passes(tensor: str, err: float, baseline: float, dtype: str) -> bool:
     if not math.isfinite(err):
         return False
-    return err <= FACTOR[tensor] * baseline + FLOOR[dtype]
+    return err <= factor(tensor) * baseline + FLOOR[dtype]
 
 
 @dataclass
 class Truth:
     """The fp32 reference and the same-dtype baseline for one case (shared by all backends)."""
 
-    ref: RefResult
+    ref: object  # the problem's reference result: .out, .lse and one attribute per gradient
     base: dict[str, tuple[float, float]]  # tensor -> baseline (max, mean) error
 
 
-def make_truth(inp: Inputs, case: Case, grads: bool = True, ref: RefResult | None = None) -> Truth:
-    """The truth of ``case``; ``ref`` is the upcast reference when already computed."""
-    if ref is None or (grads and ref.dq is None):
-        ref = reference(inp, case, upcast=True, grads=grads)
-    same = reference(inp, case, upcast=False, grads=grads)
-    base = {"out": abs_error(same.out, ref.out), "lse": abs_error(same.lse, ref.lse)}
-    if grads:
-        for t in ("dq", "dk", "dv"):
-            base[t] = abs_error(getattr(same, t), getattr(ref, t))
+def make_truth(inp, case: Case, grads: bool = True, ref=None) -> Truth:
+    """The truth of ``case``; ``ref`` is its upcast reference when already computed."""
+    prob = problem_of(case)
+    if ref is None or (grads and getattr(ref, prob.grads[0], None) is None):
+        ref = prob.reference(inp, case, upcast=True, grads=grads)
+    same = prob.reference(inp, case, upcast=False, grads=grads)
+    names = prob.tensors if grads else ("out", "lse")
+    base = {t: abs_error(getattr(same, t), getattr(ref, t)) for t in names}
     return Truth(ref, base)
 
 
 def check_backend(
-    backend: Backend, case: Case, inp: Inputs, truth: Truth, grads: bool = True
+    backend: Backend, case: Case, inp, truth: Truth, grads: bool = True
 ) -> list[TensorError]:
     """Run ``backend`` forward (and backward if ``grads``) and grade every tensor."""
+    prob = problem_of(case)
     p = backend.prepare(inp, case)
     out, lse = backend.forward(p, case)
     got = {"out": out}
@@ -109,20 +116,20 @@ def check_backend(
         got["lse"] = lse
     if grads:
         out.backward(inp.dout)
-        got["dq"], got["dk"], got["dv"] = backend.grads(p)
-    return grade(got, truth, case.dtype)
+        got.update(zip(prob.grads, backend.grads(p), strict=True))
+    return grade(got, truth, case)
 
 
-def grade(got: dict[str, torch.Tensor | None], truth: Truth, dtype: str) -> list[TensorError]:
-    """Grade every tensor of ``got`` (out, lse, dq, dk, dv; None or missing: not returned) that
+def grade(got: dict[str, torch.Tensor | None], truth: Truth, case: Case) -> list[TensorError]:
+    """Grade every tensor of ``got`` (out, lse, gradients; None or missing: not returned) that
     the truth has a baseline for."""
     results = []
-    for t in TENSORS:
+    for t in problem_of(case).tensors:
         if got.get(t) is None or t not in truth.base:
             continue
         mx, mean = abs_error(got[t], getattr(truth.ref, t))
         bmx, bmean = truth.base[t]
-        results.append(TensorError(t, mx, mean, bmx, bmean, passes(t, mx, bmx, dtype)))
+        results.append(TensorError(t, mx, mean, bmx, bmean, passes(t, mx, bmx, case.dtype)))
     return results
 
 
@@ -150,26 +157,17 @@ def verdict(
 
 def report_lines(errors: list[TensorError]) -> list[str]:
     """The familiar lines of flash-attention's accuracy report."""
-    by = {e.tensor: e for e in errors}
+    outs = [e for e in errors if e.tensor in ("out", "lse")]
+    grads = [e for e in errors if e.tensor not in ("out", "lse")]
     lines = []
-    for t in ("out", "lse"):
-        if t in by:
-            e = by[t]
-            lines.append(
-                f"{LABEL[t]} max diff: {e.max_abs_err:.3g}  (torch same-dtype: "
-                f"{e.baseline_max_abs_err:.3g})"
-            )
-            lines.append(
-                f"{LABEL[t]} mean diff: {e.mean_abs_err:.3g}  (torch same-dtype: "
-                f"{e.baseline_mean_abs_err:.3g})"
-            )
-    for t in ("dq", "dk", "dv"):
-        if t in by:
-            lines.append(
-                f"{LABEL[t]} max diff: {by[t].max_abs_err:.3g}  (torch same-dtype: "
-                f"{by[t].baseline_max_abs_err:.3g})"
-            )
-    for t in ("dq", "dk", "dv"):
-        if t in by:
-            lines.append(f"{LABEL[t]} mean diff: {by[t].mean_abs_err:.3g}")
+    for e in outs:
+        same = f"  (torch same-dtype: {e.baseline_max_abs_err:.3g})"
+        lines.append(f"{label(e.tensor)} max diff: {e.max_abs_err:.3g}{same}")
+        same = f"  (torch same-dtype: {e.baseline_mean_abs_err:.3g})"
+        lines.append(f"{label(e.tensor)} mean diff: {e.mean_abs_err:.3g}{same}")
+    for e in grads:
+        same = f"  (torch same-dtype: {e.baseline_max_abs_err:.3g})"
+        lines.append(f"{label(e.tensor)} max diff: {e.max_abs_err:.3g}{same}")
+    for e in grads:
+        lines.append(f"{label(e.tensor)} mean diff: {e.mean_abs_err:.3g}")
     return lines

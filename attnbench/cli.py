@@ -64,6 +64,10 @@ def _common(kind: str, config: str, only, skip, device, dtype, out, json_out):
         cases, modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
     except ConfigError as e:
         fail(str(e))
+    wrong = [b.name for b in backends if b.caps.problem != cfg.problem]
+    if only and wrong:
+        fail(f"{', '.join(wrong)}: not a {cfg.problem} backend ({cfg.name} poses {cfg.problem})")
+    backends = [b for b in backends if b.caps.problem == cfg.problem]
     run_id = new_run_id(kind, cfg.name)
     writer = ResultsWriter(out, run_id)
     ctx = RunContext(
@@ -159,7 +163,8 @@ def list_backends(device: str = DEVICE):
     """Every registered backend, whether it can run here, and why not."""
     dev = (device or default_device()).split(":")[0]
     t = Table(title=f"backends (device: {dev})", title_justify="left")
-    for c in ("backend", "available", "devices", "dtypes", "head dims", "features", "description"):
+    cols = ("backend", "problem", "available", "devices", "dtypes", "head dims", "features")
+    for c in (*cols, "description"):
         t.add_column(c)
     for name, be in REGISTRY.items():
         c = be.caps
@@ -183,6 +188,7 @@ def list_backends(device: str = DEVICE):
         hd = ",".join(map(str, sorted(c.head_dims))) if c.head_dims else f"<={c.max_head_dim}"
         t.add_row(
             name,
+            c.problem,
             "[green]yes[/]" if not why else f"[red]no[/]: {why}",
             ",".join(sorted(c.devices)),
             ",".join(sorted(c.dtypes)),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -38,7 +38,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Grid(_Strict):
+class BaseGrid(_Strict):
+    """The fields every problem's grid has. A problem's grid adds its own fields and may
+    override :meth:`axes` (how fields become crossed axes) and :meth:`case_fields` (turning its
+    own axes into case fields); :func:`expand` does the rest."""
+
+    case_type: ClassVar[type[Case]] = Case
     batch: int | list[int] | None = None
     tokens: int | list[int] | None = None  # batch = tokens // seqlen_q
     heads_q: int | list[int] | None = None
@@ -51,11 +56,6 @@ class Grid(_Strict):
     dtype: str | list[str] = "bf16"
     causal: bool | list[bool] = False
     softmax_scale: float | list[float] | None = None
-    seqlens: list[list[int]] | None = None  # varlen: one list of sequence lengths per case
-    seqlens_k: list[list[int]] | None = None
-    window: tuple[int, int] | list[tuple[int, int]] | None = None  # (left, right), -1 = unbounded
-    softcap: float | list[float] = 0.0
-    alibi: bool | list[bool] = False
     deterministic: bool | list[bool] = False
 
     @field_validator("dtype")
@@ -68,6 +68,48 @@ class Grid(_Strict):
         out = [DTYPE_ALIASES[d] for d in vals]
         return out if isinstance(v, list) else out[0]
 
+    def axes(self) -> dict[str, list]:
+        """Crossed axes, in field order (the last varies fastest)."""
+        return {k: _as_list(v) for k, v in self.model_dump().items() if v is not None}
+
+    def case_fields(self, d: dict) -> dict:
+        """One combination of the axes -> case fields (before ``seqlen``, ``model_dim`` and
+        ``tokens`` are resolved into lengths, heads and batch)."""
+        return d
+
+
+class Grid(BaseGrid):
+    """A grid of plain-attention cases (varlen and the flash-attn knobs)."""
+
+    seqlens: list[list[int]] | None = None  # varlen: one list of sequence lengths per case
+    seqlens_k: list[list[int]] | None = None
+    window: tuple[int, int] | list[tuple[int, int]] | None = None  # (left, right), -1 = unbounded
+    softcap: float | list[float] = 0.0
+    alibi: bool | list[bool] = False
+
+    def axes(self) -> dict[str, list]:
+        axes = super().axes()
+        for k in ("seqlens", "seqlens_k", "window"):
+            axes.pop(k, None)
+        w = self.window
+        axes["window"] = [(-1, -1)] if w is None else [w] if isinstance(w, tuple) else w
+        if self.seqlens is not None:
+            ks = self.seqlens_k if self.seqlens_k is not None else [None] * len(self.seqlens)
+            if len(ks) != len(self.seqlens):
+                raise ValueError("seqlens_k must have one entry per seqlens entry")
+            axes["_varlen"] = list(zip(self.seqlens, ks))
+        return axes
+
+    def case_fields(self, d: dict) -> dict:
+        d["window_left"], d["window_right"] = d.pop("window")
+        varlen = d.pop("_varlen", None)
+        if varlen is not None:
+            sq, sk = varlen
+            d["seqlens"], d["seqlens_k"] = tuple(sq), tuple(sk) if sk is not None else None
+            d["batch"] = len(sq)
+            d["seqlen_q"], d["seqlen_k"] = max(sq), max(sk if sk is not None else sq)
+        return d
+
 
 class CpuVariant(_Strict):
     note: str = "no GPU: CPU backends at small sizes"
@@ -76,8 +118,12 @@ class CpuVariant(_Strict):
 
 
 class Config(_Strict):
+    """A suite or sweep of plain attention; other problems subclass it with their own grid
+    (``problem: piecewise`` in the file picks :class:`attnbench.problems.piecewise` 's)."""
+
     name: str
     description: str = ""
+    problem: Literal["attention"] = "attention"
     kind: Literal["accuracy", "perf"] | None = None
     seed: int = 0
     modes: list[Mode] = ["fwd", "bwd", "fwd_bwd"]
@@ -91,34 +137,13 @@ def _as_list(v):
     return v if isinstance(v, list) else [v]
 
 
-def expand(grid: Grid) -> list[Case]:
+def expand(grid: BaseGrid) -> list[Case]:
     """All cases of one grid, in file order (last field varies fastest)."""
-    g = grid.model_dump()
-    varlen_q = g.pop("seqlens")
-    varlen_k = g.pop("seqlens_k")
-    windows = g.pop("window")
-    if windows is None:
-        windows = [(-1, -1)]
-    elif isinstance(windows, tuple):
-        windows = [windows]
-    axes = {k: _as_list(v) for k, v in g.items() if v is not None}
-    axes["window"] = windows
-    if varlen_q is not None:
-        ks = varlen_k if varlen_k is not None else [None] * len(varlen_q)
-        if len(ks) != len(varlen_q):
-            raise ValueError("seqlens_k must have one entry per seqlens entry")
-        axes["_varlen"] = list(zip(varlen_q, ks))
+    axes = grid.axes()
     keys = list(axes)
     cases = []
     for combo in itertools.product(*(axes[k] for k in keys)):
-        d = dict(zip(keys, combo))
-        wl, wr = d.pop("window")
-        varlen = d.pop("_varlen", None)
-        if varlen is not None:
-            sq, sk = varlen
-            d["seqlens"], d["seqlens_k"] = tuple(sq), tuple(sk) if sk is not None else None
-            d["batch"] = len(sq)
-            d["seqlen_q"], d["seqlen_k"] = max(sq), max(sk if sk is not None else sq)
+        d = grid.case_fields(dict(zip(keys, combo)))
         if "seqlen" in d:
             s = d.pop("seqlen")
             d.setdefault("seqlen_q", s)
@@ -138,7 +163,7 @@ def expand(grid: Grid) -> list[Case]:
         if "heads_q" not in d or "batch" not in d:
             raise ValueError("give heads_q (or model_dim) and batch (or tokens)")
         d.setdefault("heads_kv", d["heads_q"])
-        case = Case(window_left=wl, window_right=wr, **d)
+        case = grid.case_type(**d)
         case.validate()
         cases.append(case)
     return cases
@@ -188,6 +213,15 @@ def load_config(name_or_file: str, model: type[BaseModel] = Config) -> tuple[Con
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if model is Config:
+        from .problems import PROBLEMS
+
+        name = raw.get("problem", "attention")
+        if name not in PROBLEMS:
+            raise ConfigError(
+                f"{path}: problem: unknown problem {name!r}; known: {', '.join(PROBLEMS)}"
+            )
+        model = PROBLEMS[name].config
     try:
         cfg = model.model_validate(raw)
     except ValidationError as e:

@@ -23,6 +23,11 @@ class Inputs:
     max_seqlen_k: int | None = None
     alibi_slopes: torch.Tensor | None = None  # fp32 (Hq,)
 
+    @property
+    def differentiable(self) -> tuple[torch.Tensor, ...]:
+        """The tensors gradients are taken against, in the order of the graded gradients."""
+        return (self.q, self.k, self.v)
+
 
 def cu_seqlens(lengths, device) -> torch.Tensor:
     return torch.tensor(
@@ -57,16 +62,24 @@ def case_seed(case: Case, seed: int) -> int:
     return (zlib.crc32(case.id.encode()) + seed) % (2**31)
 
 
-def make_inputs(case: Case, device: str | torch.device = "cpu", seed: int = 0) -> Inputs:
-    """Standard-normal q, k, v, dout in the case's dtype, seeded by (case, seed)."""
+def seeded_randn(case: Case, device, seed: int):
+    """``randn(*shape)``: standard-normal tensors in the case's dtype, seeded by (case, seed);
+    successive calls give successive tensors. Validates the case first."""
     case.validate()
     g = torch.Generator(device=device).manual_seed(case_seed(case, seed))
-    dt = case.torch_dtype
-    hq, hkv, d = case.heads_q, case.heads_kv, case.head_dim
 
     def randn(*shape):
-        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(dt)
+        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(
+            case.torch_dtype
+        )
 
+    return randn
+
+
+def make_inputs(case: Case, device: str | torch.device = "cpu", seed: int = 0) -> Inputs:
+    """Standard-normal q, k, v, dout in the case's dtype, seeded by (case, seed)."""
+    randn = seeded_randn(case, device, seed)
+    hq, hkv, d = case.heads_q, case.heads_kv, case.head_dim
     slopes = alibi_slopes(hq).to(device) if case.alibi else None
     if case.varlen:
         tq, tk = sum(case.seqlens), sum(case.k_lens)

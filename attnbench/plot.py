@@ -1,9 +1,10 @@
 """Plots from stored results (matplotlib, PNG).
 
-- ``perf_<mode>_<causal>_d<head_dim>_<dtype>.png``: TFLOP/s against seqlen, one line per backend,
-  the p20-p80 band shaded; points that failed the accuracy check are red crosses labelled
-  ``wrong``, never part of the line.
-- ``perf_headdim_<mode>_<causal>_s<seqlen>_<dtype>.png``: the same against head dim.
+- ``perf_<problem>_<mode>_<causal>_d<head_dim>_<dtype>.png``: TFLOP/s against seqlen, one line
+  per backend, the p20-p80 band shaded; points that failed the accuracy check are red crosses
+  labelled ``wrong``, never part of the line (the piecewise sweep is drawn like FlagAttention's
+  chart: one figure per mode, causal, head dim and dtype).
+- ``perf_headdim_<problem>_<mode>_<causal>_s<seqlen>_<dtype>.png``: the same against head dim.
 - ``accuracy.png``: worst error relative to same-dtype torch, per backend and tensor, with the
   rule's limits (2x out/lse, 3x grads).
 
@@ -74,19 +75,21 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         return []
     perf = _latest(perf, ["backend", "case_id", "mode"])
     files = []
-    for (mode, causal, hd, dtype), g in perf.groupby(["mode", "causal", "head_dim", "dtype"]):
+    by_seqlen = ["problem", "mode", "causal", "head_dim", "dtype"]
+    for (prob, mode, causal, hd, dtype), g in perf.groupby(by_seqlen):
         if g.seqlen_q.nunique() < 2:
             continue
         tag = "causal" if causal else "full"
-        path = out / f"perf_{mode}_{tag}_d{hd}_{dtype}.png"
-        _perf_plot(g, "seqlen_q", f"{mode}, {tag}, head dim {hd}, {dtype}", path)
+        path = out / f"perf_{prob}_{mode}_{tag}_d{hd}_{dtype}.png"
+        _perf_plot(g, "seqlen_q", f"{prob} {mode}, {tag}, head dim {hd}, {dtype}", path)
         files.append(path)
-    for (mode, causal, sq, dtype), g in perf.groupby(["mode", "causal", "seqlen_q", "dtype"]):
+    by_headdim = ["problem", "mode", "causal", "seqlen_q", "dtype"]
+    for (prob, mode, causal, sq, dtype), g in perf.groupby(by_headdim):
         if g.head_dim.nunique() < 2:
             continue
         tag = "causal" if causal else "full"
-        path = out / f"perf_headdim_{mode}_{tag}_s{sq}_{dtype}.png"
-        _perf_plot(g, "head_dim", f"{mode}, {tag}, seqlen {sq}, {dtype}", path)
+        path = out / f"perf_headdim_{prob}_{mode}_{tag}_s{sq}_{dtype}.png"
+        _perf_plot(g, "head_dim", f"{prob} {mode}, {tag}, seqlen {sq}, {dtype}", path)
         files.append(path)
     return files
 
@@ -102,7 +105,7 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
         .agg(ratio=("ratio", "max"), ok=("accuracy_ok", "all"))
         .reset_index()
     )
-    tensors = [t for t in ("out", "lse", "dq", "dk", "dv") if t in set(worst.tensor)]
+    tensors = list(dict.fromkeys(acc.tensor))  # out, lse, then each problem's gradients
     backends = list(dict.fromkeys(worst.backend))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(backends) + 2), 4.5))
     width = 0.8 / len(tensors)

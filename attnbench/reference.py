@@ -85,18 +85,22 @@ def alibi_slopes(heads: int) -> torch.Tensor:
 
 def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype, q_start=0, seqlen_q=None):
     b, rows, hq, d = q.shape
-    sk, hkv = k.shape[1], k.shape[2]
+    sk = k.shape[1]
     sq = rows if seqlen_q is None else seqlen_q  # rows [q_start, q_start + rows) of sq
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    if hq != hkv:
-        k = k.repeat_interleave(hq // hkv, dim=2)
-        v = v.repeat_interleave(hq // hkv, dim=2)
+    k, v = repeat_kv(hq, k, v)
     s = torch.einsum("bqhd,bkhd->bhqk", q * scale, k)
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
     if slopes is not None:
         s = s + alibi_bias(slopes.to(s.device), sq, sk, q_start, rows).to(dtype)
     mask = visible_mask(sq, sk, causal, window[0], window[1], q.device, q_start, rows)
+    return softmax_rows(s, v, mask)
+
+
+def softmax_rows(s: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+    """``(out, lse)`` from scaled scores ``s`` (B, H, Sq, Sk) and ``v`` (B, Sk, H, D), keys
+    outside ``mask`` hidden; rows with no visible key give out = 0 and lse = +inf."""
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)  # -inf on rows without a visible key
@@ -107,6 +111,13 @@ def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype, q_start=0,
     out = torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v)
     lse = lse.float().masked_fill(empty, float("inf"))
     return out, lse
+
+
+def repeat_kv(hq: int, *kvs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """GQA: each kv head of (B, S, Hkv, D) tensors repeated over ``hq // Hkv`` query heads."""
+    return tuple(
+        t.repeat_interleave(hq // t.shape[2], dim=2) if t.shape[2] != hq else t for t in kvs
+    )
 
 
 def attention_ref(
@@ -175,79 +186,102 @@ class RefResult:
     dv: torch.Tensor | None = None
 
 
-def reference(
-    inp, case: Case, *, upcast: bool = True, grads: bool = True, budget_bytes: int | None = None
-) -> RefResult:
-    """Reference out, lse (and dq, dk, dv for ``inp.dout``) for a whole case, in chunks.
+def _ref_call(fn, qs, kvs, dout, dtype, grads, **where):
+    """``fn(qs, kvs, **where) -> (out, lse)`` and, with ``grads``, the gradients of every input
+    for ``dout`` (leaves in the compute dtype, so gradients are not rounded to the input dtype)."""
+    if not grads:
+        with torch.no_grad():
+            o, l = fn(qs, kvs, **where)
+        return o, l, ()
+    leaves = tuple(t.detach().to(dtype).requires_grad_() for t in (*qs, *kvs))
+    with torch.enable_grad():
+        o, l = fn(leaves[: len(qs)], leaves[len(qs) :], **where)
+        gs = torch.autograd.grad(o, leaves, dout.to(o.dtype))
+    return o.detach(), l.detach(), gs
 
-    Attention is independent per (batch, kv-head group) and each query row's softmax needs only
-    its own scores, so the work is split into chunks of (batch, kv heads, query rows) whose score
-    matrices fit ``budget_bytes``; each chunk runs :func:`attention_ref` forward and autograd
-    backward, and dk/dv sum the contributions of the row chunks (in the compute dtype). This keeps
-    16k-32k-token cases within memory while staying the same function as :func:`attention_ref`.
+
+def chunked_reference(fn, qs, kvs, dout, *, upcast, grads, budget_bytes=None, score_mats=1):
+    """A reference for a whole dense case, in chunks: ``(out, lse, grads of qs + kvs)``.
+
+    ``fn(qs, kvs, *, bs, hqs, q_start, seqlen_q) -> (out, lse)`` computes the rows
+    ``[q_start, q_start + rows)`` of batch slice ``bs`` and query heads ``hqs`` from query-like
+    tensors ``qs`` (B, Sq, Hq, D) and key/value-like tensors ``kvs`` (B, Sk, Hkv, D), the value
+    last. Attention-like problems are independent per (batch, kv-head group) and each query row's
+    softmax needs only its own scores, so the work is split into chunks whose ``score_mats``
+    score matrices fit ``budget_bytes``; each chunk runs ``fn`` forward and autograd backward, and
+    the kv gradients sum the contributions of the row chunks (in the compute dtype). This keeps
+    16k-32k-token cases within memory while staying the same function as the unchunked one.
     """
-    kw = case_kwargs(case)
-    q, k, v = inp.q, inp.k, inp.v
+    q, k, v = qs[0], kvs[0], kvs[-1]
     dtype = ref_dtype(q.dtype, upcast)
     if budget_bytes is None:
         budget_bytes = (4 << 30) if q.is_cuda else (1 << 30)
-
-    def run(qc, kc, vc, doc, slopes, **extra):
-        if not grads:
-            with torch.no_grad():
-                o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
-            return o, l, None, None, None
-        # leaves in the compute dtype, so the gradients are not rounded to the input dtype
-        qc, kc, vc = (t.detach().to(dtype).requires_grad_() for t in (qc, kc, vc))
-        with torch.enable_grad():
-            o, l = attention_ref(qc, kc, vc, alibi_slopes=slopes, upcast=upcast, **kw, **extra)
-            dq, dk, dv = torch.autograd.grad(o, (qc, kc, vc), doc.to(o.dtype))
-        return o.detach(), l.detach(), dq, dk, dv
-
-    if case.varlen:
-        o, l, dq, dk, dv = run(
-            q,
-            k,
-            v,
-            inp.dout,
-            inp.alibi_slopes,
-            cu_seqlens_q=inp.cu_seqlens_q,
-            cu_seqlens_k=inp.cu_seqlens_k,
-        )
-        return RefResult(o, l, dq, dk, dv)
-
-    b, sq, hq, d = q.shape
+    b, sq, hq, _ = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     g = hq // hkv
-    per_row = g * sk * torch.finfo(dtype).bits // 8 * (4 if grads else 2)  # one kv head, one row
+    per_row = g * sk * torch.finfo(dtype).bits // 8 * (4 if grads else 2) * score_mats
     rows = max(1, min(sq, budget_bytes // max(per_row, 1)))
     units = max(1, budget_bytes // max(per_row * sq, 1)) if rows == sq else 1
     hstep = max(1, min(hkv, units))
     bstep = max(1, units // hkv) if hstep == hkv else 1
-    out = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device)
+    out = torch.empty(b, sq, hq, v.shape[-1], dtype=dtype, device=q.device)
     lse = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
-    dqs = torch.empty(b, sq, hq, d, dtype=dtype, device=q.device) if grads else None
-    dks = torch.zeros(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
-    dvs = torch.zeros(b, sk, hkv, d, dtype=dtype, device=q.device) if grads else None
-    slopes = inp.alibi_slopes
+    dqs = [torch.empty(t.shape, dtype=dtype, device=q.device) for t in qs] if grads else []
+    dkvs = [torch.zeros(t.shape, dtype=dtype, device=q.device) for t in kvs] if grads else []
     for b0 in range(0, b, bstep):
         bs = slice(b0, b0 + bstep)
         for h0 in range(0, hkv, hstep):
             hk = slice(h0, h0 + hstep)
             hqs = slice(h0 * g, (h0 + hstep) * g)
-            sl = None
-            if slopes is not None:
-                sl = slopes[hqs] if slopes.dim() == 1 else slopes[bs, hqs]
             for r0 in range(0, sq, rows):
                 rs = slice(r0, r0 + rows)
-                doc = inp.dout[bs, rs, hqs] if grads else None
-                o, l, dq, dk, dv = run(
-                    q[bs, rs, hqs], k[bs, :, hk], v[bs, :, hk], doc, sl, q_start=r0, seqlen_q=sq
+                o, l, gs = _ref_call(
+                    fn,
+                    tuple(t[bs, rs, hqs] for t in qs),
+                    tuple(t[bs, :, hk] for t in kvs),
+                    dout[bs, rs, hqs] if grads else None,
+                    dtype,
+                    grads,
+                    bs=bs,
+                    hqs=hqs,
+                    q_start=r0,
+                    seqlen_q=sq,
                 )
                 out[bs, rs, hqs] = o
                 lse[bs, hqs, rs] = l
-                if grads:
-                    dqs[bs, rs, hqs] = dq
-                    dks[bs, :, hk] += dk
-                    dvs[bs, :, hk] += dv
-    return RefResult(out, lse, dqs, dks, dvs)
+                for acc, gr in zip(dqs, gs[: len(qs)]):
+                    acc[bs, rs, hqs] = gr
+                for acc, gr in zip(dkvs, gs[len(qs) :]):
+                    acc[bs, :, hk] += gr
+    return out, lse, (*dqs, *dkvs)
+
+
+def reference(
+    inp, case: Case, *, upcast: bool = True, grads: bool = True, budget_bytes: int | None = None
+) -> RefResult:
+    """Reference out, lse (and dq, dk, dv for ``inp.dout``) for a whole case; dense cases in
+    chunks (:func:`chunked_reference`), varlen ones sequence by sequence."""
+    kw = case_kwargs(case)
+    slopes = inp.alibi_slopes
+
+    def fn(qs, kvs, *, bs=None, hqs=None, **extra):
+        sl = slopes
+        if sl is not None and hqs is not None:
+            sl = sl[hqs] if sl.dim() == 1 else sl[bs, hqs]
+        return attention_ref(*qs, *kvs, alibi_slopes=sl, upcast=upcast, **kw, **extra)
+
+    if case.varlen:
+        dtype = ref_dtype(inp.q.dtype, upcast)
+        extra = dict(cu_seqlens_q=inp.cu_seqlens_q, cu_seqlens_k=inp.cu_seqlens_k)
+        o, l, gs = _ref_call(fn, (inp.q,), (inp.k, inp.v), inp.dout, dtype, grads, **extra)
+        return RefResult(o, l, *gs)
+    out, lse, gs = chunked_reference(
+        fn,
+        (inp.q,),
+        (inp.k, inp.v),
+        inp.dout,
+        upcast=upcast,
+        grads=grads,
+        budget_bytes=budget_bytes,
+    )
+    return RefResult(out, lse, *gs)

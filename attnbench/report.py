@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from rich.table import Table
 
-from .check import FACTOR
+from .check import factor
 
 _STATUS_CELL = {"unsupported": "[dim]—[/]", "oom": "[yellow]OOM[/]", "error": "[red]ERR[/]"}
 
@@ -58,7 +58,7 @@ def _rule_fraction(r) -> float:
         return -1.0
     if not math.isfinite(err):
         return math.inf
-    limit = FACTOR[r["tensor"]] * base
+    limit = factor(r["tensor"]) * base
     return err / limit if limit > 0 else (0.0 if err == 0 else math.inf)
 
 

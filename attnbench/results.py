@@ -23,6 +23,7 @@ SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("kind", pa.string()),  # accuracy | perf | dist_accuracy | dist_perf
         ("suite", pa.string()),
+        ("problem", pa.string()),  # attention | piecewise (attnbench.problems); null: attention
         ("backend", pa.string()),
         ("mode", pa.string()),  # fwd | bwd | fwd_bwd (accuracy rows: fwd or fwd_bwd)
         ("case_id", pa.string()),
@@ -43,6 +44,7 @@ SCHEMA = pa.schema(
         ("softcap", pa.float64()),
         ("alibi", pa.bool_()),
         ("deterministic", pa.bool_()),
+        ("dist_threshold", pa.int64()),  # piecewise: q2.k2 where i + Sk - Sq - j >= this
         ("strategy", pa.string()),  # distributed runs
         ("world_size", pa.int64()),
         ("rank", pa.int64()),
@@ -131,10 +133,15 @@ def now_utc() -> dt.datetime:
 
 def load_results(path: str | Path):
     """All runs under ``path`` (a folder or one file) as a DataFrame."""
-    import pandas as pd
+    import pyarrow.dataset as ds
 
     p = Path(path)
     files = [p] if p.is_file() else sorted(p.glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no results (*.parquet) in {p}")
-    return pd.read_parquet(p if p.is_file() else str(p))
+    # read with today's schema: columns an older run lacks come back null (pyarrow alone would
+    # take the first file's schema and drop newer columns)
+    df = ds.dataset([str(f) for f in files], format="parquet", schema=SCHEMA).to_table()
+    df = df.to_pandas()
+    df["problem"] = df["problem"].fillna("attention")
+    return df

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .backends.base import Backend, Unsupported
-from .case import Case, case_flops
+from .case import Case
 from .check import check_backend, failure_message, report_lines, verdict
 from .env import environment
+from .problems import problem_of
 from .results import ResultsWriter, now_utc
 from .state import CaseState
 from .timing import bench, mode_fn, timing_columns
@@ -181,7 +182,7 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
             rows.append(ctx.row(case, be.name, m, status=status, message=emsg, accuracy_ok=ok))
             _cleanup(ctx.device)
             continue
-        flops = case_flops(case, m)
+        flops = problem_of(case).flops(case, m)
         rows.append(
             ctx.row(
                 case,

@@ -105,7 +105,7 @@ def test_block_api_passes_the_rule(name, case):
     got = dict(
         out=out, lse=lse, dq=dq.to(inp.q.dtype), dk=dk.to(inp.k.dtype), dv=dv.to(inp.v.dtype)
     )
-    errs = grade(got, make_truth(inp, case), case.dtype)
+    errs = grade(got, make_truth(inp, case), case)
     assert len(errs) == 5
     bad = [f"{e.tensor} {e.max_abs_err:.3g} vs {e.baseline_max_abs_err:.3g}" for e in errs]
     assert all(e.accuracy_ok for e in errs), f"{name}: " + "; ".join(bad)

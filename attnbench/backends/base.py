@@ -43,6 +43,7 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Capabilities:
+    problem: str = "attention"  # the problem served (attnbench.problems.PROBLEMS)
     devices: frozenset[str] = frozenset({"cuda"})
     dtypes: frozenset[str] = frozenset({"fp16", "bf16", "fp32"})
     head_dims: frozenset[int] | None = None  # None: any head dim up to max_head_dim
@@ -89,6 +90,8 @@ class Backend:
     def why_unsupported(self, case: Case, device: str, mode: str = "fwd") -> str | None:
         """The reason this backend cannot run ``case`` on ``device`` (None: it can)."""
         c = self.caps
+        if case.problem != c.problem:
+            return f"unsupported: {self.name} serves problem {c.problem}, not {case.problem}"
         dev = torch.device(device).type
         if dev not in c.devices:
             return f"{self.name} does not run on {dev} (runs on: {', '.join(sorted(c.devices))})"
@@ -134,8 +137,9 @@ class Backend:
 
     # ---- running -------------------------------------------------------------------------
     def prepare(self, inp: Inputs, case: Case) -> Prepared:
-        """Outside the timed region: layout changes, packing. Default: fresh leaf q, k, v."""
-        leaves = tuple(t.detach().clone().requires_grad_() for t in (inp.q, inp.k, inp.v))
+        """Outside the timed region: layout changes, packing. Default: fresh leaves of the
+        problem's differentiable inputs (q, k, v for attention)."""
+        leaves = tuple(t.detach().clone().requires_grad_() for t in inp.differentiable)
         return Prepared(leaves, {"inputs": inp})
 
     def forward(self, p: Prepared, case: Case) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,7 +147,8 @@ class Backend:
         raise NotImplementedError
 
     def grads(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """dq, dk, dv in attnbench layout, unpacked from the leaves' gradients."""
+        """The problem's gradients (dq, dk, dv for attention) in attnbench layout, unpacked
+        from the leaves' gradients."""
         return tuple(t.grad for t in p.leaves)
 
     # ---- block API (the local kernel of the distributed strategies) -------------------------

@@ -24,7 +24,7 @@ def _time_single(run: DistRun, state: CaseState, kernel: LocalKernel) -> tuple[d
     modes that pass, rows)."""
     case, inp = state.case, state.inputs
     single = single_of(state, kernel)
-    errs = grade(vars(single), state.truth(), case.dtype)
+    errs = grade(vars(single), state.truth(), case)
     times, rows = {}, []
     for mode in run.sel.modes:
         ok, msg = verdict(errs, mode)

@@ -1,0 +1,270 @@
+"""Fused piecewise-attention forward in Triton (FlashAttention-2's Algorithm 1 with two score
+sources; Dao, 2023, arXiv:2307.08691; the operator is FlagAttention's piecewise attention).
+
+With ``shift = seqlen_k - seqlen_q`` and the signed distance ``d(i, j) = i + shift - j``
+(bottom-right aligned, like causal), the score of query ``i`` and key ``j`` is::
+
+    s(i, j) = scale * q2_i . k2_j   if d(i, j) >= w        ("far" pairs)
+              scale * q1_i . k1_j   otherwise               ("near" pairs, and future keys)
+
+and the rest is softmax attention over ``v`` (online softmax in the log2 domain, as in
+:mod:`attnbench.kernels.triton_fa2.fwd`). One program owns ``BLOCK_M`` query rows of one
+(batch, query head) and walks the keys of its kv head (GQA: ``h_kv = h_q // group``).
+
+Tile classification. Since ``d`` falls as ``j`` grows, the key axis of a query block splits into
+
+    [0, e2)   every pair far:  only q2 . k2          (MODE 2)
+    [e2, s1)  the threshold crosses the tile: both products and a select (MODE 3)
+    [s1, ..)  every pair near: only q1 . k1          (MODE 1)
+
+with ``e2`` and ``s1`` rounded to key tiles; the band is ``BLOCK_M / BLOCK_N + 1`` tiles wide at
+most, so the common tiles carry one product and no select. Independently the range splits into
+unmasked tiles (fully visible, inside ``seqlen_k``) and masked ones (causal diagonal, ragged
+end), exactly as in triton_fa2; each class runs its unmasked then its masked tiles (six loops,
+each specialised at compile time). Tiles above the causal diagonal are never visited. ``w`` is a
+run-time argument (clamped by the host to ``[1 - seqlen_q, seqlen_k]``, where every threshold
+outside gives the same scores), so a new threshold never recompiles.
+
+Rows that see no key (causal with ``seqlen_q > seqlen_k``) give ``out = 0`` and ``lse = +inf``
+(the project's convention, :mod:`attnbench.reference`).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..triton_fa2 import tuning
+from ..triton_fa2.fwd import load_rows, store_rows
+from . import configs
+
+
+@triton.jit
+def key_classes(start_m, shift, w, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(e2, s1): key tiles [0, e2) are all far for rows [start_m, start_m + BLOCK_M), tiles
+    from s1 on are all near; multiples of BLOCK_N."""
+    e2 = tl.maximum(start_m + shift - w + 1, 0) // BLOCK_N * BLOCK_N
+    s1 = (tl.maximum(start_m + BLOCK_M + shift - w, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    return e2, s1
+
+
+@triton.jit
+def key_ranges(
+    start_m, seqlen_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
+    """(n_full, n_end): keys [0, n_full) are visible to every row and inside seqlen_k;
+    [n_full, n_end) need the mask (triton_fa2's split)."""
+    if CAUSAL:
+        n_full = tl.maximum(start_m + shift + 1, 0) // BLOCK_N * BLOCK_N
+        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
+        n_end = tl.minimum(seqlen_k, start_m + BLOCK_M + shift)
+    else:
+        n_full = seqlen_k // BLOCK_N * BLOCK_N
+        n_end = seqlen_k
+    return n_full, n_end
+
+
+@triton.jit
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q1,
+    q2,
+    k1_base,
+    k2_base,
+    v_base,
+    stride_ks,
+    rows,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    seqlen_k,
+    shift,
+    w,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    MASKED: tl.constexpr,
+    MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        kv_off = cols[:, None] * stride_ks + offs_d[None, :]
+        if MODE == 1:
+            k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
+        elif MODE == 2:
+            k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            qk = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
+        else:
+            k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+            qk1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
+            qk2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
+            far = (rows[:, None] + shift - cols[None, :]) >= w
+            qk = tl.where(far, qk2, qk1)
+        if MASKED:
+            visible = cols[None, :] < seqlen_k
+            if CAUSAL:
+                visible = visible & (cols[None, :] <= rows[:, None] + shift)
+            t = tl.where(visible, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(t, 1))
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+            p = tl.exp2(t - m_sub[:, None])
+            alpha = tl.exp2(m_i - m_sub)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = load_rows(v_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_class(
+    acc,
+    l_i,
+    m_i,
+    q1,
+    q2,
+    k1_base,
+    k2_base,
+    v_base,
+    stride_ks,
+    rows,
+    offs_n,
+    offs_d,
+    c_lo,
+    c_hi,
+    n_full,
+    n_end,
+    seqlen_k,
+    shift,
+    w,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """The key tiles [c_lo, c_hi) of one class: the unmasked ones, then the masked ones."""
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        c_lo, tl.minimum(c_hi, n_full), seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        tl.maximum(c_lo, n_full), tl.minimum(c_hi, n_end), seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC,
+    )  # fmt: skip
+    return acc, l_i, m_i
+
+
+@tuning.autotune(
+    "piecewise_fwd",
+    configs=configs.fwd_configs(),
+    key=["HEAD_DIM", "CAUSAL", "SEQ_BUCKET"],
+    prune=configs.prune_fwd,
+)
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "group", "w"])
+def _fwd_kernel(
+    Q1,
+    K1,
+    Q2,
+    K2,
+    V,
+    Out,
+    Lse,
+    stride_qb,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_lb,
+    stride_lh,
+    seqlen_q,
+    seqlen_k,
+    group,
+    w,
+    qk_scale,
+    SEQ_BUCKET,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """q1, q2, out share one layout (strides ``stride_q*``); k1, k2, v share another."""
+    pid_m = tl.program_id(0)
+    off_h = tl.program_id(1)
+    off_b = tl.program_id(2)
+    if CAUSAL:  # longest blocks first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
+    off_hk = off_h // group
+    b64 = off_b.to(tl.int64)
+    q_off = b64 * stride_qb + off_h * stride_qh
+    k_off = b64 * stride_kb + off_hk * stride_kh
+
+    rows = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    q_ptrs = rows[:, None] * stride_qs + offs_d[None, :]
+    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    q2 = load_rows(Q2 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+
+    shift = seqlen_k - seqlen_q
+    n_full, n_end = key_ranges(start_m, seqlen_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
+    e2, s1 = key_classes(start_m, shift, w, BLOCK_M, BLOCK_N)
+    k1_base = K1 + k_off
+    k2_base = K2 + k_off
+    v_base = V + k_off
+    # far tiles (q2 . k2), the threshold band (both, selected), near tiles (q1 . k1)
+    acc, l_i, m_i = _fwd_class(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_class(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_class(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC,
+    )  # fmt: skip
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453  # log2 -> ln
+    lse = tl.where(empty, float("inf"), lse)
+    store_rows(
+        Out + q_off + q_ptrs,
+        out.to(Out.dtype.element_ty),
+        rows,
+        seqlen_q,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
+    )
+    tl.store(Lse + b64 * stride_lb + off_h * stride_lh + rows, lse, mask=rows < seqlen_q)

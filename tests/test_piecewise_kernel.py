@@ -1,0 +1,239 @@
+"""Tests of the fused piecewise-attention kernel (``attnbench.kernels.piecewise``).
+
+Forward and backward against a per-element reference (fp64 truth, same-dtype baseline) with
+flash-attention's rule (2x for out/lse, 3x for the gradients, :mod:`attnbench.check`), at the
+edges of the threshold: w <= 0 (only q2.k2), w past every distance (only q1.k1), w = 1,
+Sq != Sk both ways, causal or not, ragged lengths, GQA/MQA, head dims 32/64/96.
+CPU: Triton's interpreter (fp16/fp32; tiles 32x16 / 16x32, so 67/130 rows leave ragged edges and
+the threshold band crosses several key tiles). GPU (``pytest -m gpu``): bf16, larger shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+HAS_GPU = torch.cuda.is_available()
+if not HAS_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from attnbench.kernels.piecewise import (  # noqa: E402
+    piecewise_attention,
+    piecewise_backward,
+    piecewise_forward,
+)
+
+from attnbench.check import abs_error, passes  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+GRADS = ("dq1", "dk1", "dq2", "dk2", "dv")
+
+
+@dataclass(frozen=True)
+class PCase:
+    b: int
+    hq: int
+    hkv: int
+    sq: int
+    sk: int
+    d: int
+    dtype: str
+    causal: bool
+    w: int
+    scale: float | None = None
+
+    @property
+    def id(self) -> str:
+        mask = "causal" if self.causal else "full"
+        return f"B{self.b}-H{self.hq}/{self.hkv}-S{self.sq}x{self.sk}-D{self.d}-{self.dtype}-{mask}-w{self.w}"
+
+
+def piecewise_ref(q1, k1, q2, k2, v, w, causal, scale, upcast):
+    """Per-element piecewise attention: explicit distance matrix, one score source per pair."""
+    dtype = (torch.float64 if q1.dtype == torch.float32 else torch.float32) if upcast else q1.dtype
+    q1, k1, q2, k2, v = (x.to(dtype) for x in (q1, k1, q2, k2, v))
+    b, sq, hq, d = q1.shape
+    sk, hkv = k1.shape[1], k1.shape[2]
+    scale = scale if scale is not None else 1 / math.sqrt(d)
+    k1, k2, v = (x.repeat_interleave(hq // hkv, dim=2) for x in (k1, k2, v))
+    s1 = torch.einsum("bqhd,bkhd->bhqk", q1, k1) * scale
+    s2 = torch.einsum("bqhd,bkhd->bhqk", q2, k2) * scale
+    dist = (
+        torch.arange(sq, device=q1.device)[:, None] + (sk - sq) - torch.arange(sk, device=q1.device)
+    )
+    s = torch.where(dist >= w, s2, s1)
+    if causal:
+        s = s.masked_fill(dist < 0, float("-inf"))
+    lse = torch.logsumexp(s.float(), dim=-1)
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no visible key: 0
+    out = torch.einsum("bhqk,bkhd->bqhd", p, v)
+    return out, lse.masked_fill(torch.isneginf(lse), float("inf"))
+
+
+def _inputs(c: PCase, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    dt = DTYPES[c.dtype]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dt)
+
+    q1, q2 = randn(c.b, c.sq, c.hq, c.d), randn(c.b, c.sq, c.hq, c.d)
+    k1, k2, v = (randn(c.b, c.sk, c.hkv, c.d) for _ in range(3))
+    return (q1, k1, q2, k2, v), randn(c.b, c.sq, c.hq, c.d)
+
+
+def _run(fn, xs, dout):
+    leaves = [x.detach().clone().requires_grad_() for x in xs]
+    out, lse = fn(*leaves)
+    out.backward(dout)
+    return {"out": out, "lse": lse, **{n: x.grad for n, x in zip(GRADS, leaves)}}
+
+
+def _grade(c: PCase, device):
+    xs, dout = _inputs(c, device)
+    kw = dict(causal=c.causal, scale=c.scale)
+    truth = _run(lambda *a: piecewise_ref(*a, c.w, upcast=True, **kw), xs, dout)
+    same = _run(lambda *a: piecewise_ref(*a, c.w, upcast=False, **kw), xs, dout)
+    got = _run(
+        lambda *a: piecewise_attention(*a, c.w, causal=c.causal, softmax_scale=c.scale), xs, dout
+    )
+    assert got["lse"].dtype == torch.float32 and got["lse"].shape == (c.b, c.hq, c.sq)
+    bad = []
+    for t, ref in truth.items():
+        err, _ = abs_error(got[t], ref)
+        base, _ = abs_error(same[t], ref)
+        if not passes("out" if t in ("out", "lse") else "dq", err, base, c.dtype):
+            bad.append(f"{t}: max err {err:.3g} vs same-dtype torch {base:.3g}")
+    assert not bad, f"{c.id}\n" + "\n".join(bad)
+
+
+CPU_CASES = [
+    PCase(2, 2, 2, 67, 67, 32, "fp16", True, 30),  # the band crosses several tiles
+    PCase(1, 4, 2, 67, 130, 64, "fp32", True, 40),  # GQA, Sq < Sk
+    PCase(1, 4, 1, 130, 67, 96, "fp16", True, 1),  # MQA, Sq > Sk: rows with no key; w = 1
+    PCase(1, 2, 2, 130, 67, 64, "fp16", False, 20),  # Sq > Sk, future keys near
+    PCase(1, 2, 2, 67, 67, 32, "fp16", True, 0),  # w <= 0: only q2.k2
+    PCase(1, 2, 2, 67, 67, 32, "fp16", False, -20),  # w < 0, some future keys far
+    PCase(1, 2, 2, 67, 67, 32, "fp16", True, 67),  # w past every distance: only q1.k1
+    PCase(1, 2, 1, 50, 70, 64, "fp32", False, 1000, scale=0.3),
+    PCase(1, 2, 2, 64, 64, 64, "fp16", False, 32),  # block multiples: no ragged tiles
+]
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (set without a GPU)")
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: c.id)
+def test_accuracy_interpreter(case):
+    _grade(case, "cpu")
+
+
+def _device():
+    return "cuda" if HAS_GPU else "cpu"
+
+
+@pytest.mark.skipif(not (INTERPRET or HAS_GPU), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_functions_match_autograd_and_are_deterministic():
+    """piecewise_forward/backward give autograd's tensors bit for bit, run after run."""
+    c = PCase(1, 4, 2, 45, 45, 32, "fp16", True, 20)
+    xs, dout = _inputs(c, _device(), seed=3)
+    got = [_run(lambda *a: piecewise_attention(*a, c.w, causal=True), xs, dout) for _ in range(2)]
+    out, lse = piecewise_forward(*xs, c.w, causal=True)
+    grads = piecewise_backward(dout, *xs, out, lse, c.w, causal=True, deterministic=True)
+    fns = {"out": out, "lse": lse, **dict(zip(GRADS, grads))}
+    for t in got[0]:
+        assert torch.equal(got[0][t], got[1][t]), t
+        assert torch.equal(got[0][t], fns[t]), t
+
+
+@pytest.mark.skipif(not (INTERPRET or HAS_GPU), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_thresholds_past_the_ends_are_clamped():
+    """w far below 1 - Sq or far above Sk gives the all-far / all-near result."""
+    c = PCase(1, 2, 2, 20, 36, 32, "fp32", False, 0)
+    xs, _ = _inputs(c, _device(), seed=4)
+    for w_out, w_edge in ((-(10**9), 1 - c.sq), (10**9, c.sk)):
+        a, la = piecewise_forward(*xs, w_out)
+        b, lb = piecewise_forward(*xs, w_edge)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_bad_inputs_raise():
+    x = torch.zeros(1, 8, 4, 32, dtype=torch.float16)
+    k = torch.zeros(1, 8, 3, 32, dtype=torch.float16)
+    with pytest.raises(ValueError, match="must divide"):
+        piecewise_forward(x, k, x, k, k, 4)
+    with pytest.raises(TypeError, match="share one of"):
+        piecewise_forward(x, x, x.float(), x, x, 4)
+    with pytest.raises(ValueError, match="q1"):
+        piecewise_forward(x, x, x[:, :4], x, x, 4)
+
+
+GPU_CASES = [
+    PCase(2, 8, 8, 1000, 1000, 64, "bf16", True, 500),
+    PCase(2, 8, 2, 1000, 1000, 128, "fp16", False, 500),
+    PCase(1, 6, 2, 777, 1537, 96, "bf16", True, 300),
+    PCase(1, 6, 6, 1537, 777, 128, "bf16", True, 1),
+    PCase(2, 4, 1, 513, 513, 256, "bf16", True, 256),
+    PCase(1, 4, 4, 600, 600, 128, "bf16", True, 0),
+    PCase(1, 4, 4, 600, 600, 128, "bf16", False, 10**6),
+    PCase(1, 4, 4, 300, 300, 64, "fp32", True, 150),
+    PCase(4, 16, 16, 2048, 2048, 128, "bf16", True, 1024),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.id)
+def test_accuracy_gpu(case):
+    _grade(case, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_backward_deterministic_gpu(causal):
+    c = PCase(2, 8, 2, 1024, 1024, 128, "bf16", causal, 512)
+    xs, dout = _inputs(c, "cuda", seed=1)
+    fn = lambda *a: piecewise_attention(*a, c.w, causal=causal, deterministic=True)
+    a, b = _run(fn, xs, dout), _run(fn, xs, dout)
+    for t in GRADS:
+        assert torch.equal(a[t], b[t]), t
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+def test_new_threshold_does_not_recompile():
+    from attnbench.kernels.piecewise.fwd import _fwd_kernel
+
+    c = PCase(1, 4, 4, 512, 512, 64, "bf16", True, 100)
+    xs, _ = _inputs(c, "cuda")
+    piecewise_forward(*xs, 100, causal=True)
+    torch.cuda.synchronize()
+    before = sum(len(v[0]) for v in _fwd_kernel.fn.device_caches.values())
+    for w in (1, 16, 17, 300):
+        piecewise_forward(*xs, w, causal=True)
+    torch.cuda.synchronize()
+    assert sum(len(v[0]) for v in _fwd_kernel.fn.device_caches.values()) == before
+
+
+def test_tile_specs_parse():
+    from attnbench.kernels.piecewise.configs import parse_tiles
+
+    assert parse_tiles("128x64w8s3, 64x64w4s2") == [(128, 64, 8, 3), (64, 64, 4, 2)]
+    with pytest.raises(ValueError, match="BMxBNwWsS"):
+        parse_tiles("128x64w8")
+
+
+@pytest.mark.skipif(not (INTERPRET or HAS_GPU), reason="needs a GPU or TRITON_INTERPRET=1")
+def test_chosen_configs_name_what_ran():
+    from attnbench.kernels.piecewise import chosen_configs
+
+    c = PCase(1, 2, 2, 20, 20, 32, "fp16", True, 5)
+    xs, dout = _inputs(c, _device())
+    _run(lambda *a: piecewise_attention(*a, c.w, causal=True), xs, dout)
+    chosen = chosen_configs()
+    assert set(chosen) == {"fwd", "bwd_dkdv", "bwd_dq"} and all(chosen.values()), chosen
