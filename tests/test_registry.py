@@ -10,6 +10,8 @@ block forward/backward pass the same rule.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from attnbench.case import Case
 from attnbench.check import check_backend, grade, make_truth
 from attnbench.distributed.local import get_local_kernel
 from attnbench.inputs import make_inputs
+from attnbench.problems import PROBLEMS, problem_of
 
 CASES = [
     Case(2, 4, 4, 64, 64, 32, "fp32"),
@@ -31,8 +34,10 @@ CASES = [
 NAMES = list(REGISTRY)
 
 
-def _attention(be: Backend) -> bool:
-    return getattr(be.caps, "problem", "attention") == "attention"
+def _as_problem_case(be: Backend, case: Case) -> Case:
+    """``case`` posed as the problem ``be`` serves (its case type; its own fields at defaults)."""
+    case_type = PROBLEMS[be.caps.problem].case_type
+    return case_type(**{f.name: getattr(case, f.name) for f in fields(Case)})
 
 
 def test_names_are_the_backends_and_unique():
@@ -59,15 +64,14 @@ def test_one_name_one_backend_in_distributed_use(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_declared_capabilities_hold_on_cpu(name, case):
     be = REGISTRY[name]
-    if not _attention(be):
-        pytest.skip(f"{name} serves problem {be.caps.problem!r}, not these attention cases")
+    case = _as_problem_case(be, case)
     ran = False
     for mode in ("fwd", "fwd_bwd"):
         why = be.why_unsupported(case, "cpu", mode)
         if why is not None:
             assert isinstance(why, str) and why.strip(), f"{name}: empty unsupported reason"
             continue
-        inp = make_inputs(case, "cpu", seed=0)
+        inp = problem_of(case).make_inputs(case, "cpu", seed=0)
         grads = mode != "fwd"
         try:
             errs = check_backend(be, case, inp, make_truth(inp, case, grads=grads), grads=grads)
@@ -78,10 +82,14 @@ def test_declared_capabilities_hold_on_cpu(name, case):
         got = {e.tensor for e in errs}
         assert ("lse" in got) == be.caps.lse, f"{name}: caps.lse={be.caps.lse}, returned {got}"
         if grads:
-            assert {"dq", "dk", "dv"} <= got, f"{name}: declared backward, graded {got}"
+            assert set(problem_of(case).grads) <= got, f"{name}: declared backward, graded {got}"
         bad = [f"{e.tensor} {e.max_abs_err:.3g} vs {e.baseline_max_abs_err:.3g}" for e in errs]
         assert all(e.accuracy_ok for e in errs), f"{name} {mode}: " + "; ".join(bad)
-    if case == CASES[0] and "cpu" in be.caps.devices and be.availability("cpu") is None:
+    if (
+        case.id == _as_problem_case(be, CASES[0]).id
+        and "cpu" in be.caps.devices
+        and be.availability("cpu") is None
+    ):
         assert ran, f"{name} declares the cpu but ran nothing on the plain case {case.id}"
 
 
