@@ -97,17 +97,20 @@ def test_declared_capabilities_hold_on_cpu(name, case):
 BLOCK_CASES = [c for c in CASES if not (c.varlen or c.windowed or c.seqlen_q != c.seqlen_k)]
 
 
-@pytest.mark.parametrize("case", BLOCK_CASES, ids=[c.id for c in BLOCK_CASES])
-@pytest.mark.parametrize("name", [n for n, b in REGISTRY.items() if b.caps.block])
-def test_block_api_passes_the_rule(name, case):
-    """block_forward's (out, lse) and block_backward's gradients (or the fp32 recomputation the
-    strategies use instead) pass the accuracy rule, like the backend's own forward."""
+BLOCKS = [n for n, b in REGISTRY.items() if b.caps.block]
+GPU_BLOCK_CASES = [
+    Case(2, 8, 2, 1000, 1000, 128, "bf16", causal=True),
+    Case(1, 4, 4, 512, 512, 64, "fp16"),
+]
+
+
+def _check_block(name: str, case: Case, device: str) -> None:
     kernel = get_local_kernel(name)
-    why = kernel.why_unsupported(case, "cpu")
+    why = kernel.why_unsupported(case, device)
     if why is not None:
         assert why.strip()
         pytest.skip(why)
-    inp = make_inputs(case, "cpu", seed=0)
+    inp = make_inputs(case, device, seed=0)
     out, lse = kernel.forward(inp.q, inp.k, inp.v, case.causal, case.scale)
     assert out.dtype == inp.q.dtype and lse.dtype == torch.float32
     dq, dk, dv = kernel.backward(inp.dout, inp.q, inp.k, inp.v, out, lse, case.causal, case.scale)
@@ -117,4 +120,20 @@ def test_block_api_passes_the_rule(name, case):
     errs = grade(got, make_truth(inp, case), case)
     assert len(errs) == 5
     bad = [f"{e.tensor} {e.max_abs_err:.3g} vs {e.baseline_max_abs_err:.3g}" for e in errs]
-    assert all(e.accuracy_ok for e in errs), f"{name}: " + "; ".join(bad)
+    assert all(e.accuracy_ok for e in errs), f"{name} {case.id}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=[c.id for c in BLOCK_CASES])
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_api_passes_the_rule(name, case):
+    """block_forward's (out, lse) and block_backward's gradients (or the fp32 recomputation the
+    strategies use instead) pass the accuracy rule, like the backend's own forward."""
+    _check_block(name, case, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", GPU_BLOCK_CASES, ids=[c.id for c in GPU_BLOCK_CASES])
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_api_passes_the_rule_on_gpu(name, case):
+    _check_block(name, case, "cuda")
