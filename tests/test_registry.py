@@ -32,6 +32,11 @@ CASES = [
     Case(1, 2, 2, 32, 32, 32, "bf16"),
 ]
 NAMES = list(REGISTRY)
+# Failures this test found, kept visible: strict xfails turn into errors once fixed.
+KNOWN = {
+    ("piecewise_flex", CASES[0].id): "fp32 lse 1.4e-6 > 2 x same-dtype 4.8e-7 + 1e-7 on the CPU "
+    "(two-pass FlexAttention whose lse merge loses fp32 precision against the fp64 reference)",
+}
 
 
 def _as_problem_case(be: Backend, case: Case) -> Case:
@@ -62,7 +67,9 @@ def test_one_name_one_backend_in_distributed_use(name):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 @pytest.mark.parametrize("name", NAMES)
-def test_declared_capabilities_hold_on_cpu(name, case):
+def test_declared_capabilities_hold_on_cpu(name, case, request):
+    if (name, case.id) in KNOWN:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN[name, case.id], strict=True))
     be = REGISTRY[name]
     case = _as_problem_case(be, case)
     ran = False
