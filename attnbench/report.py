@@ -215,6 +215,40 @@ def case_line(rows: list[dict]) -> str:
     return f"{r0['case_id']} · {r0['backend']}: " + "; ".join(parts)
 
 
+def dist_perf_table(rows: list[dict], world: int) -> Table:
+    """One line per (strategy, local backend, case, mode) of a distributed perf run: the slowest
+    rank's time (the group row), TFLOP/s per device, both efficiencies, each rank's time and the
+    accuracy verdict."""
+    t = Table(
+        title=f"distributed perf, world size {world} (slowest rank; TFLOP/s per device)",
+        title_justify="left",
+    )
+    cols = ("strategy", "local", "case", "mode", "ms", "TFLOP/s", "efficiency", "vs P x S/P")
+    for c in (*cols, "per-rank ms", "accuracy"):
+        t.add_column(c)
+    timed = [r for r in rows if r.get("latency_ms") is not None and r.get("strategy") != "single"]
+    per_rank = defaultdict(list)
+    for r in timed:
+        if r.get("rank") is not None:
+            per_rank[_dist_key(r)].append((r["rank"], r["latency_ms"]))
+    for g in (r for r in timed if r.get("rank") is None):
+        eff, share = g.get("efficiency"), g.get("efficiency_share")
+        t.add_row(
+            *_dist_key(g),
+            f"{g['latency_ms']:.3f}",
+            f"{g['tflops']:.3g}",
+            f"{eff:.0%}" if eff else "-",
+            f"{share:.0%}" if share else "-",
+            " ".join(f"{ms:.3f}" for _, ms in sorted(per_rank[_dist_key(g)])),
+            "[green]ok[/]" if g["status"] == "ok" else "[red]FAIL[/]",
+        )
+    return t
+
+
+def _dist_key(r: dict) -> tuple[str, str, str, str]:
+    return r["strategy"], r["backend"], r["case_id"], r["mode"]
+
+
 def _ratio_cell(x, threshold) -> str:
     if x is None or x != x or not math.isfinite(x):
         return "[dim]—[/]"
@@ -238,6 +272,15 @@ def compare_header(comp) -> list[str]:
         style = "bold red" if lost else "green"
         msg = f": {c['message']}" if c.get("message") and lost else ""
         lines.append(f"[{style}]accuracy {verdict}: {c['case']}{msg}[/]")
+    changed = comp.cases[comp.cases.config_changed]
+    if len(changed):
+        lines.append(
+            f"[yellow]{len(changed)} cases ran another kernel config (marked *): "
+            + ", ".join(f"{r.case_key} ({r.kernel_config_base} -> {r.kernel_config_new})"
+                        for r in changed.head(4).itertuples())
+            + (" ..." if len(changed) > 4 else "")
+            + "[/]"
+        )  # fmt: skip
     for side, cases in (("BASE", comp.base_only), ("NEW", comp.new_only)):
         if cases:
             shown = ", ".join(cases[:8]) + (
@@ -275,7 +318,7 @@ def compare_table(comp) -> Table:
                 num(r["ms_new"]),
                 num(r["tflops_base"], ".4g"),
                 num(r["tflops_new"], ".4g"),
-                _ratio_cell(r["speedup"], comp.threshold),
+                _ratio_cell(r["speedup"], comp.threshold) + (" *" if r["config_changed"] else ""),
                 num(r["ms_ratio"], ".3f"),
             )
         if be in geo:
@@ -284,4 +327,18 @@ def compare_table(comp) -> Table:
                 _ratio_cell(geo[be], comp.threshold), "",
                 end_section=True,
             )  # fmt: skip
+    return t
+
+
+def agreement_table(comp) -> Table:
+    """Matched pairs per seqlen_q within 2% and 5% (|speedup - 1|): the repeatability of two
+    runs of the same code."""
+    t = Table(title="agreement: |speedup - 1| of matched ok pairs", title_justify="left")
+    for c in ("seqlen_q", "pairs", "within 2%", "within 5%", "worst"):
+        t.add_column(c, justify="right")
+    for a in comp.agreement():
+        n = a["pairs"]
+        pct = [f"{a[k]}/{n} ({a[k] / n:.0%})" if n else "—" for k in ("within_2%", "within_5%")]
+        worst = f"{a['worst']:.1%}" if a["worst"] is not None else "—"
+        t.add_row(str(a["seqlen_q"]), str(n), *pct, worst, end_section=a["seqlen_q"] == "all")
     return t
