@@ -25,7 +25,7 @@ import torch
 
 QUANTILES = (0.5, 0.2, 0.8)
 MIN_REPS = 100  # reps per timing at least, however long rep_ms says
-MAX_REPS = 5000  # and at most (bounds the wall time of a 10 us kernel)
+MAX_REPS = 2000  # and at most (bounds the wall time of a 10 us kernel)
 SPIN_CAP_MS = 5.0  # longest spin per rep (a fn that synchronises gains nothing from more)
 
 
