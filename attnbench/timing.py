@@ -221,17 +221,6 @@ def gpu_times(
     return reps(n_rep)
 
 
-def do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="median"):
-    """``triton.testing.do_bench``'s signature on :func:`gpu_times` (for the GPU scripts in
-    ``tools/gpu``); returns the median unless ``return_mode``/``quantiles`` say otherwise."""
-    times = gpu_times(fn, grad_to_none or (), warmup, rep)
-    if quantiles:
-        return _quantiles_or_median(times, quantiles)
-    t = torch.tensor(times, dtype=torch.float64)
-    stat = {"min": t.min, "max": t.max, "mean": t.mean, "median": t.median}[return_mode]
-    return float(stat())
-
-
 def autotune_bench(kernel_call, quantiles=QUANTILES):
     """``do_bench`` for ``triton.autotune``: the same loop, more reps than Triton's default."""
     return _quantiles_or_median(gpu_times(kernel_call, warmup_ms=25, rep_ms=100), quantiles)
