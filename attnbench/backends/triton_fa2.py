@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from .base import Backend, Capabilities, register
 
 
@@ -48,12 +50,15 @@ class TritonFA2(Backend):
         backward=True,
         lse=True,
         deterministic=True,
+        block=True,
+        block_backward=True,
     )
 
     @property
     def caps(self) -> Capabilities:
-        """CPU is listed only while ``TRITON_INTERPRET=1`` is set (read at each query)."""
-        return Capabilities(devices={"cuda", "cpu"} if _interpret() else {"cuda"}, **self._caps)
+        """CPU is listed: there it runs under Triton's interpreter, and without
+        ``TRITON_INTERPRET=1`` :meth:`availability` says how to turn it on."""
+        return Capabilities(devices={"cuda", "cpu"}, **self._caps)
 
     def availability(self, device):
         try:
@@ -61,7 +66,10 @@ class TritonFA2(Backend):
         except ImportError as e:
             return f"triton not importable: {e}"
         if device == "cpu" and not _interpret():
-            return "triton_fa2 runs on the CPU only with TRITON_INTERPRET=1"
+            return (
+                "triton_fa2 runs on the CPU only under Triton's interpreter: set "
+                "TRITON_INTERPRET=1 (fp16/fp32 cases)"
+            )
         try:
             kernels = _kernels()
         except Exception as e:  # a broken triton install: say so instead of crashing the run
@@ -98,12 +106,10 @@ class TritonFA2(Backend):
     def kernel_config(self, p, case, mode):
         return chosen_configs_text(_kernels(), mode)
 
-    def lse_backward(self, dout, q, k, v, out, lse, *, causal, softmax_scale):
-        """dq, dk, dv of one block given the *global* ``out`` and ``lse`` of its query rows (the
-        block backward that ring/zigzag attention needs): the FA2 backward kernels as they are,
-        with delta = rowsum(dout * out) and P recomputed from the supplied lse."""
-        kern = _kernels().interface
-        pb = kern._Problem(q, k, v, causal, softmax_scale, None, None, None, None)
-        return kern._backward(
-            dout.contiguous(), q, k, v, out.to(q.dtype).contiguous(), lse.float().contiguous(), pb
-        )
+    def block_forward(self, q, k, v, causal, softmax_scale):
+        with torch.no_grad():
+            return _kernels().flash_attn_forward(q, k, v, causal, softmax_scale)
+
+    def block_backward(self, dout, q, k, v, out, lse, causal, softmax_scale):
+        """The FA2 backward kernels as they are, P recomputed from the supplied global lse."""
+        return _kernels().flash_attn_backward(dout, q, k, v, out, lse, causal, softmax_scale)
