@@ -5,6 +5,11 @@ fp32 reference (fp64 for fp32 inputs) are compared with the error of same-dtype 
 same reference: ``err <= k * baseline_err + floor`` with k = 2 for out/lse and 3 for gradients.
 NaN or Inf in the error always fails. The same function gives the accuracy runs their numbers and
 every perf row its verdict.
+
+Rows with no visible key (e.g. causal with seqlen_q > seqlen_k) have lse = log(0): the reference
+writes +inf there (flash-attn's convention), FlashAttention-4 and FlexAttention write -inf. Such a
+row's lse is graded exact when it is an infinity of either sign (its out must still be 0, which the
+out comparison checks); NaN and finite values there fail.
 """
 
 from __future__ import annotations
@@ -49,13 +54,15 @@ class TensorError:
 
 
 def abs_error(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    """(max, mean) of |x - ref|; equal infinities count as 0 (lse of rows with no visible key);
-    NaN anywhere gives NaN."""
+    """(max, mean) of |x - ref|; NaN anywhere gives NaN.
+
+    The reference is infinite only in the lse of rows with no visible key; there an infinity of
+    either sign counts as exact (error 0) and a finite value as an infinite error."""
     if x.shape != ref.shape:
         raise ValueError(f"shape {tuple(x.shape)} != reference {tuple(ref.shape)}")
     xd, rd = x.detach().double(), ref.detach().double()
-    same_inf = torch.isinf(xd) & (xd == rd)
-    diff = (xd - rd).abs().masked_fill(same_inf, 0.0)
+    both_inf = torch.isinf(xd) & torch.isinf(rd)
+    diff = (xd - rd).abs().masked_fill(both_inf, 0.0)
     if torch.isnan(diff).any():
         return math.nan, math.nan
     return float(diff.max()), float(diff.mean())

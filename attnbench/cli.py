@@ -96,9 +96,13 @@ def _finish(ctx: RunContext, table, t0: float) -> None:
         con.print(f"[dim]{line}[/]", highlight=False)
     bad = [r for r in ctx.rows if r["status"] in ("error", "oom", "accuracy_failed")]
     timed = sum(r.get("wall_s") or 0 for r in ctx.rows)
+    # one first call per (case, backend), shared by its mode rows
+    firsts = {(r["case_id"], r["backend"]): r.get("first_call_s") or 0 for r in ctx.rows}
+    first = sum(firsts.values())
     con.print(
         f"{len(ctx.rows)} rows -> {ctx.writer.path}  (wall {time.perf_counter() - t0:.1f} s"
         + (f", of which {timed:.1f} s in timing calls" if timed else "")
+        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT)" if first else "")
         + ")",
         highlight=False,
     )

@@ -66,6 +66,7 @@ def environment(device: str = "cpu") -> dict[str, str | None]:
         "cuda_version": torch.version.cuda,
         "triton_version": triton_version,
         "flash_attn_version": _version("flash_attn") or _flash_attn_module_version(),
+        "flash_attn_4_version": _version("flash-attn-4"),  # flash_attn.cute (FlashAttention-4)
         "attnbench_version": __version__,
         "git_sha": _git_sha(),
     }

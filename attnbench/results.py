@@ -69,6 +69,9 @@ SCHEMA = pa.schema(
         ("kernel_config", pa.string()),  # what a choosing backend ran (Triton config, SDPA kernel)
         ("peak_mem_mb", pa.float64()),
         ("wall_s", pa.float64()),
+        # perf rows: wall time of the backend's first call on the case (fwd+bwd when it times a
+        # backward), untimed: compiles, autotuning, JIT, extension builds
+        ("first_call_s", pa.float64()),
         ("device", pa.string()),
         ("gpu_name", pa.string()),
         ("cpu_name", pa.string()),
@@ -76,6 +79,7 @@ SCHEMA = pa.schema(
         ("cuda_version", pa.string()),
         ("triton_version", pa.string()),
         ("flash_attn_version", pa.string()),
+        ("flash_attn_4_version", pa.string()),
         ("attnbench_version", pa.string()),
         ("git_sha", pa.string()),
         ("timestamp", pa.timestamp("us", tz="UTC")),

@@ -18,7 +18,7 @@ from .check import Truth, check_backend, make_truth, report_lines
 from .env import environment
 from .problems import problem_of
 from .results import ResultsWriter, now_utc
-from .timing import bench, mode_fn, timing_columns
+from .timing import bench, first_call_s, mode_fn, timing_columns
 
 
 @dataclass
@@ -55,10 +55,13 @@ class RunContext:
                 print(json.dumps(r, default=str), flush=True)
 
 
-def classify(e: BaseException) -> tuple[str, str]:
+def classify(e: BaseException, backend: Backend | None = None) -> tuple[str, str]:
     """(status, one-line message) for an exception raised by a backend."""
     if isinstance(e, Unsupported):
         return "unsupported", str(e)
+    why = backend.refusal(e) if backend is not None else None
+    if why:
+        return "unsupported", why
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, torch.OutOfMemoryError) or "out of memory" in text.lower():
         return "oom", f"out of memory: {text[:200]}"
@@ -112,7 +115,7 @@ def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) ->
                     truth = _truth(inp, case, cache, grads=True)
                     errs = check_backend(be, case, inp, truth, grads=be.caps.backward)
                 except Exception as e:  # one failing case never stops the run
-                    status, msg = classify(e)
+                    status, msg = classify(e, be)
                     ctx.emit([ctx.row(case, be.name, mode, status=status, message=msg)])
                     con.print(f"[yellow]{be.name} {case.id}: {status}: {msg}[/]")
                     _cleanup(ctx.device)
@@ -206,10 +209,14 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
     try:  # no speed without an accuracy verdict for the same case
         if inp is None:
             inp = cache["inputs"] = problem_of(case).make_inputs(case, ctx.device, ctx.seed)
+        p = be.prepare(inp, case)
+        first = mode_fn(lambda p=p: be.forward(p, case), inp.dout, "fwd_bwd" if grads else "fwd")
+        first_s = first_call_s(first, p.leaves, dev)  # compiles/JIT/autotune: never timed
+        del p, first
         truth = _truth(inp, case, cache, grads=grads or ("t", True) in cache)
         errs = check_backend(be, case, inp, truth, grads=grads)
     except Exception as e:
-        status, msg = classify(e)
+        status, msg = classify(e, be)
         _cleanup(ctx.device)
         return [ctx.row(case, be.name, m, status=status, message=msg) for m in modes]
     rows = []
@@ -222,8 +229,18 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
             config = be.kernel_config(p, case, m)
             del p, fn
         except Exception as e:
-            status, emsg = classify(e)
-            rows.append(ctx.row(case, be.name, m, status=status, message=emsg, accuracy_ok=ok))
+            status, emsg = classify(e, be)
+            rows.append(
+                ctx.row(
+                    case,
+                    be.name,
+                    m,
+                    status=status,
+                    message=emsg,
+                    accuracy_ok=ok,
+                    first_call_s=first_s,
+                )
+            )
             _cleanup(ctx.device)
             continue
         flops = problem_of(case).flops(case, m)
@@ -235,6 +252,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
                 status="ok" if ok else "accuracy_failed",
                 message=msg,
                 accuracy_ok=ok,
+                first_call_s=first_s,
                 kernel_config=config,
                 **timing_columns(t, flops),
             )

@@ -68,6 +68,21 @@ def mode_fn(forward, dout: torch.Tensor, mode: str):
     raise ValueError(f"unknown mode {mode!r}")
 
 
+def first_call_s(fn, leaves, device: torch.device) -> float:
+    """Wall seconds of one call of ``fn`` (synchronised), outside any timed region: a backend's
+    first call on a case, so compiles, autotuning, JIT and extension builds show up here."""
+    _reset_grads(leaves)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - t0
+    _reset_grads(leaves)
+    return elapsed
+
+
 def _reset_grads(leaves):
     for t in leaves:
         t.grad = None

@@ -1,6 +1,7 @@
 """End-to-end accuracy and perf runs through the CLI on CPU, results, plots, failures."""
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -185,6 +186,38 @@ def test_perf_run_json_and_plots(cli, suite, tmp_path):
     )  # one seqlen
     df = pd.read_parquet(out)
     assert df.run_id.nunique() == 2 and set(df.kind) == {"perf", "accuracy"}
+
+
+class SlowFirstCall(Backend):
+    """Same-dtype torch that 'compiles' for 0.3 s on its first call of each case."""
+
+    name = "test_slow_first_call"
+    caps = Capabilities(devices={"cpu"}, lse=True)
+    seen: set = set()
+
+    def forward(self, p, case):
+        if case.id not in SlowFirstCall.seen:
+            SlowFirstCall.seen.add(case.id)
+            time.sleep(0.3)
+        q, k, v = p.leaves
+        return attention_ref(q, k, v, upcast=False, **case_kwargs(case))
+
+
+def test_first_call_is_recorded_and_never_timed(cli, suite, tmp_path, tmp_backend):
+    assert "first_call_s" in COLUMNS
+    SlowFirstCall.seen = set()
+    tmp_backend(SlowFirstCall())
+    out = tmp_path / "res"
+    args = ("--device", "cpu", "--out", out, "--modes", "fwd,bwd")
+    res = cli("perf", "--sweep", suite, *args, "--only", "test_slow_first_call,naive")
+    assert res.exit_code == 0, res.output
+    assert "in first calls" in res.output
+    df = pd.read_parquet(out)
+    ok = df[df.status == "ok"]
+    assert ok.first_call_s.notna().all() and (ok.first_call_s > 0).all()
+    slow = ok[ok.backend == "test_slow_first_call"]  # 8 dense cases (varlen unsupported) x 2
+    assert len(slow) == 2 * 8 and (slow.first_call_s >= 0.3).all()
+    assert (slow.latency_ms < 300).all()  # the compile stayed out of the timed region
 
 
 def test_plot_seqlen_lines(cli, tmp_path):

@@ -6,6 +6,7 @@ from . import naive, sdpa  # noqa: F401
 from . import triton_fa2  # noqa: F401
 from . import flash_attn  # noqa: F401
 from . import cuda_fa  # noqa: F401
+from . import fa4, flex  # noqa: F401
 from . import piecewise_naive  # noqa: F401
 
 # isort: on

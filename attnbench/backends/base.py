@@ -19,7 +19,8 @@ Adding a backend is one small file plus one import line in ``attnbench/backends/
 
 The runner asks :meth:`Backend.why_unsupported` before anything runs, so cases outside the
 declared capabilities become ``unsupported`` rows with the reason. A backend that finds out at
-run time that it cannot run a case raises :class:`Unsupported`.
+run time that it cannot run a case raises :class:`Unsupported`; one whose library refuses a case
+(an exception from inside it, forward or backward) names it in :meth:`Backend.refusal`.
 """
 
 from __future__ import annotations
@@ -156,6 +157,21 @@ class Backend:
     def build_flags(self) -> str | None:
         """Compiler flags for backends built on first use (shown by ``attnbench env``)."""
         return None
+
+    def refusal(self, e: BaseException) -> str | None:
+        """The ``unsupported`` reason when ``e`` (raised by a call of this backend, forward or
+        backward) is its library refusing the case at run time, e.g. an input check the
+        capabilities cannot foresee on this GPU; None: a real error."""
+        return None
+
+
+def exception_chain(e: BaseException):
+    """``e`` and the exceptions it wraps (``__cause__``/``__context__``), outermost first."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 REGISTRY: dict[str, Backend] = {}

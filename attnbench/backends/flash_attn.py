@@ -62,6 +62,8 @@ def _flash_attn():
     if _module is None and _import_error is None:
         try:
             _module = importlib.import_module("flash_attn")
+            if not hasattr(_module, "flash_attn_func"):  # only flash-attn-4's namespace package
+                _module, _import_error = None, "flash-attn not installed"
         except ModuleNotFoundError:
             _import_error = "flash-attn not installed"
         except Exception as e:  # a broken build: undefined symbol, CUDA mismatch, ...

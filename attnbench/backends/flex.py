@@ -1,0 +1,271 @@
+"""PyTorch FlexAttention (``torch.nn.attention.flex_attention``), compiled, two backends::
+
+    attnbench perf --only flex,flex_fa4,sdpa_cudnn
+
+- ``flex``: Inductor's Triton FlexAttention kernels (``torch.compile(flex_attention)``)
+- ``flex_fa4``: the same call with ``kernel_options={"BACKEND": "FLASH"}``: FlexAttention lowered
+  to FlashAttention-4's CuTe-DSL kernels (needs ``flash-attn-4``, sm90+)
+
+Every attnbench mask is a ``mask_mod`` turned into a block mask in ``prepare`` (outside the timed
+region, cached per case): causal and the sliding window bottom-right aligned
+(``kv <= q + Sk - Sq + window_right``, ``kv >= q + Sk - Sq - window_left``), varlen as a document
+mask over the packed sequence (batch 1, each token's sequence id and position). Softcap and ALiBi
+are ``score_mod`` functions (FlexAttention passes the already scaled score, so softcap is
+``c * tanh(s / c)`` and ALiBi ``-slope_h * |q + Sk - Sq - kv|``, the reference's and flash-attn's
+convention); GQA through ``enable_gqa``; the lse through ``return_aux=AuxRequest(lse=True)``
+(``return_lse=True`` on torches without it), detached inside the compiled function so the
+backward never differentiates through it. Rows with no visible key give out = 0, lse = -inf.
+
+One compiled function serves every case: dynamo's recompile limit is raised and hitting it fails
+loudly, so a sweep never silently falls back to the eager path (50-100x slower). Compiles happen
+on the first call of each case (``first_call_s``). On CPU FlexAttention compiles forward only and
+without the lse (torch 2.13: no backward, no ``return_lse`` there), so CPU cases are graded on out.
+Refusals from the compiler (``NotImplementedError`` inside a lowering) become ``unsupported`` rows
+with their message.
+
+Why ``flex_fa4`` detaches the lse: torch's FLASH backward lowering (``flex_attention_backward`` in
+``torch/_inductor/kernel/flex/flex_attention.py``, torch 2.11 and later) raises
+``NotImplementedError("FLASH backend backward does not support differentiating through logsumexp
+(dLSE)")`` whenever the backward graph receives a gradient for the lse, and AOTAutograd traces a
+tangent for every differentiable output of a compiled function, used by the loss or not: an lse
+returned undetached is the ``LoweringException: NotImplementedError`` of torch 2.11 (the
+probe's last lines, ``tools/gpu/fa4_probe.py``, check it). The same lowering refuses a
+deterministic backward with a block mask below sm100 (``deterministic`` is not declared here).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from .base import Backend, Capabilities, Prepared, Unsupported, exception_chain, register
+from .fa4 import fa4_availability
+
+RECOMPILE_LIMIT = 4096
+
+
+def flex_api():
+    """``torch.nn.attention.flex_attention`` (None on torches without it)."""
+    try:
+        from torch.nn.attention import flex_attention as fa
+    except ImportError:
+        return None
+    return fa
+
+
+@functools.cache
+def compiled_flex():
+    """The one compiled ``flex_attention`` (fixed shapes: one graph per case shape)."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
+    if hasattr(cfg, "fail_on_recompile_limit_hit"):
+        cfg.fail_on_recompile_limit_hit = True  # never fall back to eager silently
+    fa = flex_api()
+    has_aux = "return_aux" in inspect.signature(fa.flex_attention).parameters
+
+    def attend(q, k, v, score_mod, block_mask, scale, enable_gqa, kernel_options, want_lse):
+        kw = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+        if kernel_options:
+            kw["kernel_options"] = kernel_options
+        if not want_lse:
+            return fa.flex_attention(q, k, v, **kw), None
+        if has_aux:
+            out, aux = fa.flex_attention(q, k, v, return_aux=fa.AuxRequest(lse=True), **kw)
+            return out, aux.lse.detach()
+        out, lse = fa.flex_attention(q, k, v, return_lse=True, **kw)
+        return out, lse.detach()
+
+    return torch.compile(attend, dynamic=False, fullgraph=True)
+
+
+# ---- masks and score mods: small functions of the case ----------------------------------------
+def mask_mod_for(case, device, cu_q=None, cu_k=None):
+    """The case's ``mask_mod(b, h, q_idx, kv_idx)`` (None: every key visible). Varlen cases are
+    one packed batch with int32 ``cu_q``/``cu_k``: same sequence, and causal/window within it."""
+    wl, wr = case.window_left, 0 if case.causal else case.window_right
+    if not case.varlen:
+        if wl < 0 and wr < 0:
+            return None
+        off = case.seqlen_k - case.seqlen_q
+
+        def dense(b, h, q_idx, kv_idx):
+            diag = q_idx + off
+            ok = (kv_idx <= diag + wr) if wr >= 0 else kv_idx >= 0
+            return ok & (kv_idx >= diag - wl) if wl >= 0 else ok
+
+        return dense
+    q_doc, q_pos, k_doc, k_pos, offs = packed_positions(cu_q, cu_k, device)
+
+    def document(b, h, q_idx, kv_idx):
+        d = q_doc[q_idx]
+        ok = d == k_doc[kv_idx]
+        diag = q_pos[q_idx] + offs[d]
+        if wr >= 0:
+            ok = ok & (k_pos[kv_idx] <= diag + wr)
+        if wl >= 0:
+            ok = ok & (k_pos[kv_idx] >= diag - wl)
+        return ok
+
+    return document
+
+
+def packed_positions(cu_q, cu_k, device):
+    """Per token: sequence id and position in it (q and k), and per sequence Sk - Sq."""
+    lq, lk = cu_q.diff().long().to(device), cu_k.diff().long().to(device)
+
+    def ids(lens):
+        doc = torch.repeat_interleave(torch.arange(len(lens), device=device), lens)
+        start = torch.cumsum(lens, 0) - lens
+        return doc, torch.arange(int(lens.sum()), device=device) - start[doc]
+
+    (q_doc, q_pos), (k_doc, k_pos) = ids(lq), ids(lk)
+    return q_doc, q_pos, k_doc, k_pos, lk - lq
+
+
+def score_mod_for(case, slopes=None, cu_q=None, cu_k=None, device=None):
+    """Softcap then ALiBi on the scaled score, as the reference does (None: neither)."""
+    cap = case.softcap
+    if not cap and not case.alibi:
+        return None
+    if case.alibi and slopes is None:
+        raise ValueError("ALiBi needs the slopes")
+    if case.alibi and case.varlen:
+        q_doc, q_pos, _, k_pos, offs = packed_positions(cu_q, cu_k, device)
+
+        def dist(q_idx, kv_idx):
+            return (q_pos[q_idx] + offs[q_doc[q_idx]] - k_pos[kv_idx]).abs()
+    else:
+        off = case.seqlen_k - case.seqlen_q
+
+        def dist(q_idx, kv_idx):
+            return (q_idx + off - kv_idx).abs()
+
+    def mod(score, b, h, q_idx, kv_idx):
+        if cap:
+            score = cap * torch.tanh(score / cap)
+        if case.alibi:
+            score = score - slopes[h] * dist(q_idx, kv_idx)
+        return score
+
+    return mod
+
+
+def to_flex_layout(x: torch.Tensor, varlen: bool) -> torch.Tensor:
+    """(B, S, H, D) -> (B, H, S, D); varlen (T, H, D) -> (1, H, T, D); contiguous."""
+    x = x[None] if varlen else x
+    return x.transpose(1, 2).contiguous()
+
+
+def from_flex_layout(x: torch.Tensor, varlen: bool) -> torch.Tensor:
+    x = x.transpose(1, 2)
+    return x[0] if varlen else x
+
+
+class Flex(Backend):
+    def __init__(self, flash: bool):
+        self.flash = flash
+        self.name = "flex_fa4" if flash else "flex"
+        self.kernel_options = {"BACKEND": "FLASH"} if flash else None
+        self.description = "FlexAttention, torch.compile" + (
+            ', kernel_options={"BACKEND": "FLASH"} (FlashAttention-4 kernels)'
+            if flash
+            else " (Triton kernels)"
+        )
+        self.caps = Capabilities(
+            devices={"cuda"} if flash else {"cuda", "cpu"},
+            dtypes={"fp16", "bf16"} if flash else {"fp16", "bf16", "fp32"},
+            max_head_dim=256,
+            varlen=True,
+            backward=True,
+            lse=True,
+            window=True,
+            softcap=True,
+            alibi=True,
+        )
+        self._mask_key = None
+        self._mask = None
+
+    def availability(self, device):
+        if flex_api() is None:
+            return f"torch {torch.__version__} has no FlexAttention"
+        return fa4_availability(device) if self.flash else None
+
+    def extra_check(self, case, device, mode):
+        if device == "cpu" and mode != "fwd":
+            return "unsupported: FlexAttention has no backward on CPU"
+        if case.head_dim < 16:
+            return f"unsupported: head dim {case.head_dim} < 16 (FlexAttention needs >= 16)"
+        return None
+
+    def refusal(self, e):
+        for err in exception_chain(e):
+            text = str(err)
+            if isinstance(err, NotImplementedError) or any(
+                w in text for w in ("NotImplementedError", "BACKEND='FLASH'")
+            ):
+                lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+                text = lines[0] if lines else type(err).__name__
+                return f"unsupported: FlexAttention{' FLASH' if self.flash else ''}: {text[:300]}"
+        return None
+
+    def block_mask(self, case, inp):
+        """Built once per case (the runner prepares a case several times)."""
+        key = (case, str(inp.q.device))
+        if key != self._mask_key:
+            self._mask_key, self._mask = key, None  # drop the last case's mask first
+            dev = inp.q.device
+            mm = mask_mod_for(case, dev, inp.cu_seqlens_q, inp.cu_seqlens_k)
+            if mm is not None:
+                sq, sk = (
+                    (inp.q.shape[0], inp.k.shape[0])
+                    if case.varlen
+                    else (case.seqlen_q, case.seqlen_k)
+                )
+                self._mask = flex_api().create_block_mask(mm, None, None, sq, sk, device=dev)
+        return self._mask
+
+    def prepare(self, inp, case):
+        dev = inp.q.device
+        leaves = tuple(
+            to_flex_layout(t, case.varlen).requires_grad_() for t in (inp.q, inp.k, inp.v)
+        )
+        args = dict(
+            block_mask=self.block_mask(case, inp),
+            score_mod=score_mod_for(
+                case, inp.alibi_slopes, inp.cu_seqlens_q, inp.cu_seqlens_k, dev
+            ),
+            want_lse=dev.type != "cpu",
+            varlen=case.varlen,
+        )
+        return Prepared(leaves, args)
+
+    def forward(self, p, case):
+        if flex_api() is None:
+            raise Unsupported(self.availability("cuda"))
+        a = p.args
+        leaves = p.leaves
+        if not a["want_lse"]:  # CPU: inference only (inputs that require grad are refused)
+            leaves = tuple(t.detach() for t in leaves)
+        out, lse = compiled_flex()(
+            *leaves,
+            a["score_mod"],
+            a["block_mask"],
+            case.scale,
+            case.gqa,
+            self.kernel_options,
+            a["want_lse"],
+        )
+        if lse is not None and case.varlen:
+            lse = lse[0]  # (1, H, T) -> the reference's (H, total_q)
+        return from_flex_layout(out, case.varlen), lse
+
+    def grads(self, p):
+        return tuple(from_flex_layout(t.grad, p.args["varlen"]) for t in p.leaves)
+
+
+register(Flex(flash=False))
+register(Flex(flash=True))

@@ -1,0 +1,152 @@
+"""FlashAttention-4 and FlexAttention backends on the CPU: registration, declared capabilities,
+"not installed" reasons, refusals as unsupported rows, FlexAttention's masks and score mods
+against the reference, and compiled FlexAttention forward on small shapes."""
+
+import pytest
+import torch
+
+from attnbench.backends import REGISTRY, fa4, flex
+from attnbench.case import Case
+from attnbench.check import check_backend, make_truth
+from attnbench.inputs import make_inputs
+from attnbench.reference import alibi_bias, visible_mask
+from attnbench.runner import classify
+
+HAS_FA4 = fa4.fa4_module() is not None
+DENSE = Case(2, 4, 2, 96, 96, 64, "bf16", causal=True)
+
+
+def test_registered_with_declared_capabilities():
+    for name in ("fa4", "fa4_varlen", "flex", "flex_fa4"):
+        assert name in REGISTRY
+    f, fv = REGISTRY["fa4"].caps, REGISTRY["fa4_varlen"].caps
+    assert f.lse and f.window and f.softcap and f.deterministic and f.gqa and f.backward
+    assert not f.alibi and "fp32" not in f.dtypes and not f.varlen and fv.varlen
+    fl = REGISTRY["flex"].caps
+    assert fl.lse and fl.varlen and fl.window and fl.softcap and fl.alibi and "cpu" in fl.devices
+    assert REGISTRY["flex_fa4"].caps.devices == {"cuda"}
+    assert REGISTRY["fa4"].why_unsupported(Case(1, 2, 2, 64, 64, 64, "fp32"), "cuda") in (
+        "unsupported: dtype fp32 (supports bf16, fp16)",
+        fa4.fa4_availability("cuda"),
+    )
+
+
+@pytest.mark.skipif(HAS_FA4, reason="flash-attn-4 is installed here")
+@pytest.mark.parametrize("name", ["fa4", "fa4_varlen", "flex_fa4"])
+def test_not_installed_reason(name):
+    assert REGISTRY[name].why_unsupported(DENSE, "cuda", "fwd") == "flash-attn-4 not installed"
+
+
+def test_cpu_reasons():
+    assert "runs on: cuda" in REGISTRY["fa4"].why_unsupported(DENSE, "cpu", "fwd")
+    flex_be = REGISTRY["flex"]
+    assert flex_be.why_unsupported(DENSE, "cpu", "fwd") is None
+    assert flex_be.why_unsupported(DENSE, "cpu", "bwd") == (
+        "unsupported: FlexAttention has no backward on CPU"
+    )
+    assert "head dim 8 < 16" in flex_be.why_unsupported(Case(1, 2, 2, 64, 64, 8), "cpu", "fwd")
+
+
+def _raise_in(filename: str, exc: BaseException):
+    code = compile("raise exc", filename, "exec")
+    try:
+        exec(code, {"exc": exc})
+    except BaseException as e:
+        return e
+
+
+def test_library_refusals_become_unsupported_rows():
+    be = REGISTRY["fa4"]
+    refused = _raise_in(
+        "/site/flash_attn/cute/interface.py", AssertionError("local not supported yet on 9.x")
+    )
+    assert classify(refused, be) == (
+        "unsupported",
+        "unsupported: flash_attn.cute refused: local not supported yet on 9.x",
+    )
+    # the same assert from elsewhere (attnbench, torch) is a real error
+    assert classify(_raise_in("/work/attnbench/x.py", AssertionError("bug")), be)[0] == "error"
+    assert classify(RuntimeError("CUDA error: an illegal memory access"), be)[0] == "error"
+    # the compiler's refusal, wrapped the way dynamo/inductor wrap it
+    lowering = RuntimeError("LoweringException: NotImplementedError: FLASH backend backward ...")
+    lowering.__cause__ = NotImplementedError("FLASH backend backward does not support dLSE")
+    status, msg = classify(lowering, REGISTRY["flex_fa4"])
+    assert status == "unsupported" and msg.startswith("unsupported: FlexAttention FLASH: ")
+
+
+# ---- FlexAttention's mask_mod and score_mod against the reference --------------------------------
+def _dense_mask(mod, sq, sk):
+    q, kv = torch.arange(sq)[:, None], torch.arange(sk)[None, :]
+    return mod(0, 0, q, kv).expand(sq, sk)
+
+
+@pytest.mark.parametrize(
+    "sq,sk,causal,wl,wr",
+    [(70, 70, True, -1, -1), (50, 131, True, -1, -1), (131, 50, True, -1, -1),
+     (96, 96, False, 16, 0), (96, 80, False, 20, 7), (80, 96, True, 10, -1),
+     (64, 64, False, 12, -1)],
+    ids=lambda v: str(v),
+)  # fmt: skip
+def test_dense_mask_is_the_reference_mask(sq, sk, causal, wl, wr):
+    case = Case(1, 1, 1, sq, sk, 16, causal=causal, window_left=wl, window_right=wr)
+    mod = flex.mask_mod_for(case, "cpu")
+    assert torch.equal(_dense_mask(mod, sq, sk), visible_mask(sq, sk, causal, wl, wr))
+
+
+def test_no_mask_when_every_key_is_visible():
+    assert flex.mask_mod_for(Case(1, 1, 1, 30, 50, 16), "cpu") is None
+
+
+@pytest.mark.parametrize("causal,wl", [(False, -1), (True, -1), (True, 5)])
+def test_varlen_document_mask_is_block_diagonal_reference(causal, wl):
+    lq, lk = (1, 37, 20), (3, 37, 9)
+    case = Case(3, 1, 1, 1, 1, 16, causal=causal, seqlens=lq, seqlens_k=lk, window_left=wl)
+    inp = make_inputs(case, "cpu")
+    mod = flex.mask_mod_for(case, "cpu", inp.cu_seqlens_q, inp.cu_seqlens_k)
+    want = torch.block_diag(
+        *[
+            visible_mask(a, b, causal, wl, -1)
+            if (causal or wl >= 0)
+            else torch.ones(a, b, dtype=torch.bool)
+            for a, b in zip(lq, lk)
+        ]
+    )
+    assert torch.equal(_dense_mask(mod, sum(lq), sum(lk)), want)
+
+
+def test_score_mod_is_softcap_then_alibi():
+    sq, sk, h = 9, 13, 4
+    case = Case(1, h, h, sq, sk, 16, causal=True, softcap=5.0, alibi=True)
+    slopes = torch.rand(h)
+    mod = flex.score_mod_for(case, slopes)
+    s = torch.randn(1, h, sq, sk) * 10
+    hi = torch.arange(h)[:, None, None]
+    q, kv = torch.arange(sq)[None, :, None], torch.arange(sk)[None, None, :]
+    want = 5.0 * torch.tanh(s / 5.0) + alibi_bias(slopes, sq, sk)
+    assert torch.allclose(mod(s, 0, hi, q, kv), want)
+    assert flex.score_mod_for(Case(1, 1, 1, 8, 8, 16), None) is None
+
+
+# ---- compiled FlexAttention on the CPU (forward; torch 2.13 compiles no backward there) ------------
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(2, 4, 2, 50, 131, 32, "fp32", causal=True, softcap=20.0, alibi=True),
+        Case(3, 4, 4, 1, 1, 32, "fp32", causal=True, seqlens=(1, 37, 80), window_left=16),
+    ],
+    ids=lambda c: c.id,
+)
+def test_compiled_flex_forward_on_cpu(case):
+    inp = make_inputs(case, "cpu")
+    errs = check_backend(REGISTRY["flex"], case, inp, make_truth(inp, case, grads=False), False)
+    assert [e.tensor for e in errs] == ["out"]  # no lse from FlexAttention on CPU
+    assert errs[0].accuracy_ok and errs[0].max_abs_err > 0
+
+
+def test_one_compiled_flex_never_falls_back_to_eager():
+    fn = flex.compiled_flex()
+    assert fn is flex.compiled_flex()  # one compiled function for every case
+    cfg = torch._dynamo.config
+    assert cfg.recompile_limit >= flex.RECOMPILE_LIMIT
+    if hasattr(cfg, "fail_on_recompile_limit_hit"):
+        assert cfg.fail_on_recompile_limit_hit

@@ -1,0 +1,74 @@
+"""FlashAttention-4 and FlexAttention on a CUDA GPU: the basic accuracy suite (every case a backend
+runs passes the rule; what it cannot run is an ``unsupported`` row with a reason) and perf rows
+with their first-call times. Run with ``pytest -m gpu -k fa4_flex``; FA4 needs flash-attn-4
+(``../shared/device/fa4.sh``), else its tests skip."""
+
+import pandas as pd
+import pytest
+import torch
+
+from attnbench.backends import fa4
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+needs_fa4 = pytest.mark.skipif(fa4.fa4_module() is None, reason="flash-attn-4 not installed")
+
+SWEEP = """
+name: fa4_flex_small
+rep_ms: 30
+cases:
+  - {batch: 2, heads_q: 16, heads_kv: [16, 4], seqlen: 2048, head_dim: [64, 128], dtype: bf16, causal: [false, true]}
+"""
+
+
+def _basic(cli, tmp_path, only: str) -> pd.DataFrame:
+    out = tmp_path / "r"
+    res = cli("accuracy", "--suite", "basic", "--out", out, "--only", only)
+    df = pd.read_parquet(out)
+    bad = df[df.status.isin(["error", "oom", "accuracy_failed"])]
+    assert bad.empty, bad[["backend", "case_id", "tensor", "status", "message"]].to_string()
+    assert res.exit_code == 0, res.output
+    uns = df[df.status == "unsupported"]
+    assert uns.message.str.len().gt(0).all()
+    return df
+
+
+@needs_fa4
+def test_fa4_flex_basic_suite_fa4(cli, tmp_path):
+    df = _basic(cli, tmp_path, "fa4,fa4_varlen")
+    ok = df[df.status == "ok"]
+    assert set(ok.backend) == {"fa4", "fa4_varlen"}
+    assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
+    assert df.flash_attn_4_version.notna().all()
+    # rows with no visible key: FA4 writes lse = -inf, graded exact (the reference has +inf)
+    empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
+    assert len(empty) > 0 and empty.accuracy_ok.all()
+    assert (df[df.alibi].status == "unsupported").all()
+
+
+def test_fa4_flex_basic_suite_flex(cli, tmp_path):
+    only = "flex,flex_fa4" if fa4.fa4_module() is not None else "flex"
+    df = _basic(cli, tmp_path, only)
+    ok = df[(df.status == "ok") & (df.backend == "flex")]
+    assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
+    assert ok.varlen.any() and ok.alibi.any() and (ok.softcap > 0).any() and ok.causal.any()
+    empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
+    assert len(empty) > 0 and empty.accuracy_ok.all()
+
+
+def test_fa4_flex_perf_first_calls(cli, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SWEEP)
+    out = tmp_path / "r"
+    only = "flex,sdpa_flash" + (",fa4,flex_fa4" if fa4.fa4_module() is not None else "")
+    res = cli("perf", "--sweep", f, "--out", out, "--only", only, "--modes", "fwd,bwd")
+    assert "in first calls" in res.output
+    df = pd.read_parquet(out)
+    ok = df[df.status == "ok"]
+    assert ok.accuracy_ok.all() and (ok.tflops > 10).all() and (ok.first_call_s > 0).all()
+    assert "flex" in set(ok.backend)
+    # a compile is seconds, a timed call milliseconds: the compile never lands in the timing
+    flex_rows = ok[ok.backend == "flex"]
+    assert (flex_rows.first_call_s * 1e3 > flex_rows.latency_ms).all()
