@@ -1,7 +1,8 @@
 """One-call GPU check of the fused piecewise kernel (``piecewise_triton``): accuracy, then
 TFLOP/s next to ``triton_fa2``'s causal attention at the same shape.
 
-Usage (on the GPU machine, from the repo root; tools/gpu/setup.sh first)::
+Usage (on the GPU machine, from the repo root; through tools/gpu/lease.sh for the setup, e.g.
+``bash tools/gpu/lease.sh -- 'python3 tools/gpu/piecewise_check.py'``)::
 
     python tools/gpu/piecewise_check.py                  # checks + timings, first configs only
     python tools/gpu/piecewise_check.py --configs --head-dims 128 --seqlens 16384
