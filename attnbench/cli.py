@@ -21,6 +21,7 @@ from rich.table import Table
 
 from . import backends as _backends  # noqa: F401  (registers every backend)
 from .backends.base import REGISTRY, get_backends
+from .compare import compare_command
 from .config import ConfigError, load_config, select_cases
 from .distributed.cli import app as dist_app
 from .env import default_device, environment
@@ -40,7 +41,7 @@ from .options import (
     parse_modes,
     split_list,
 )
-from .report import accuracy_table, perf_table, unsupported_reasons
+from .report import accuracy_table, perf_table, unrepeatable, unsupported_reasons
 from .results import ResultsWriter, new_run_id
 from .runner import RunContext, run_accuracy, run_perf
 
@@ -146,6 +147,7 @@ def perf(
     retune: bool = typer.Option(
         False, "--retune", help="re-tune Triton kernels instead of reusing kept choices"
     ),
+    repeat: int = typer.Option(1, "--repeat", help="time every case N times; report the spread"),
 ):
     """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
     t0 = time.perf_counter()
@@ -155,10 +157,15 @@ def perf(
         "perf", sweep, only, skip, device, dtype, out, json_out
     )
     run_modes = parse_modes(modes) or cfg_modes
+    if repeat < 1:
+        fail(f"--repeat must be >= 1, got {repeat}")
+    ctx.repeat = repeat
     try:
         run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms)
     except KeyboardInterrupt:
         fail(f"interrupted: {len(ctx.rows)} finished rows kept in {ctx.writer.path}", 130)
+    for line in unrepeatable(ctx.rows):
+        ctx.console.print(line, highlight=False)
     _finish(ctx, perf_table(ctx.rows), t0)
 
 
@@ -232,6 +239,7 @@ def plot(
         make_console().print(str(f), highlight=False)
 
 
+app.command("compare")(compare_command)
 app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, Ulysses).")
 
 

@@ -58,6 +58,9 @@ def _perf_plot(g: pd.DataFrame, x: str, title: str, path: Path) -> None:
                     textcoords="offset points",
                     xytext=(4, 4),
                 )
+    if "matmul_tflops" in g and g.matmul_tflops.notna().any():
+        peak = g.matmul_tflops.median()
+        ax.axhline(peak, color="gray", ls="--", lw=1, label=f"matmul ceiling {peak:.0f}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel(x)
     ax.set_ylabel("TFLOP/s (median; band p20-p80)")
@@ -156,3 +159,30 @@ def make_plots(results_dir: str | Path, out: str | Path | None = None) -> list[P
     if not files:
         raise FileNotFoundError(f"{results_dir}: no perf or accuracy rows to plot")
     return files
+
+
+def compare_plot(comp, path: Path) -> Path:
+    """Speedup (NEW / BASE TFLOP/s) per matched case, one bar per case, grouped by backend and
+    mode; the threshold drawn as a dashed line below 1."""
+    d = comp.cases.dropna(subset=["speedup"])
+    if d.empty:
+        raise FileNotFoundError("no matched ok cases to plot")
+    labels = [f"{r.backend} {r.mode} {r.case_id}" for r in d.itertuples()]
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(d) + 1.5)))
+    lim = comp.threshold if comp.threshold is not None else 0.02
+    colors = ["C3" if s < 1 - lim else ("C2" if s > 1 + lim else "C7") for s in d.speedup]
+    ax.barh(range(len(d)), d.speedup - 1, left=1, color=colors)
+    ax.axvline(1, color="black", lw=0.8)
+    if comp.threshold is not None:
+        ax.axvline(1 - comp.threshold, color="C3", ls="--", lw=1, label="threshold")
+        ax.legend(fontsize=7)
+    ax.set_yticks(range(len(d)), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup: NEW TFLOP/s / BASE TFLOP/s")
+    ax.set_title(f"{comp.new_label} vs {comp.base_label}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

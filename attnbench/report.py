@@ -71,7 +71,8 @@ def perf_table(rows: list[dict]) -> Table:
         if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
     ]
     t = Table(
-        title="perf: TFLOP/s (median); ✗ = failed the accuracy check, number withheld",
+        title="perf: TFLOP/s (median) [% of the measured matmul ceiling]; ✗ = failed the "
+        "accuracy check, number withheld",
         title_justify="left",
     )
     t.add_column("mode")
@@ -94,13 +95,38 @@ def perf_table(rows: list[dict]) -> Table:
                 cells.append("")
             elif r["status"] == "ok":
                 v = r["tflops"]
-                cells.append(f"[bold green]{v:.1f}[/]" if v == best else f"{v:.1f}")
+                cell = f"[bold green]{v:.1f}[/]" if v == best else f"{v:.1f}"
+                pct = r.get("pct_of_peak")
+                cells.append(cell + (f" [dim]{pct:.0f}%[/]" if pct is not None else ""))
             elif r["status"] == "accuracy_failed":
                 cells.append("[bold red]✗ wrong[/]")
             else:
                 cells.append(_STATUS_CELL.get(r["status"], r["status"]))
         t.add_row(mode, case, *cells)
     return t
+
+
+def unrepeatable(rows: list[dict], tolerance: float = 0.02) -> list[str]:
+    """With ``--repeat N``: the cases whose timings spread by more than ``tolerance``
+    ((max - min) / median of the N medians), worst first."""
+    timed = [r for r in rows if r.get("repeat_spread") is not None]
+    bad = sorted(
+        (r for r in timed if r["repeat_spread"] > tolerance), key=lambda r: -r["repeat_spread"]
+    )
+    if not timed:
+        return []
+    n = timed[0]["repeats"]
+    head = f"repeatability ({n} timings per case): {len(timed) - len(bad)}/{len(timed)} within"
+    lines = [f"[bold]{head} {tolerance:.0%}[/]"]
+    for r in bad[:15]:
+        lines.append(
+            f"[yellow]  not repeatable: {r['backend']} {r['mode']} {r['case_id']}: "
+            f"{r['latency_ms_min']:.4g}-{r['latency_ms_max']:.4g} ms "
+            f"(spread {r['repeat_spread']:.1%})[/]"
+        )
+    if len(bad) > 15:
+        lines.append(f"[yellow]  ... and {len(bad) - 15} more[/]")
+    return lines
 
 
 def unsupported_reasons(rows: list[dict]) -> list[str]:
@@ -111,3 +137,75 @@ def unsupported_reasons(rows: list[dict]) -> list[str]:
         if r["status"] in ("unsupported", "error", "oom") and r.get("message")
     )
     return [f"{b}: {m}" for b, m in seen]
+
+
+def _ratio_cell(x, threshold) -> str:
+    if x is None or x != x or not math.isfinite(x):
+        return "[dim]—[/]"
+    lim = threshold if threshold is not None else 0.02
+    style = "red" if x < 1 - lim else ("green" if x > 1 + lim else "")
+    return f"[{style}]{x:.3f}[/]" if style else f"{x:.3f}"
+
+
+def compare_header(comp) -> list[str]:
+    """Lines printed above the comparison table: environment differences (in yellow), accuracy
+    changes (lost verdicts in red, first), one-sided cases."""
+    lines = [f"[bold]compare[/] NEW {comp.new_label} against BASE {comp.base_label}"]
+    for col, (a, b) in comp.env_differences.items():
+        lines.append(f"[bold yellow]different {col}:[/] BASE {', '.join(a)} / NEW {', '.join(b)}")
+    for col, (a, b) in comp.info.items():
+        lines.append(f"[dim]{col}: BASE {', '.join(a)} / NEW {', '.join(b)}[/]")
+    for c in sorted(comp.accuracy_changes, key=lambda c: c["base"] is not True):
+        lost = c["base"] is True
+        word = {True: "PASS", False: "FAIL", None: "none"}
+        verdict = f"{word[c['base']]} ({c['status_base']}) -> {word[c['new']]} ({c['status_new']})"
+        style = "bold red" if lost else "green"
+        msg = f": {c['message']}" if c.get("message") and lost else ""
+        lines.append(f"[{style}]accuracy {verdict}: {c['case']}{msg}[/]")
+    for side, cases in (("BASE", comp.base_only), ("NEW", comp.new_only)):
+        if cases:
+            shown = ", ".join(cases[:8]) + (
+                f", ... ({len(cases)} in all)" if len(cases) > 8 else ""
+            )
+            lines.append(f"[dim]only in {side}: {shown}[/]")
+    return lines
+
+
+def compare_table(comp) -> Table:
+    """(backend, mode, case) rows: ms and TFLOP/s of both sides, NEW/BASE ratios; one geometric
+    mean line per backend."""
+    t = Table(
+        title="speedup = NEW TFLOP/s / BASE TFLOP/s (> 1: NEW faster); ms ratio = NEW / BASE",
+        title_justify="left",
+    )
+    for c in ("backend", "mode", "case", "BASE ms", "NEW ms", "BASE TF/s", "NEW TF/s"):
+        t.add_column(c, justify="right" if c[0].isupper() else "left", no_wrap=c == "case")
+    t.add_column("speedup", justify="right")
+    t.add_column("ms ratio", justify="right")
+    order = {m: i for i, m in enumerate(("fwd", "bwd", "fwd_bwd"))}
+    geo = comp.geomean
+
+    def num(v, f=".3g"):
+        return "[dim]—[/]" if v is None or v != v else format(v, f)
+
+    for be, g in comp.cases.groupby("backend", sort=False):
+        g = g.assign(_o=g["mode"].map(order)).sort_values(["_o", "seqlen_q", "case_id"])
+        for r in g.to_dict("records"):
+            t.add_row(
+                be,
+                r["mode"],
+                r["case_id"],
+                num(r["ms_base"]),
+                num(r["ms_new"]),
+                num(r["tflops_base"], ".4g"),
+                num(r["tflops_new"], ".4g"),
+                _ratio_cell(r["speedup"], comp.threshold),
+                num(r["ms_ratio"], ".3f"),
+            )
+        if be in geo:
+            t.add_row(
+                f"[bold]{be}[/]", "", "[bold]geometric mean[/]", "", "", "", "",
+                _ratio_cell(geo[be], comp.threshold), "",
+                end_section=True,
+            )  # fmt: skip
+    return t

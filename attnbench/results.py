@@ -66,6 +66,12 @@ SCHEMA = pa.schema(
         ("efficiency", pa.float64()),
         ("efficiency_share", pa.float64()),
         ("reps", pa.int64()),  # timed reps of the timing
+        # --repeat N: N timings of the case; min/max of their medians, (max - min) / median
+        ("repeats", pa.int64()),
+        ("latency_ms_min", pa.float64()),
+        ("latency_ms_max", pa.float64()),
+        ("repeat_spread", pa.float64()),
+        ("pct_of_peak", pa.float64()),  # 100 x tflops / matmul_tflops
         ("kernel_config", pa.string()),  # what a choosing backend ran (Triton config, SDPA kernel)
         ("peak_mem_mb", pa.float64()),
         ("wall_s", pa.float64()),
@@ -82,6 +88,16 @@ SCHEMA = pa.schema(
         ("flash_attn_4_version", pa.string()),
         ("attnbench_version", pa.string()),
         ("git_sha", pa.string()),
+        # measured at the start of a GPU perf run (attnbench/ceiling.py), same on every row
+        ("matmul_tflops", pa.float64()),  # dense matmul of the row's dtype
+        ("copy_gbps", pa.float64()),  # device copy, read + write bytes
+        ("sm_clock_mhz_start", pa.float64()),
+        ("sm_clock_mhz_end", pa.float64()),
+        ("gpu_temp_c_start", pa.float64()),
+        ("gpu_temp_c_end", pa.float64()),
+        ("gpu_power_w_start", pa.float64()),
+        ("gpu_power_w_end", pa.float64()),
+        ("env_note", pa.string()),  # why ceiling or telemetry columns are null
         ("timestamp", pa.timestamp("us", tz="UTC")),
     ]
 )

@@ -12,6 +12,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import ceiling
 from .backends.base import Backend, Unsupported
 from .case import Case
 from .check import Truth, check_backend, make_truth, report_lines
@@ -31,7 +32,10 @@ class RunContext:
     console: Console
     json_out: bool = False
     seed: int = 0
+    repeat: int = 1  # --repeat N: timings per case
     rows: list[dict] = field(default_factory=list)
+    gpu_env: dict = field(default_factory=dict)  # ceiling/telemetry columns of the whole run
+    ceilings: dict = field(default_factory=dict)  # dtype -> {matmul_tflops, copy_gbps}
 
     def row(self, case: Case, backend: str, mode: str, **values) -> dict:
         r = {
@@ -42,10 +46,30 @@ class RunContext:
             "mode": mode,
             **case.params(),
             **environment(self.device),
+            **self.gpu_env,
+            **self.ceilings.get(case.dtype, {}),
             "timestamp": now_utc(),
         }
         r.update(values)
+        if "tflops" in values:
+            r["pct_of_peak"] = ceiling.pct_of_peak(r["tflops"], r.get("matmul_tflops"))
         return r
+
+    def start_gpu_env(self, dtypes) -> None:
+        """The GPU's measured ceiling for ``dtypes`` and its telemetry now (once per run)."""
+        snap, note = ceiling.telemetry(self.device)
+        self.gpu_env = {**ceiling.columns(snap, "start"), "env_note": note}
+        if self.device.startswith("cuda"):
+            self.ceilings = {d: ceiling.ceiling(self.device, d) for d in sorted(set(dtypes))}
+
+    def end_gpu_env(self) -> None:
+        """Telemetry at the end of the run, written onto every row of the run."""
+        snap, note = ceiling.telemetry(self.device)
+        end = ceiling.columns(snap, "end")
+        self.gpu_env.update(end)
+        for r in self.rows:
+            r.update(end)
+        self.writer.flush()
 
     def emit(self, rows: list[dict]) -> None:
         self.writer.add(rows)
@@ -179,6 +203,7 @@ def run_perf(
     rep_ms: int = 100,
 ) -> None:
     dev = torch.device(ctx.device)
+    ctx.start_gpu_env(c.dtype for c in cases)
     with _progress(ctx.console) as prog:
         task = prog.add_task("perf", total=len(cases) * len(backends))
         for case in cases:
@@ -202,6 +227,7 @@ def run_perf(
                 prog.advance(task)
             del inp, cache
             _cleanup(ctx.device)
+    ctx.end_gpu_env()
 
 
 def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> list[dict]:
@@ -225,7 +251,7 @@ def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> l
         try:
             p = be.prepare(inp, case)
             fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)
-            t = bench(fn, p.leaves, dev, warmup_ms, rep_ms)
+            t = bench(fn, p.leaves, dev, warmup_ms, rep_ms, repeat=ctx.repeat)
             config = be.kernel_config(p, case, m)
             del p, fn
         except Exception as e:

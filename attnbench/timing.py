@@ -37,6 +37,7 @@ class Timing:
     peak_mem_mb: float | None
     wall_s: float  # wall time spent in the timing call (warm-up, reps, flushes)
     reps: int | None = None  # timed reps
+    repeat_ms: list[float] | None = None  # medians of the repeated timings (--repeat N > 1)
 
 
 def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
@@ -51,6 +52,19 @@ def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
         peak_mem_mb=t.peak_mem_mb,
         wall_s=t.wall_s,
         reps=t.reps,
+        **repeat_columns(t.repeat_ms),
+    )
+
+
+def repeat_columns(medians: list[float] | None) -> dict:
+    """``repeats`` (timings of the case), the min and max of their medians and the spread
+    (max - min) / median; spread columns are null for a single timing."""
+    if not medians:
+        return dict(repeats=1)
+    mid = quantiles(medians, (0.5,))[0]
+    lo, hi = min(medians), max(medians)
+    return dict(
+        repeats=len(medians), latency_ms_min=lo, latency_ms_max=hi, repeat_spread=(hi - lo) / mid
     )
 
 
@@ -231,15 +245,26 @@ def bench(
     warmup_ms: float = 25,
     rep_ms: float = 100,
     min_reps: int = MIN_REPS,
+    repeat: int = 1,
 ) -> Timing:
     """Median/p20/p80 ms of ``fn`` on ``device`` (grads of ``leaves`` reset every rep), its
-    peak memory (CUDA) and the wall time of the whole timing."""
+    peak memory (CUDA) and the wall time of the whole timing. ``repeat`` > 1 times it that many
+    times (each a full timing: estimate, warm-up, reps) and keeps the timing with the median
+    median, plus every median in ``repeat_ms``."""
+    if repeat < 1:
+        raise ValueError(f"bad timing arguments: repeat={repeat} (must be >= 1)")
     t0 = time.perf_counter()
     peak = peak_memory_mb(fn, leaves, device)
-    if device.type == "cuda":
-        times = gpu_times(fn, leaves, warmup_ms, rep_ms, min_reps=min_reps, device=device)
-    else:
-        times = cpu_times(fn, leaves, rep_ms)
-    med, p20, p80 = quantiles(times)
+    runs = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            times = gpu_times(fn, leaves, warmup_ms, rep_ms, min_reps=min_reps, device=device)
+        else:
+            times = cpu_times(fn, leaves, rep_ms)
+        runs.append((quantiles(times), len(times)))
     _reset_grads(leaves)
-    return Timing(med, p20, p80, peak, time.perf_counter() - t0, len(times))
+    medians = [q[0] for q, _ in runs]
+    (med, p20, p80), _ = sorted(runs)[(len(runs) - 1) // 2]
+    reps = sum(n for _, n in runs)
+    wall = time.perf_counter() - t0
+    return Timing(med, p20, p80, peak, wall, reps, medians if repeat > 1 else None)

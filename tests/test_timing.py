@@ -151,3 +151,45 @@ def test_kernel_config_column(cli, tmp_path):
     assert cfg["triton_fa2", "bwd"] == "bwd_dkdv 16x32 w4 s1; bwd_dq 32x16 w4 s1"
     assert cfg["triton_fa2", "fwd_bwd"].count(";") == 2
     assert (df.reps >= 1).all()
+
+
+# ---- --repeat, ceiling and telemetry columns on the CPU ---------------------------------------
+def test_repeat_spread_columns_and_summary(cli, tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SUITE)
+    out = tmp_path / "r"
+    args = ["perf", "--sweep", f, "--device", "cpu", "--out", out, "--only", "sdpa_math"]
+    res = cli(*args, "--modes", "fwd", "--repeat", "3")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out)
+    assert len(df) == 2 and (df.repeats == 3).all()  # one row per case, not one per timing
+    assert (df.latency_ms_min <= df.latency_ms).all() and (df.latency_ms <= df.latency_ms_max).all()
+    spread = (df.latency_ms_max - df.latency_ms_min) / df.latency_ms
+    assert spread.to_numpy() == pytest.approx(df.repeat_spread.to_numpy())
+    assert "repeatability (3 timings per case):" in res.output
+    # ceiling and telemetry: null on the CPU, with the reason
+    assert df.matmul_tflops.isna().all() and df.pct_of_peak.isna().all()
+    assert df.sm_clock_mhz_start.isna().all() and df.gpu_power_w_end.isna().all()
+    assert (df.env_note == "cpu run: no GPU ceiling or telemetry").all()
+    # a single timing has no spread to report
+    cli(*args, "--modes", "fwd")
+    one = pd.read_parquet(out).query("repeats == 1")
+    assert len(one) == 2 and one.repeat_spread.isna().all()
+    assert cli(*args, "--repeat", "0").exit_code == 2
+
+
+def test_bench_repeat_keeps_every_median():
+    x = torch.randn(32, 32)
+    t = timing.bench(lambda: x @ x, [], torch.device("cpu"), rep_ms=5, repeat=3)
+    assert len(t.repeat_ms) == 3 and min(t.repeat_ms) <= t.median_ms <= max(t.repeat_ms)
+    cols = timing.timing_columns(t, flops=2 * 32**3)
+    assert cols["repeats"] == 3 and cols["latency_ms_max"] == max(t.repeat_ms)
+    with pytest.raises(ValueError, match="repeat=0"):
+        timing.bench(lambda: x @ x, [], torch.device("cpu"), repeat=0)
+
+
+def test_pct_of_peak():
+    from attnbench.ceiling import pct_of_peak
+
+    assert pct_of_peak(673.0, 790.0) == pytest.approx(85.19, abs=0.01)
+    assert pct_of_peak(1.0, None) is None and pct_of_peak(None, 790.0) is None
