@@ -248,3 +248,55 @@ def test_list_shows_each_backends_problem(cli):
     assert res.exit_code == 0
     line = next(ln for ln in res.output.splitlines() if "piecewise_naive" in ln)
     assert "piecewise" in line.replace("piecewise_naive", "")
+
+
+# ---- backends ---------------------------------------------------------------------------------
+FLEX_CASES = [
+    _case(77, 77, 30, True, d=32),
+    _case(40, 97, 70, False, d=32),
+    _case(97, 40, 10, True, b=1, d=32),  # the first rows see no key in either pass
+    _case(64, 64, -3, False, hq=4, hkv=2, d=32),  # GQA, everything far
+    _case(64, 64, 500, True, hq=4, hkv=2, d=32),  # everything near
+]
+
+
+@pytest.mark.parametrize("case", FLEX_CASES, ids=lambda c: c.id)
+def test_flex_two_pass_forward_on_cpu(case):
+    """FlexAttention runs forward only on the CPU (eager); the two passes and the lse merge
+    must reproduce the reference, empty rows included."""
+    from attnbench.backends import REGISTRY
+    from attnbench.check import check_backend, make_truth
+
+    be = REGISTRY["piecewise_flex"]
+    assert be.why_unsupported(case, "cpu", "fwd") is None
+    assert "no backward on CPU" in be.why_unsupported(case, "cpu", "fwd_bwd")
+    inp = make_inputs(case)
+    errs = check_backend(be, case, inp, make_truth(inp, case, grads=False), grads=False)
+    assert [e.tensor for e in errs] == ["out", "lse"]
+    assert all(e.accuracy_ok for e in errs), errs
+
+
+def test_merge_by_lse_is_exact_and_keeps_empty_rows_zero():
+    from attnbench.backends.piecewise_flex import merge_by_lse
+
+    s = torch.randn(1, 1, 3, 6, dtype=torch.float64)
+    v = torch.randn(6, 4, dtype=torch.float64)
+    s[0, 0, 2] = -math.inf  # row 2 sees nothing at all
+    s[0, 0, 1, :2] = -math.inf  # row 1 sees nothing in pass A
+    parts = [(s[..., :2], v[:2]), (s[..., 2:], v[2:])]
+    oa, ob = (torch.softmax(x, -1).nan_to_num() @ vx for x, vx in parts)
+    la, lb = (torch.logsumexp(x, -1) for x, _ in parts)
+    out, lse = merge_by_lse(oa, la, ob, lb)
+    torch.testing.assert_close(out[..., :2, :], (torch.softmax(s, -1) @ v)[..., :2, :])
+    torch.testing.assert_close(lse[..., :2], torch.logsumexp(s, -1)[..., :2])
+    assert (out[..., 2, :] == 0).all() and (lse[..., 2] == math.inf).all()
+
+
+def test_flag_attn_says_why_it_cannot_run():
+    from attnbench.backends import REGISTRY
+
+    be = REGISTRY["flag_attn_piecewise"]
+    case = PiecewiseCase(1, 4, 2, 64, 64, 96, "bf16", dist_threshold=8)
+    why = be.why_unsupported(case, "cuda", "fwd")
+    assert why  # GQA, head dim 96, and (here) not installed: each a reason
+    assert be.caps.problem == "piecewise" and not be.caps.gqa and not be.caps.lse

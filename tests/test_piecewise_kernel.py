@@ -64,7 +64,9 @@ def piecewise_ref(q1, k1, q2, k2, v, w, causal, scale, upcast):
     k1, k2, v = (x.repeat_interleave(hq // hkv, dim=2) for x in (k1, k2, v))
     s1 = torch.einsum("bqhd,bkhd->bhqk", q1, k1) * scale
     s2 = torch.einsum("bqhd,bkhd->bhqk", q2, k2) * scale
-    dist = torch.arange(sq, device=q1.device)[:, None] + (sk - sq) - torch.arange(sk, device=q1.device)
+    dist = (
+        torch.arange(sq, device=q1.device)[:, None] + (sk - sq) - torch.arange(sk, device=q1.device)
+    )
     s = torch.where(dist >= w, s2, s1)
     if causal:
         s = s.masked_fill(dist < 0, float("-inf"))

@@ -55,15 +55,22 @@ def flex_api():
     return fa
 
 
-@functools.cache
-def compiled_flex():
-    """The one compiled ``flex_attention`` (fixed shapes: one graph per case shape)."""
+def raise_recompile_limit() -> None:
+    """Every case compiles anew: raise dynamo's recompile limit, and fail loudly when it is hit
+    (never fall back to the eager, score-materialising flex silently)."""
     cfg = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
     if hasattr(cfg, "fail_on_recompile_limit_hit"):
-        cfg.fail_on_recompile_limit_hit = True  # never fall back to eager silently
+        cfg.fail_on_recompile_limit_hit = True
+
+
+def flex_call(differentiable_lse: bool = False):
+    """``attend(q, k, v, score_mod, block_mask, scale, enable_gqa, kernel_options, want_lse)``
+    -> ``(out, lse or None)``: ``flex_attention`` with the lse through ``AuxRequest`` (or
+    ``return_lse`` on older torches), detached unless ``differentiable_lse`` (the two-pass
+    piecewise merge differentiates through it; the Triton flex backward supports that)."""
     fa = flex_api()
     has_aux = "return_aux" in inspect.signature(fa.flex_attention).parameters
 
@@ -75,11 +82,19 @@ def compiled_flex():
             return fa.flex_attention(q, k, v, **kw), None
         if has_aux:
             out, aux = fa.flex_attention(q, k, v, return_aux=fa.AuxRequest(lse=True), **kw)
-            return out, aux.lse.detach()
-        out, lse = fa.flex_attention(q, k, v, return_lse=True, **kw)
-        return out, lse.detach()
+            lse = aux.lse
+        else:
+            out, lse = fa.flex_attention(q, k, v, return_lse=True, **kw)
+        return out, lse if differentiable_lse else lse.detach()
 
-    return torch.compile(attend, dynamic=False, fullgraph=True)
+    return attend
+
+
+@functools.cache
+def compiled_flex(differentiable_lse: bool = False):
+    """The one compiled :func:`flex_call` (fixed shapes: one graph per case shape)."""
+    raise_recompile_limit()
+    return torch.compile(flex_call(differentiable_lse), dynamic=False, fullgraph=True)
 
 
 # ---- masks and score mods: small functions of the case ----------------------------------------
