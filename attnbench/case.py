@@ -143,6 +143,17 @@ class Case:
                 raise ValueError(f"{self.id}: varlen sequence lengths must be >= 1")
         elif min(self.seqlen_q, self.seqlen_k) < 1:
             raise ValueError(f"{self.id}: seqlen_q and seqlen_k must be >= 1")
+        if min(self.window_left, self.window_right) < -1:
+            raise ValueError(
+                f"{self.id}: window sizes must be >= 0, or -1 for unbounded "
+                f"(got [{self.window_left}, {self.window_right}])"
+            )
+        if self.softmax_scale is not None and not (
+            math.isfinite(self.softmax_scale) and self.softmax_scale > 0
+        ):
+            raise ValueError(f"{self.id}: softmax_scale must be a finite number > 0")
+        if not (math.isfinite(self.softcap) and self.softcap >= 0):
+            raise ValueError(f"{self.id}: softcap must be a finite number >= 0 (0 = off)")
 
 
 def attended_pairs(

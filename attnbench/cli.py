@@ -6,7 +6,8 @@
     attnbench perf --sweep seqlen [--only ...] [--json]
     attnbench plot results/
 
-Exit codes: 0 all good; 1 some case failed accuracy or errored; 2 usage or config error.
+Exit codes: 0 all good; 1 some case failed accuracy or errored, no case ran, or the results
+could not be written (rows written before are kept); 2 usage or config error (nothing run).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .options import (
     OUT,
     SKIP,
     check_device,
+    check_out_dir,
     err_console,
     fail,
     make_console,
@@ -42,7 +44,7 @@ from .options import (
     split_list,
 )
 from .report import accuracy_table, perf_table, unrepeatable, unsupported_reasons
-from .results import ResultsWriter, new_run_id
+from .results import ResultsWriteError, ResultsWriter, new_run_id
 from .runner import RunContext, run_accuracy, run_perf
 
 app = typer.Typer(
@@ -52,23 +54,52 @@ app = typer.Typer(
 )
 
 
-def _common(kind: str, config: str, only, skip, device, dtype, out, json_out):
+def _nothing_runs(cases, backends, modes, dev) -> str | None:
+    """None when some backend can run some case here; else why not, one reason per backend."""
+    reasons: dict[str, str] = {}
+    for be in backends:
+        run_modes = modes or ["fwd_bwd" if be.caps.backward else "fwd"]
+        for case in cases:
+            for m in run_modes:
+                why = be.why_unsupported(case, dev, m)
+                if not why:
+                    return None
+                reasons.setdefault(be.name, why)
+    return "; ".join(f"{b}: {w}" for b, w in reasons.items())
+
+
+def _common(kind: str, config: str, only, skip, device, dtype, out, json_out, modes=None):
     console = err_console if json_out else make_console()
     dev = check_device(device)
     try:
-        backends = get_backends(split_list(only), split_list(skip))
+        backends = get_backends(split_list(only, "--only"), split_list(skip, "--skip"))
     except KeyError as e:
         fail(e.args[0])
+    if not backends:
+        fail("--only/--skip leave no backend to run")
     dtypes = parse_dtypes(dtype)
+    run_modes = parse_modes(modes)
     try:
         cfg, path = load_config(config)
-        cases, modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
+        cases, cfg_modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
     except ConfigError as e:
         fail(str(e))
     wrong = [b.name for b in backends if b.caps.problem != cfg.problem]
     if only and wrong:
         fail(f"{', '.join(wrong)}: not a {cfg.problem} backend ({cfg.name} poses {cfg.problem})")
     backends = [b for b in backends if b.caps.problem == cfg.problem]
+    if not backends:
+        fail(f"--only/--skip leave no {cfg.problem} backend to run")
+    if cfg.kind is not None and cfg.kind != kind:
+        flag = "--suite" if cfg.kind == "accuracy" else "--sweep"
+        fail(f"{path}: kind: {cfg.kind}, not {kind}; run it with `attnbench {cfg.kind} {flag} ...`")
+    if not cases:
+        fail(f"{path}: no cases to run on {dev}")
+    run_modes = run_modes or cfg_modes
+    why = _nothing_runs(cases, backends, run_modes if kind == "perf" else None, dev)
+    if why:
+        fail(f"nothing to run: no selected backend supports any of the {len(cases)} cases ({why})")
+    out = check_out_dir(out)
     run_id = new_run_id(kind, cfg.name)
     writer = ResultsWriter(out, run_id)
     ctx = RunContext(
@@ -84,10 +115,25 @@ def _common(kind: str, config: str, only, skip, device, dtype, out, json_out):
     if note:
         console.print(f"[bold yellow]{note}[/] ({path.name}: {len(cases)} cases)")
     console.print(
-        f"run {run_id}: {len(cases)} cases x {len(backends)} backends on {dev} -> {writer.path}",
+        f"run {run_id}: {len(cases)} cases x {len(backends)} backends on {dev} -> {out}/",
         highlight=False,
     )
-    return ctx, cfg, cases, modes, backends
+    return ctx, cfg, cases, run_modes, backends
+
+
+def _run(ctx: RunContext, loop) -> None:
+    """Run ``loop()``; Ctrl-C and a results file that cannot be written end in one line."""
+    try:
+        loop()
+    except KeyboardInterrupt:
+        fail(f"interrupted: {_kept(ctx)}", 130)
+    except ResultsWriteError as e:
+        fail(str(e), 1)
+
+
+def _kept(ctx: RunContext) -> str:
+    w = ctx.writer
+    return f"{w.n_written} finished rows kept in {w.path}" if w.written else "no rows written"
 
 
 def _finish(ctx: RunContext, table, t0: float) -> None:
@@ -101,7 +147,7 @@ def _finish(ctx: RunContext, table, t0: float) -> None:
     firsts = {(r["case_id"], r["backend"]): r.get("first_call_s") or 0 for r in ctx.rows}
     first = sum(firsts.values())
     con.print(
-        f"{len(ctx.rows)} rows -> {ctx.writer.path}  (wall {time.perf_counter() - t0:.1f} s"
+        f"{_kept(ctx)}  (wall {time.perf_counter() - t0:.1f} s"
         + (f", of which {timed:.1f} s in timing calls" if timed else "")
         + (f", {first:.1f} s in first calls (compiles, autotuning, JIT)" if first else "")
         + ")",
@@ -110,6 +156,8 @@ def _finish(ctx: RunContext, table, t0: float) -> None:
     if bad:
         con.print(f"[red]{len(bad)} rows failed accuracy or errored[/]")
         raise typer.Exit(1)
+    if not any(r["status"] == "ok" for r in ctx.rows):
+        fail("no case ran: every backend was unsupported on every case (see the reasons above)", 1)
 
 
 @app.command()
@@ -127,10 +175,7 @@ def accuracy(
     ctx, cfg, cases, _, backends = _common(
         "accuracy", suite, only, skip, device, dtype, out, json_out
     )
-    try:
-        run_accuracy(cases, backends, ctx)
-    except KeyboardInterrupt:
-        fail(f"interrupted: {len(ctx.rows)} finished rows kept in {ctx.writer.path}", 130)
+    _run(ctx, lambda: run_accuracy(cases, backends, ctx))
     _finish(ctx, accuracy_table(ctx.rows), t0)
 
 
@@ -153,17 +198,13 @@ def perf(
     t0 = time.perf_counter()
     if retune:
         os.environ["ATTNBENCH_RETUNE"] = "1"  # read by kernels/triton_fa2/tuning.py
-    ctx, cfg, cases, cfg_modes, backends = _common(
-        "perf", sweep, only, skip, device, dtype, out, json_out
-    )
-    run_modes = parse_modes(modes) or cfg_modes
     if repeat < 1:
         fail(f"--repeat must be >= 1, got {repeat}")
+    ctx, cfg, cases, run_modes, backends = _common(
+        "perf", sweep, only, skip, device, dtype, out, json_out, modes
+    )
     ctx.repeat = repeat
-    try:
-        run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms)
-    except KeyboardInterrupt:
-        fail(f"interrupted: {len(ctx.rows)} finished rows kept in {ctx.writer.path}", 130)
+    _run(ctx, lambda: run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms))
     for line in unrepeatable(ctx.rows):
         ctx.console.print(line, highlight=False)
     _finish(ctx, perf_table(ctx.rows), t0)
@@ -227,13 +268,21 @@ def env(device: str = DEVICE):
 def plot(
     results_dir: Path = typer.Argument(Path("results"), help="folder of parquet results"),
     out: Path = typer.Option(None, "--out", help="PNG folder (default RESULTS_DIR/_plots)"),
+    run: str = typer.Option(None, "--run", help="comma-separated run ids (or unique prefixes)"),
+    latest: bool = typer.Option(False, "--latest", help="only the newest run of each kind"),
 ):
-    """TFLOP/s-vs-seqlen and accuracy charts from stored results."""
+    """TFLOP/s-vs-seqlen and accuracy charts from stored results, one folder per run."""
     from .plot import make_plots
 
     try:
-        files = make_plots(results_dir, out)
-    except FileNotFoundError as e:
+        files = make_plots(
+            results_dir,
+            out,
+            warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False),
+            runs=split_list(run, "--run"),
+            latest=latest,
+        )
+    except (FileNotFoundError, ValueError) as e:
         fail(str(e))
     for f in files:
         make_console().print(str(f), highlight=False)

@@ -98,6 +98,19 @@ class Comparison:
             for b, g in ok.groupby("backend", sort=False)
         }
 
+    def agreement(self, tolerances=(0.02, 0.05)) -> list[dict]:
+        """Per seqlen_q and over all: matched ok pairs, how many lie within each tolerance
+        (|speedup - 1|), the worst; for two runs of the same code, this is repeatability."""
+        d = self.cases.dropna(subset=["speedup"])
+        out = []
+        for s, g in [*d.groupby("seqlen_q"), ("all", d)]:
+            dev = (g.speedup - 1).abs()
+            row = {"seqlen_q": s if s == "all" else int(s), "pairs": len(g)}
+            row |= {f"within_{t:.0%}": int((dev <= t).sum()) for t in tolerances}
+            row["worst"] = float(dev.max()) if len(g) else None
+            out.append(row)
+        return out
+
     @property
     def regressions(self) -> pd.DataFrame:
         if self.threshold is None:
@@ -114,7 +127,7 @@ class Comparison:
 
     def to_json(self) -> dict:
         cols = ["backend", "mode", "case_id", "ms_base", "ms_new", "tflops_base", "tflops_new"]
-        cols += ["speedup", "ms_ratio"]
+        cols += ["speedup", "ms_ratio", "kernel_config_base", "kernel_config_new"]
         cases = self.cases[cols].astype(object).where(self.cases[cols].notna(), None)
         return dict(
             base=self.base_label,
@@ -126,6 +139,8 @@ class Comparison:
             accuracy_changes=self.accuracy_changes,
             cases=cases.to_dict("records"),
             geomean_speedup=self.geomean,
+            agreement=self.agreement(),
+            config_changed=self.cases[self.cases.config_changed].case_key.tolist(),
             regressions=self.regressions.case_key.tolist(),
             lost_verdicts=[c["case"] for c in self.lost],
             base_only=self.base_only,
@@ -184,6 +199,11 @@ def compare_frames(
     perf["speedup"] = (perf.tflops_new / perf.tflops_base).where(good)
     perf["ms_ratio"] = (perf.latency_ms_new / perf.latency_ms_base).where(good)
     perf = perf.rename(columns={"latency_ms_base": "ms_base", "latency_ms_new": "ms_new"})
+    for side in ("base", "new"):
+        if f"kernel_config_{side}" not in perf:
+            perf[f"kernel_config_{side}"] = None
+    kb, kn = perf.kernel_config_base, perf.kernel_config_new
+    perf["config_changed"] = kb.notna() & kn.notna() & (kb != kn)
     envd, info = {}, {}
     eb, en = _env(b, ENV_COLUMNS + INFO_COLUMNS), _env(n, ENV_COLUMNS + INFO_COLUMNS)
     for c in eb.keys() & en.keys():
@@ -230,7 +250,7 @@ def compare_command(
     """Speedups of NEW over BASE per backend and case, accuracy changes, one-sided cases."""
     import json
 
-    from .report import compare_header, compare_table
+    from .report import agreement_table, compare_header, compare_table
 
     if (backend is None) != (vs is None):
         fail("--backend and --vs go together (compare RUN --backend A --vs B)")
@@ -261,6 +281,7 @@ def compare_command(
         for line in compare_header(comp):
             con.print(line, highlight=False)
         con.print(compare_table(comp))
+        con.print(agreement_table(comp))
     if plot_path is not None:
         from .plot import compare_plot
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .case import DTYPE_ALIASES, Case
 
@@ -105,6 +105,8 @@ class Grid(BaseGrid):
         varlen = d.pop("_varlen", None)
         if varlen is not None:
             sq, sk = varlen
+            if not sq or (sk is not None and not sk):
+                raise ValueError("seqlens: every entry needs at least one sequence length")
             d["seqlens"], d["seqlens_k"] = tuple(sq), tuple(sk) if sk is not None else None
             d["batch"] = len(sq)
             d["seqlen_q"], d["seqlen_k"] = max(sq), max(sk if sk is not None else sq)
@@ -113,7 +115,7 @@ class Grid(BaseGrid):
 
 class CpuVariant(_Strict):
     note: str = "no GPU: CPU backends at small sizes"
-    cases: list[Grid]
+    cases: list[Grid] = Field(min_length=1)
     modes: list[Mode] | None = None
 
 
@@ -127,9 +129,9 @@ class Config(_Strict):
     kind: Literal["accuracy", "perf"] | None = None
     seed: int = 0
     modes: list[Mode] = ["fwd", "bwd", "fwd_bwd"]
-    warmup_ms: int = 25
-    rep_ms: int = 100
-    cases: list[Grid]
+    warmup_ms: int = Field(25, ge=0)
+    rep_ms: int = Field(100, gt=0)
+    cases: list[Grid] = Field(min_length=1)
     cpu: CpuVariant | None = None
 
 
@@ -145,6 +147,8 @@ def expand(grid: BaseGrid) -> list[Case]:
     for combo in itertools.product(*(axes[k] for k in keys)):
         d = grid.case_fields(dict(zip(keys, combo)))
         if "seqlen" in d:
+            if "seqlen_q" in d or "seqlen_k" in d or d.get("seqlens") is not None:
+                raise ValueError("give seqlen, or seqlen_q and seqlen_k, or seqlens; not two")
             s = d.pop("seqlen")
             d.setdefault("seqlen_q", s)
             d.setdefault("seqlen_k", s)
@@ -169,6 +173,21 @@ def expand(grid: BaseGrid) -> list[Case]:
     return cases
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _format_validation(err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
@@ -189,6 +208,8 @@ def config_path(name_or_file: str) -> Path:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise ConfigError(f"{p}: no such file")
+        if not p.is_file():
+            raise ConfigError(f"{p}: is a folder, not a YAML file")
         return p
     shipped = resources.files("attnbench.configs").joinpath(f"{name_or_file}.yaml")
     if not shipped.is_file():
@@ -206,7 +227,11 @@ def load_config(name_or_file: str, model: type[BaseModel] = Config) -> tuple[Con
     ``cpu``) and expand a config, so impossible cases fail here with their key path."""
     path = config_path(name_or_file)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import typer
@@ -29,15 +31,21 @@ def fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
-def split_list(v: str | None) -> list[str] | None:
-    """``"a, b"`` -> ``["a", "b"]``; None when the option was not given."""
-    return [s.strip() for s in v.split(",") if s.strip()] if v else None
+def split_list(v: str | None, flag: str = "option") -> list[str] | None:
+    """``"a, b, a"`` -> ``["a", "b"]`` (repeats dropped); None when the option was not given;
+    exits 2 when it was given empty (``--only ""`` must not mean "everything")."""
+    if v is None:
+        return None
+    items = list(dict.fromkeys(s.strip() for s in str(v).split(",") if s.strip()))
+    if not items:
+        fail(f"{flag} given an empty list; leave it out to use the default")
+    return items
 
 
 def parse_dtypes(v: str | None) -> list[str] | None:
     """``--dtype fp16,bfloat16`` -> canonical names; exits 2 on an unknown one."""
-    dtypes = split_list(v)
-    if not dtypes:
+    dtypes = split_list(v, "--dtype")
+    if dtypes is None:
         return None
     bad = [d for d in dtypes if d not in DTYPE_ALIASES]
     if bad:
@@ -47,8 +55,8 @@ def parse_dtypes(v: str | None) -> list[str] | None:
 
 def parse_modes(v: str | None) -> list[str] | None:
     """``--modes fwd,bwd`` -> the list; exits 2 on an unknown mode."""
-    modes = split_list(v)
-    if not modes:
+    modes = split_list(v, "--modes")
+    if modes is None:
         return None
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -68,6 +76,23 @@ def check_device(device: str | None) -> str:
     if dev.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda given but no CUDA GPU is visible (use --device cpu)")
     return dev
+
+
+def check_out_dir(out: Path, flag: str = "--out") -> Path:
+    """``--out`` as a folder this process can write into (made if missing), checked before
+    anything is computed; exits 2 with one line otherwise (a file, a read-only or full disk)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        fail(f"{flag} {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".attnbench-probe-") as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        fail(f"{flag} {out}: not a writable folder ({e.strerror or e})")
+    return out
 
 
 ONLY = typer.Option(None, "--only", help="comma-separated backends to run")

@@ -1,14 +1,16 @@
-"""Plots from stored results (matplotlib, PNG).
+"""Plots from stored results (matplotlib, PNG), one folder of figures per run:
+``<out>/<run_id>/`` (``attnbench plot results/ [--run ID] [--latest]``).
 
-- ``perf_<problem>_<mode>_<causal>_d<head_dim>_<dtype>.png``: TFLOP/s against seqlen, one line
-  per backend, the p20-p80 band shaded; points that failed the accuracy check are red crosses
-  labelled ``wrong``, never part of the line (the piecewise sweep is drawn like FlagAttention's
-  chart: one figure per mode, causal, head dim and dtype).
-- ``perf_headdim_<problem>_<mode>_<causal>_s<seqlen>_<dtype>.png``: the same against head dim.
-- ``accuracy.png``: worst error relative to same-dtype torch, per backend and tensor, with the
-  rule's limits (2x out/lse, 3x grads).
+- ``perf_<problem>_<mode>_<causal>_d<head_dim>_<dtype>_h<heads>.png``: TFLOP/s against seqlen, one line per
+  backend and series of shapes (e.g. 16k tokens per batch, batch = tokens / seqlen), the p20-p80
+  band shaded; points that failed the accuracy check are red crosses labelled ``wrong``, never
+  part of the line. The title names the run, the device and what varies along x.
+- ``perf_headdim_<problem>_<mode>_<causal>_s<seqlen>_<dtype>_b<batch>.png``: the same against head dim.
+- ``accuracy.png``: per backend and tensor, the worst error over the rule's limit (error /
+  (k x same-dtype torch error), the table's number; 1.0 = at the limit).
+- ``accuracy_cases.png``: the same ratio per case x backend, so a failing case is found.
 
-Where several runs measured the same point, the newest wins.
+A line never mixes runs, devices or shapes: a point of another series is another line.
 """
 
 from __future__ import annotations
@@ -19,52 +21,95 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from .check import factor  # noqa: E402
 from .results import load_results  # noqa: E402
 
+# Case parameters that are fixed along every line (besides the x axis and its co-varying size).
+_KNOBS = [
+    "problem",
+    "mode",
+    "causal",
+    "dtype",
+    "window_left",
+    "window_right",
+    "softcap",
+    "alibi",
+    "custom_scale",
+    "deterministic",
+]
 
-def _latest(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    return df.sort_values("timestamp").drop_duplicates(keys, keep="last")
+
+def size_label(v: float) -> str:
+    """512 -> "512", 1024 -> "1k", 16384 -> "16k" (powers of two read as k)."""
+    v = int(v)
+    return f"{v // 1024}k" if v >= 1024 and v % 1024 == 0 else str(v)
 
 
-def _perf_plot(g: pd.DataFrame, x: str, title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for be, d in g.groupby("backend", sort=False):
-        d = d.sort_values(x)
-        ok = d[d.status == "ok"]
-        if len(ok):
-            (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=be)
-            lo = ok.flops / (ok.latency_ms_p80 * 1e-3) / 1e12
-            hi = ok.flops / (ok.latency_ms_p20 * 1e-3) / 1e12
-            ax.fill_between(ok[x], lo, hi, alpha=0.2, color=line.get_color())
-        wrong = d[d.status == "accuracy_failed"]
-        if len(wrong):
-            ax.scatter(
-                wrong[x],
-                wrong.tflops,
-                marker="x",
-                s=80,
-                color="red",
-                zorder=5,
-                label=f"{be} (wrong output)",
-            )
-            for xv, yv in zip(wrong[x], wrong.tflops):
-                ax.annotate(
-                    "wrong",
-                    (xv, yv),
+def _device_label(g: pd.DataFrame) -> str:
+    r = g.iloc[0]
+    dev = str(r.device)
+    name = r.gpu_name if dev.startswith("cuda") else r.cpu_name
+    return f"{dev} ({name})" if isinstance(name, str) and name else dev
+
+
+def _series(g: pd.DataFrame, covar: str, x: str, product: str, fixed: str) -> list:
+    """Split the points of one figure into series of shapes: ``covar`` (batch or heads) either
+    co-varies with ``x`` keeping ``covar * x`` constant (one series, e.g. tokens per batch), or
+    is fixed (one series per value). Returns [(label, rows)]."""
+    prod = g[covar] * g[x]
+    if prod.nunique() == 1 and g[covar].nunique() > 1:
+        return [(f"{product} {size_label(prod.iloc[0])} ({fixed})", g)]
+    return [(f"{covar} {v}", d) for v, d in g.groupby(covar, sort=True)]
+
+
+def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    many = len(series) > 1
+    for s_label, srows in series:
+        for be, d in srows.groupby("backend", sort=False):
+            d = d.sort_values(x)
+            label = f"{be} ({s_label})" if many else be
+            ok = d[d.status == "ok"]
+            if len(ok):
+                (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=label)
+                lo = ok.flops / (ok.latency_ms_p80 * 1e-3) / 1e12
+                hi = ok.flops / (ok.latency_ms_p20 * 1e-3) / 1e12
+                ax.fill_between(ok[x], lo, hi, alpha=0.2, color=line.get_color())
+            wrong = d[d.status == "accuracy_failed"]
+            if len(wrong):
+                ax.scatter(
+                    wrong[x],
+                    wrong.tflops,
+                    marker="x",
+                    s=80,
                     color="red",
-                    fontsize=7,
-                    textcoords="offset points",
-                    xytext=(4, 4),
+                    zorder=5,
+                    label=f"{label}: wrong output",
                 )
+                for xv, yv in zip(wrong[x], wrong.tflops):
+                    ax.annotate(
+                        "wrong",
+                        (xv, yv),
+                        color="red",
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                    )
     if "matmul_tflops" in g and g.matmul_tflops.notna().any():
         peak = g.matmul_tflops.median()
         ax.axhline(peak, color="gray", ls="--", lw=1, label=f"matmul ceiling {peak:.0f}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(x)
+    xs = sorted(set(g[x]))
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_label(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel({"seqlen_q": "sequence length", "head_dim": "head dim"}[x])
     ax.set_ylabel("TFLOP/s (median; band p20-p80)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -72,37 +117,104 @@ def _perf_plot(g: pd.DataFrame, x: str, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _tag(causal) -> str:
+    return "causal" if causal else "full"
+
+
+def _extras(r) -> str:
+    """Filename and title bits for knobs that are off by default."""
+    bits = []
+    if r.window_left >= 0 or r.window_right >= 0:
+        bits.append(f"win{r.window_left},{r.window_right}")
+    if r.softcap:
+        bits.append(f"softcap{r.softcap:g}")
+    if r.alibi:
+        bits.append("alibi")
+    if r.custom_scale >= 0:
+        bits.append(f"scale{r.custom_scale:g}")
+    if r.deterministic:
+        bits.append("det")
+    return "_".join(bits)
+
+
 def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
+    """The perf figures of ONE run (rows of one run_id)."""
     perf = df[(df.kind == "perf") & df.status.isin(["ok", "accuracy_failed"]) & ~df.varlen]
     if perf.empty:
         return []
-    perf = _latest(perf, ["backend", "case_id", "mode"])
+    default = np.isclose(perf.softmax_scale, 1 / np.sqrt(perf.head_dim)) | perf.softmax_scale.isna()
+    perf = perf.assign(
+        sk=np.where(perf.seqlen_k == perf.seqlen_q, -1, perf.seqlen_k),
+        custom_scale=np.where(default, -1.0, perf.softmax_scale),
+    )
+    run = f"run {perf.run_id.iloc[0]} on {_device_label(perf)}"
     files = []
-    by_seqlen = ["problem", "mode", "causal", "head_dim", "dtype"]
-    for (prob, mode, causal, hd, dtype), g in perf.groupby(by_seqlen):
+    # x = seqlen: fixed head dim and heads; batch fixed or tokens per batch fixed
+    for _, g in perf.groupby(_KNOBS + ["head_dim", "heads_q", "heads_kv", "sk"], dropna=False):
         if g.seqlen_q.nunique() < 2:
             continue
-        tag = "causal" if causal else "full"
-        path = out / f"perf_{prob}_{mode}_{tag}_d{hd}_{dtype}.png"
-        _perf_plot(g, "seqlen_q", f"{prob} {mode}, {tag}, head dim {hd}, {dtype}", path)
+        r = g.iloc[0]
+        heads = f"{r.heads_q}" if r.heads_q == r.heads_kv else f"{r.heads_q}-{r.heads_kv}"
+        series = _series(g, "batch", "seqlen_q", "tokens per batch", "batch = tokens / seqlen")
+        extra = _extras(r)
+        name = f"perf_{r.problem}_{r['mode']}_{_tag(r.causal)}_d{r.head_dim}_{r['dtype']}_h{heads}"
+        if r.sk >= 0:
+            name += f"_sk{r.sk}"
+        name += f"_{extra}" if extra else ""
+        what = series[0][0] if len(series) == 1 else "one line per batch size"
+        title = (
+            f"{r.problem} {r['mode']}, {_tag(r.causal)}, head dim {r.head_dim}, {r['dtype']}, heads {heads}"
+            + (f", seqlen_k {r.sk}" if r.sk >= 0 else "")
+            + (f", {extra}" if extra else "")
+            + f"\nx: sequence length; {what}\n{run}"
+        )
+        path = out / f"{name}.png"
+        _perf_plot(g, "seqlen_q", series, title, path)
         files.append(path)
-    by_headdim = ["problem", "mode", "causal", "seqlen_q", "dtype"]
-    for (prob, mode, causal, sq, dtype), g in perf.groupby(by_headdim):
+    # x = head dim: fixed sequence lengths and batch; heads fixed or model dim fixed
+    perf = perf.assign(ratio=perf.heads_q // perf.heads_kv)
+    for _, g in perf.groupby(_KNOBS + ["seqlen_q", "seqlen_k", "batch", "ratio"], dropna=False):
         if g.head_dim.nunique() < 2:
             continue
-        tag = "causal" if causal else "full"
-        path = out / f"perf_headdim_{prob}_{mode}_{tag}_s{sq}_{dtype}.png"
-        _perf_plot(g, "head_dim", f"{prob} {mode}, {tag}, seqlen {sq}, {dtype}", path)
+        r = g.iloc[0]
+        series = _series(g, "heads_q", "head_dim", "model dim", "heads = model dim / head dim")
+        extra = _extras(r)
+        seq = f"{r.seqlen_q}" if r.seqlen_q == r.seqlen_k else f"{r.seqlen_q}x{r.seqlen_k}"
+        name = (
+            f"perf_headdim_{r.problem}_{r['mode']}_{_tag(r.causal)}_s{seq}_{r['dtype']}_b{r.batch}"
+        )
+        name += f"_{extra}" if extra else ""
+        what = series[0][0] if len(series) == 1 else "one line per head count"
+        title = (
+            f"{r.problem} {r['mode']}, {_tag(r.causal)}, seqlen {seq}, {r['dtype']}, batch {r.batch}"
+            + (f", GQA {r.ratio}:1" if r.ratio > 1 else "")
+            + (f", {extra}" if extra else "")
+            + f"\nx: head dim; {what}\n{run}"
+        )
+        path = out / f"{name}.png"
+        _perf_plot(g, "head_dim", series, title, path)
         files.append(path)
     return files
 
 
+def rule_ratio(acc: pd.DataFrame) -> pd.Series:
+    """Error over the rule's limit, error / (k x same-dtype torch error): the accuracy table's
+    number (1.0 = at the limit; NaN/Inf error -> inf)."""
+    k = acc.tensor.map(factor).astype(float)
+    limit = k * acc.baseline_max_abs_err
+    r = acc.max_abs_err / limit.where(limit > 0)
+    r = r.where(limit > 0, np.where(acc.max_abs_err == 0, 0.0, np.inf))
+    return r.where(np.isfinite(acc.max_abs_err), np.inf)
+
+
 def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
-    acc = df[(df.kind == "accuracy") & df.tensor.notna()]
+    """The accuracy figures of ONE run: worst ratio per backend and tensor, and a case x backend
+    heatmap of the worst ratio over the tensors."""
+    acc = df[(df.kind == "accuracy") & df.tensor.notna()].copy()
     if acc.empty:
         return []
-    acc = _latest(acc, ["backend", "case_id", "tensor"]).copy()
-    acc["ratio"] = acc.max_abs_err / acc.baseline_max_abs_err.where(acc.baseline_max_abs_err > 0)
+    acc["ratio"] = rule_ratio(acc)
+    run = f"run {acc.run_id.iloc[0]} on {_device_label(acc)}"
     worst = (
         acc.groupby(["backend", "tensor"], sort=False)
         .agg(ratio=("ratio", "max"), ok=("accuracy_ok", "all"))
@@ -110,6 +222,7 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
     )
     tensors = list(dict.fromkeys(acc.tensor))  # out, lse, then each problem's gradients
     backends = list(dict.fromkeys(worst.backend))
+    top = max(2.0, float(np.nanmax(worst.ratio.replace(np.inf, np.nan).fillna(1.0))) * 1.5)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(backends) + 2), 4.5))
     width = 0.8 / len(tensors)
     for i, t in enumerate(tensors):
@@ -117,7 +230,7 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
         xs = [j + i * width for j in range(len(backends))]
         bars = ax.bar(
             xs,
-            w.ratio.clip(lower=1e-3),
+            w.ratio.replace(np.inf, top).clip(lower=1e-3),
             width,
             label=t,
             color=f"C{i}",
@@ -125,13 +238,11 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
             linewidth=0.3,
         )
         for bar, ok in zip(bars, w.ok):
-            if ok is False:  # failed the rule: hatched, red edge
+            if ok is False or ok is np.False_:  # failed the rule: hatched, red edge
                 bar.set_hatch("xxx")
                 bar.set_edgecolor("red")
-    ax.axhline(2, color="gray", ls="--", lw=1)
-    ax.axhline(3, color="gray", ls=":", lw=1)
-    ax.text(len(backends) - 0.5, 2, "2x (out, lse)", fontsize=7, va="bottom", ha="right")
-    ax.text(len(backends) - 0.5, 3, "3x (grads)", fontsize=7, va="bottom", ha="right")
+    ax.axhline(1.0, color="red", ls="--", lw=1)
+    ax.text(len(backends) - 0.5, 1.0, "limit", fontsize=7, va="bottom", ha="right", color="red")
     ax.set_yscale("log")
     ax.set_xticks(
         [j + 0.4 - width / 2 for j in range(len(backends))],
@@ -140,24 +251,102 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
         ha="right",
         fontsize=8,
     )
-    ax.set_ylabel("worst max err / same-dtype torch err")
-    ax.set_title("accuracy against the fp32 reference (hatched red: failed the rule)", fontsize=10)
+    ax.set_ylabel("worst err / (k x same-dtype torch err)")
+    ax.set_title(
+        f"accuracy against the fp32 reference, k = 2 out/lse, 3 grads (hatched red: failed)\n{run}",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, ncol=len(tensors))
     fig.tight_layout()
     path = out / "accuracy.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    return [path, _accuracy_heatmap(acc, run, out / "accuracy_cases.png")]
 
 
-def make_plots(results_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+def _accuracy_heatmap(acc: pd.DataFrame, run: str, path: Path) -> Path:
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    cases = list(dict.fromkeys(acc.case_id))
+    backends = list(dict.fromkeys(acc.backend))
+    grid = acc.groupby(["case_id", "backend"]).agg(
+        ratio=("ratio", "max"), ok=("accuracy_ok", "all")
+    )
+    ratio = grid.ratio.unstack().reindex(index=cases, columns=backends)
+    ok = grid.ok.unstack().reindex(index=cases, columns=backends)
+    vals = ratio.to_numpy(dtype=float)
+    bounds = [0, 0.5, 1.0, 2.0, 10.0, 1e300]
+    cmap = ListedColormap(["#1a9850", "#a6d96a", "#fdae61", "#d73027", "#7f0000"]).with_extremes(
+        bad="white"
+    )
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(backends) + 4), max(3, 0.28 * len(cases) + 2)))
+    shown = np.where(np.isinf(vals), 1e299, vals)
+    im = ax.imshow(
+        np.ma.masked_invalid(shown), cmap=cmap, norm=BoundaryNorm(bounds, cmap.N), aspect="auto"
+    )
+    for (i, j), v in np.ndenumerate(vals):
+        if np.isnan(v):
+            continue
+        failed = ok.iat[i, j] is False or ok.iat[i, j] is np.False_
+        txt = ("FAIL " if failed else "") + ("inf" if np.isinf(v) else f"{v:.2f}")
+        ax.text(j, i, txt, ha="center", va="center", fontsize=6, weight="bold" if failed else None)
+    ax.set_xticks(range(len(backends)), backends, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(cases)), cases, fontsize=6)
+    cb = fig.colorbar(im, ax=ax, ticks=[0.25, 0.75, 1.5, 6, 1e299])
+    cb.ax.set_yticklabels(["< 0.5", "0.5-1", "1-2 (over)", "2-10", "> 10"], fontsize=7)
+    ax.set_title(
+        f"worst err / (k x same-dtype torch err) per case; 1 = the limit; blank: not run\n{run}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def choose_runs(df: pd.DataFrame, runs: list[str] | None, latest: bool) -> list[str]:
+    """Run ids to plot: the ones named in ``runs`` (an id or a unique prefix), or the newest
+    run of each kind with ``latest``, or every run. Raises ValueError naming the known runs."""
+    order = df.groupby("run_id").timestamp.max().sort_values().index.tolist()
+    if runs:
+        chosen = []
+        for want in runs:
+            hits = [r for r in order if r == want] or [r for r in order if r.startswith(want)]
+            if len(hits) != 1:
+                what = "no run" if not hits else f"{len(hits)} runs"
+                raise ValueError(f"--run {want!r}: {what} match; runs here: {', '.join(order)}")
+            chosen.append(hits[0])
+        return list(dict.fromkeys(chosen))
+    if latest:
+        kinds = df.drop_duplicates("run_id").set_index("run_id").kind
+        newest = {kinds[r]: r for r in order}
+        return [r for r in order if r in newest.values()]
+    return order
+
+
+def make_plots(
+    results_dir: str | Path,
+    out: str | Path | None = None,
+    warn=None,
+    runs: list[str] | None = None,
+    latest: bool = False,
+) -> list[Path]:
+    """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots) from
+    every readable results file under ``results_dir`` (``warn`` gets one line per unreadable file
+    skipped)."""
     results_dir = Path(results_dir)
-    df = load_results(results_dir)
+    df = load_results(results_dir, warn)
     out = Path(out) if out is not None else results_dir / "_plots"
-    out.mkdir(parents=True, exist_ok=True)
-    files = perf_plots(df, out) + accuracy_plot(df, out)
+    files = []
+    for run_id in choose_runs(df, runs, latest):
+        d = df[df.run_id == run_id]
+        folder = out / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        files += perf_plots(d, folder) + accuracy_plot(d, folder)
     if not files:
-        raise FileNotFoundError(f"{results_dir}: no perf or accuracy rows to plot")
+        raise FileNotFoundError(
+            f"{results_dir}: no perf sweep with two or more sizes, and no accuracy rows, to plot"
+        )
     return files
 
 

@@ -162,6 +162,15 @@ def compare_header(comp) -> list[str]:
         style = "bold red" if lost else "green"
         msg = f": {c['message']}" if c.get("message") and lost else ""
         lines.append(f"[{style}]accuracy {verdict}: {c['case']}{msg}[/]")
+    changed = comp.cases[comp.cases.config_changed]
+    if len(changed):
+        lines.append(
+            f"[yellow]{len(changed)} cases ran another kernel config (marked *): "
+            + ", ".join(f"{r.case_key} ({r.kernel_config_base} -> {r.kernel_config_new})"
+                        for r in changed.head(4).itertuples())
+            + (" ..." if len(changed) > 4 else "")
+            + "[/]"
+        )  # fmt: skip
     for side, cases in (("BASE", comp.base_only), ("NEW", comp.new_only)):
         if cases:
             shown = ", ".join(cases[:8]) + (
@@ -199,7 +208,7 @@ def compare_table(comp) -> Table:
                 num(r["ms_new"]),
                 num(r["tflops_base"], ".4g"),
                 num(r["tflops_new"], ".4g"),
-                _ratio_cell(r["speedup"], comp.threshold),
+                _ratio_cell(r["speedup"], comp.threshold) + (" *" if r["config_changed"] else ""),
                 num(r["ms_ratio"], ".3f"),
             )
         if be in geo:
@@ -208,4 +217,18 @@ def compare_table(comp) -> Table:
                 _ratio_cell(geo[be], comp.threshold), "",
                 end_section=True,
             )  # fmt: skip
+    return t
+
+
+def agreement_table(comp) -> Table:
+    """Matched pairs per seqlen_q within 2% and 5% (|speedup - 1|): the repeatability of two
+    runs of the same code."""
+    t = Table(title="agreement: |speedup - 1| of matched ok pairs", title_justify="left")
+    for c in ("seqlen_q", "pairs", "within 2%", "within 5%", "worst"):
+        t.add_column(c, justify="right")
+    for a in comp.agreement():
+        n = a["pairs"]
+        pct = [f"{a[k]}/{n} ({a[k] / n:.0%})" if n else "—" for k in ("within_2%", "within_5%")]
+        worst = f"{a['worst']:.1%}" if a["worst"] is not None else "—"
+        t.add_row(str(a["seqlen_q"]), str(n), *pct, worst, end_section=a["seqlen_q"] == "all")
     return t

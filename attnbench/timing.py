@@ -85,7 +85,7 @@ def mode_fn(forward, dout: torch.Tensor, mode: str):
 def first_call_s(fn, leaves, device: torch.device) -> float:
     """Wall seconds of one call of ``fn`` (synchronised), outside any timed region: a backend's
     first call on a case, so compiles, autotuning, JIT and extension builds show up here."""
-    _reset_grads(leaves)
+    reset_grads(leaves)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -93,11 +93,11 @@ def first_call_s(fn, leaves, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
-    _reset_grads(leaves)
+    reset_grads(leaves)
     return elapsed
 
 
-def _reset_grads(leaves):
+def reset_grads(leaves):
     for t in leaves:
         t.grad = None
 
@@ -105,7 +105,7 @@ def _reset_grads(leaves):
 def peak_memory_mb(fn, leaves, device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    _reset_grads(leaves)
+    reset_grads(leaves)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
@@ -162,6 +162,16 @@ def _cycles_per_ms(device: torch.device) -> float:
     return _CYCLES_PER_MS[idx]
 
 
+def l2_flush():
+    """A callable that flushes the L2 cache the way do_bench does (triton's buffer and
+    ``clear_cache``)."""
+    from triton import runtime
+
+    drv = runtime.driver.active
+    cache = drv.get_empty_cache_for_benchmark()
+    return lambda: drv.clear_cache(cache)
+
+
 def gpu_times(
     fn,
     leaves=(),
@@ -172,22 +182,19 @@ def gpu_times(
     device: torch.device | None = None,
 ) -> list[float]:
     """Per-rep GPU times (ms) of ``fn`` on the current CUDA device; see the module docstring."""
-    from triton import runtime
-
-    drv = runtime.driver.active
     device = device or torch.device("cuda", torch.cuda.current_device())
     plan_reps(1.0, warmup_ms, rep_ms, min_reps, max_reps)  # argument check before any work
-    _reset_grads(leaves)
+    reset_grads(leaves)
     fn()
     torch.cuda.synchronize(device)
-    cache = drv.get_empty_cache_for_benchmark()
+    flush = l2_flush()
     cycles = _cycles_per_ms(device)
 
     # host enqueue time of fn, measured while the GPU is kept busy (launches never wait)
     torch.cuda._sleep(int(cycles * 2 * SPIN_CAP_MS))
     t0 = time.perf_counter()
     for _ in range(3):
-        _reset_grads(leaves)
+        reset_grads(leaves)
         fn()
     host_ms = (time.perf_counter() - t0) * 1e3 / 3
     spin = int(cycles * spin_ms(host_ms))
@@ -197,8 +204,8 @@ def gpu_times(
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         for i in range(n):
-            _reset_grads(leaves)
-            drv.clear_cache(cache)
+            reset_grads(leaves)
+            flush()
             torch.cuda._sleep(spin)
             starts[i].record()
             fn()
@@ -209,9 +216,20 @@ def gpu_times(
     est_ms = quantiles(reps(5), (0.5,))[0]
     n_warmup, n_rep = plan_reps(est_ms, warmup_ms, rep_ms, min_reps, max_reps)
     for _ in range(n_warmup):
-        _reset_grads(leaves)
+        reset_grads(leaves)
         fn()
     return reps(n_rep)
+
+
+def do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="median"):
+    """``triton.testing.do_bench``'s signature on :func:`gpu_times` (for the GPU scripts in
+    ``tools/gpu``); returns the median unless ``return_mode``/``quantiles`` say otherwise."""
+    times = gpu_times(fn, grad_to_none or (), warmup, rep)
+    if quantiles:
+        return _quantiles_or_median(times, quantiles)
+    t = torch.tensor(times, dtype=torch.float64)
+    stat = {"min": t.min, "max": t.max, "mean": t.mean, "median": t.median}[return_mode]
+    return float(stat())
 
 
 def autotune_bench(kernel_call, quantiles=QUANTILES):
@@ -228,7 +246,7 @@ def cpu_times(fn, leaves=(), rep_ms: float = 100) -> list[float]:
     from torch.utils import benchmark
 
     def run():
-        _reset_grads(leaves)
+        reset_grads(leaves)
         fn()
 
     run()  # warm-up
@@ -262,7 +280,7 @@ def bench(
         else:
             times = cpu_times(fn, leaves, rep_ms)
         runs.append((quantiles(times), len(times)))
-    _reset_grads(leaves)
+    reset_grads(leaves)
     medians = [q[0] for q, _ in runs]
     (med, p20, p80), _ = sorted(runs)[(len(runs) - 1) // 2]
     reps = sum(n for _, n in runs)

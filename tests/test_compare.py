@@ -43,6 +43,7 @@ def _slow(df, backend="sdpa_math", case="B1-H2-S96-D16-fp32-causal", mode="fwd",
     sel = (df.backend == backend) & (df.case_id == case) & (df["mode"] == mode)
     df.loc[sel, "latency_ms"] *= by
     df.loc[sel, "tflops"] /= by
+    df.loc[sel, "kernel_config"] = "another kernel"
     return df
 
 
@@ -56,6 +57,10 @@ def test_same_run_is_all_ones_and_passes_the_gate(cli, run):
     assert j["geomean_speedup"] == pytest.approx({"naive": 1.0, "sdpa_math": 1.0})
     assert j["accuracy_changes"] == [] and j["base_only"] == j["new_only"] == []
     assert j["env_differences"] == {} and j["failed"] is False
+    assert j["agreement"][-1] == {
+        "seqlen_q": "all", "pairs": 16, "within_2%": 16, "within_5%": 16, "worst": 0.0
+    }  # fmt: skip
+    assert [a["seqlen_q"] for a in j["agreement"]] == [48, 96, "all"]
 
 
 def test_planted_regression_exits_1(cli, run, tmp_path):
@@ -67,10 +72,14 @@ def test_planted_regression_exits_1(cli, run, tmp_path):
     (slow,) = [c for c in j["cases"] if c["speedup"] < 0.99]
     assert slow["speedup"] == pytest.approx(1 / 1.5) and slow["ms_ratio"] == pytest.approx(1.5)
     assert j["regressions"] == ["sdpa_math fwd B1-H2-S96-D16-fp32-causal"]
+    assert j["config_changed"] == j["regressions"]  # what ran differs: said, and marked *
+    assert j["agreement"][1]["within_5%"] == 7 and j["agreement"][0]["within_2%"] == 8
     assert j["geomean_speedup"]["sdpa_math"] == pytest.approx((1 / 1.5) ** (1 / 8))
     # within a looser threshold, and without one, the same change passes
     assert cli("compare", rid, new, "--results", folder, "--threshold", "40%").exit_code == 0
-    assert cli("compare", rid, new, "--results", folder).exit_code == 0
+    res = cli("compare", rid, new, "--results", folder)
+    assert res.exit_code == 0
+    assert "1 cases ran another kernel config" in res.output and "0.667 *" in res.output
 
 
 def test_flipped_verdict_is_shown_first_and_fails(cli, run, tmp_path):

@@ -138,7 +138,7 @@ def _job_exact(env, comm):
 
 
 def _job_timeout(env, comm):
-    """Rank 1 skips a collective: rank 0 gets a DistTimeout naming itself and the phase."""
+    """Rank 1 skips a collective: rank 0 gets a DistTimeout naming rank 1 and the phase."""
     import torch.distributed as dist
 
     wd = comm.Watchdog(env.rank, env.timeout_s)
@@ -223,7 +223,8 @@ def test_one_process_is_exactly_single(tmp_mod):
 
 def test_hung_collective_times_out_naming_the_rank(tmp_mod):
     msg = _spawn(2, "timeout", tmp_mod, timeout_s=2.0)
-    assert msg is not None and "rank 0 stuck in test phase" in msg and "timed out" in msg
+    assert msg is not None and "rank 0 waited 2 s in 'test phase" in msg and "timed out" in msg
+    assert "rank 1 never reached it (it started no phase)" in msg
 
 
 def test_watchdog_ends_a_stuck_rank():
@@ -235,7 +236,7 @@ def test_watchdog_ends_a_stuck_rank():
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 124
-    assert "rank 3 stuck" in p.stderr and "ring step 2" in p.stderr
+    assert "rank 3 waited 0.5 s in 'ring step 2'" in p.stderr
     assert time.monotonic() - t0 < 20
 
 
@@ -440,6 +441,50 @@ def test_cli_usage_errors_before_launch(tmp_path):
     assert p.returncode == 2 and "unknown strategy 'spiral'" in p.stderr
     p = _dist_cli(*args, "--local-backends", "sdpa_mat", timeout=120)
     assert p.returncode == 2 and "unknown local backend 'sdpa_mat'" in p.stderr
+    for flags, msg in (
+        (("--nproc", 0), "--nproc must be >= 1, got 0"),
+        (("--nproc", -1), "--nproc must be >= 1, got -1"),
+        (("--timeout", -5), "--timeout must be a number of seconds > 0, got -5"),
+        (("--strategies", ""), "--strategies given an empty list"),
+    ):
+        p = _dist_cli("accuracy", "--device", "cpu", "--out", tmp_path, *flags, timeout=120)
+        assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+HANG = """
+import os, time
+if os.environ.get("RANK") == "1":
+    from attnbench.distributed import comm
+    _phase = comm.Watchdog.phase
+    def phase(self, name):
+        if "distributed forward" in name:
+            time.sleep(600)  # rank 1 never reaches the collective
+        return _phase(self, name)
+    comm.Watchdog.phase = phase
+"""
+
+
+def test_cli_stuck_rank_is_named_and_exits_124(tmp_path):
+    """Rank 1 stops answering before the distributed forward: rank 0's collective times out,
+    the line names rank 1 and where it was last seen; exit 124, no launcher traceback."""
+    (tmp_path / "sitecustomize.py").write_text(HANG)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [sys.executable, "-m", "attnbench", "dist", "accuracy", "--nproc", "2", "--device"]
+    cmd += ["cpu", "--out", str(tmp_path / "r"), "--timeout", "3", "--strategies", "ring"]
+    cmd += ["--local-backends", "naive"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert p.returncode == 124, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "rank 1 never reached it (last seen in" in p.stderr, p.stderr[-3000:]
+    assert "agreeing to start" in p.stderr
+    assert "Traceback" not in p.stderr and "ChildFailedError" not in p.stderr, p.stderr[-3000:]
+
+
+def test_cli_run_with_every_case_unsupported_exits_1(tmp_path):
+    p = _dist_cli(
+        "accuracy", "--nproc", 3, "--device", "cpu", "--out", tmp_path, "--strategies", "ulysses"
+    )
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "world size 3: no case ran" in p.stderr and "Traceback" not in p.stderr
 
 
 # ---- GPU (NCCL) ------------------------------------------------------------------------------

@@ -7,16 +7,17 @@
     attnbench dist accuracy --suite dist                    # one launch per world size in the file
 
 Under torchrun every rank runs the loop; rank 0 prints and writes ``<out>/<run_id>.parquet``
-(rows with ``strategy``, ``world_size``, ``rank``). Without torchrun the command launches
-``python -m torch.distributed.run --standalone --nproc_per_node N -m attnbench dist ...`` for
-``--nproc`` or for each of the config's ``world_sizes``. Exit codes: 0 all good; 1 a row failed
-accuracy or errored; 2 usage or config error; 124 a rank was stuck past the timeout.
+(rows with ``strategy``, ``world_size``, ``rank``). Without torchrun the command starts the ranks
+with torchrun's launcher (``--standalone --nproc_per_node N``) for ``--nproc`` or for each of the
+config's ``world_sizes``; a rank that dies is one line, not a launcher traceback. Exit codes: 0
+all good; 1 a row failed accuracy or errored, no case ran, or a rank died; 2 usage or config
+error (checked before launching); 124 a collective timed out (the line names the ranks that
+never reached it).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,13 +30,15 @@ from ..options import (
     DTYPE,
     MODES_OPT,
     OUT,
+    check_out_dir,
+    err_console,
     fail,
     make_console,
     parse_dtypes,
     parse_modes,
     split_list,
 )
-from ..results import ResultsWriter, new_run_id
+from ..results import ResultsWriteError, ResultsWriter, new_run_id
 from ..runner import RunContext
 from . import comm
 from .config import load_dist_config, select
@@ -61,8 +64,8 @@ def _prepare(suite, device, local, strategies, dtype, world: int | None):
         fail(str(e))
     dtypes = parse_dtypes(dtype)
     sel = select(cfg, dev, world or 1, dtypes)
-    sel.local_backends = split_list(local) or sel.local_backends
-    sel.strategies = split_list(strategies) or sel.strategies
+    sel.local_backends = split_list(local, "--local-backends") or sel.local_backends
+    sel.strategies = split_list(strategies, "--strategies") or sel.strategies
     bad = [s for s in sel.strategies if s not in STRATEGIES]
     if bad:
         fail(f"unknown strategy {bad[0]!r}; expected {', '.join(STRATEGIES)}")
@@ -75,6 +78,15 @@ def _prepare(suite, device, local, strategies, dtype, world: int | None):
 
 
 def _launch(kind: str, nprocs: list[int], dev: str, args: list[str]) -> int:
+    """Start ``nproc`` ranks of ``attnbench dist KIND ARGS`` per world size with torchrun's
+    launcher (``--standalone``). A rank that fails gives one line, not torchrun's traceback;
+    the exit code is the worst of the launches: 124 a stuck rank, 2 usage, 1 anything else."""
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     if dev == "cuda":
         import torch
 
@@ -84,33 +96,69 @@ def _launch(kind: str, nprocs: list[int], dev: str, args: list[str]) -> int:
         too_many = [n for n in nprocs if n > n_gpu]
         if too_many:
             fail(f"{too_many[0]} processes need {too_many[0]} GPUs; {n_gpu} visible")
-    env = dict(os.environ, NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1")
-    env.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.update(NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     code = 0
     for n in nprocs:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={n}",
-            "-m",
-            "attnbench",
-            "dist",
-            kind,
-            *args,
-        ]
-        make_console().print(f"[dim]$ {' '.join(cmd[1:])}[/]", highlight=False)
-        code = max(code, subprocess.run(cmd, env=env).returncode)
+        make_console().print(
+            f"[dim]$ torchrun --standalone --nproc_per_node={n} -m attnbench dist {kind} "
+            f"{' '.join(args)}[/]",
+            highlight=False,
+        )
+        cfg = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=n,
+            run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",
+            max_restarts=0,
+            monitor_interval=0.5,
+        )
+        try:
+            elastic_launch(cfg, sys.executable)("-m", "attnbench", "dist", kind, *args)
+        except ChildFailedError as e:
+            codes = {r: f.exitcode for r, f in e.failures.items()}
+            code = max(code, _worst(codes))
+            ended = (0, 1, 2, 124, -15)  # -15: stopped by the launcher after another rank
+            died = {r: c for r, c in codes.items() if c not in ended}
+            if died:
+                what = ", ".join(f"rank {r} {_how(c)}" for r, c in sorted(died.items()))
+                err_console.print(f"[red]error:[/] world size {n}: {what}", highlight=False)
     return code
+
+
+def _worst(codes: dict[int, int]) -> int:
+    vals = set(codes.values())
+    for c in (124, 2):
+        if c in vals:
+            return c
+    return 1
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _run(
     kind: str, suite: str, device, local, strategies, dtype, out: Path, nproc, timeout, modes=None
 ) -> None:
     t0 = time.perf_counter()
+    if nproc is not None and nproc < 1:
+        fail(f"--nproc must be >= 1, got {nproc}")
+    if timeout is not None and not (0 < timeout < float("inf")):
+        fail(f"--timeout must be a number of seconds > 0, got {timeout:g}")
     if not comm.launched_by_torchrun():
         dev, cfg, _, _ = _prepare(suite, device, local, strategies, dtype, None)
+        check_out_dir(out)
         args = [
             f"--{'suite' if kind == 'accuracy' else 'sweep'}",
             suite,
@@ -150,7 +198,7 @@ def _run(
             suite=cfg.name,
             run_id=run_id,
             device=env.device,
-            writer=ResultsWriter(out, run_id),
+            writer=ResultsWriter(check_out_dir(out), run_id),
             console=make_console(),
             seed=cfg.seed,
         )
@@ -170,20 +218,37 @@ def _run(
         else:
             run_perf(run, summary)
         n_bad = len([r for r in ctx.rows if r["status"] in BAD]) if ctx else 0
+        n_ok = len([r for r in ctx.rows if r["status"] == "ok"]) if ctx else 0
         with wd.phase("sharing the verdict"):
-            n_bad = run.gather(n_bad)[0]
-    finally:
-        comm.shutdown()
+            n_bad, n_ok = run.gather((n_bad, n_ok))[0]
+    except comm.DistTimeout as e:  # the rows written so far stay; no shutdown of a dead group
+        kept = f"; {ctx.writer.n_written} rows kept in {ctx.writer.path}" if ctx else ""
+        err_console.print(f"[red]error:[/] {e}{kept}", highlight=False, soft_wrap=True)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(124)
+    except ResultsWriteError as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.stderr.flush()
+        os._exit(1)
+    comm.shutdown()
     if ctx is not None:
         if summary:
             ctx.console.print(perf_table(summary, world))
+        where = f"-> {ctx.writer.path}" if ctx.writer.written else "(nothing written)"
         ctx.console.print(
-            f"{len(ctx.rows)} rows -> {ctx.writer.path}  (wall {time.perf_counter() - t0:.1f} s)",
+            f"{len(ctx.rows)} rows {where}  (wall {time.perf_counter() - t0:.1f} s)",
             highlight=False,
         )
         if n_bad:
             ctx.console.print(f"[red]{n_bad} rows failed accuracy or errored[/]")
-    raise typer.Exit(1 if n_bad else 0)
+        elif not n_ok:
+            err_console.print(
+                f"[red]error:[/] world size {world}: no case ran: every strategy and local "
+                "backend was unsupported (reasons above)",
+                highlight=False,
+            )
+    raise typer.Exit(1 if n_bad or not n_ok else 0)
 
 
 _DEVICE = typer.Option(None, "--device", help="cuda (NCCL) or cpu (gloo); default cuda if present")

@@ -183,51 +183,88 @@ class HeadToSeq(torch.autograd.Function):
 
 
 # ---- hang guard -------------------------------------------------------------------------------
-class Watchdog:
-    """Names the rank and phase that is stuck and ends the process, instead of hanging.
+def _store():
+    """The default group's key-value store, or None (no process group yet)."""
+    try:
+        return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
+    except Exception:
+        return None
 
-    ``with wd.phase("ring · B1-H4-S256 · forward"):`` marks what the rank is doing; a daemon
-    thread checks every second and, once a phase outlives ``timeout_s + grace_s``, prints
-    ``rank R stuck for N s in <phase>`` on stderr and exits with code 124 (torchrun then stops
-    the other ranks). Timeouts raised by the process group inside a phase become
-    :class:`DistTimeout` with the same facts.
+
+class Watchdog:
+    """Names the rank(s) that stopped answering and ends the process, instead of hanging.
+
+    ``with wd.phase("ring · B1-H4-S256 · forward"):`` marks what the rank is doing; every rank
+    walks the same phases in the same order and records the count and name of the phase it
+    entered in the process group's store. When a collective times out (gloo raises
+    :class:`DistTimeout`; a blocked NCCL rank is ended by a daemon thread once a phase outlives
+    ``timeout_s + grace_s``, exit code 124), the waiting rank reads that record and names the
+    ranks that never reached its phase, and the phase each was last seen in.
     """
 
-    def __init__(self, rank: int, timeout_s: float, grace_s: float = 15.0):
+    KEY = "attnbench/phase/{}"
+
+    def __init__(self, rank: int, timeout_s: float, grace_s: float = 15.0, store=None):
         self.rank, self.timeout_s, self.grace_s = rank, timeout_s, grace_s
+        self.store = store if store is not None else _store()
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self._phase: str | None = None
         self._since = 0.0
+        self._seq = 0
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
+
+    def laggards(self) -> str:
+        """Who never reached this rank's current phase, e.g. ``rank 1 never reached it (last
+        seen in 'ring · ... forward')``, read from the store (a few seconds at most)."""
+        if self.store is None or self.world_size < 2:
+            return "the peer ranks are not known"
+        behind, unknown = [], []
+        try:
+            self.store.set_timeout(dt.timedelta(seconds=5))
+            for r in range(self.world_size):
+                if r == self.rank:
+                    continue
+                key = self.KEY.format(r)
+                if not self.store.check([key]):
+                    behind.append(f"rank {r} never reached it (it started no phase)")
+                    continue
+                seq, _, name = self.store.get(key).decode().partition("\t")
+                if int(seq) < self._seq:
+                    behind.append(f"rank {r} never reached it (last seen in {name!r})")
+        except Exception:
+            unknown.append("the store is unreachable (rank 0 may have died)")
+        if behind:
+            return "; ".join(behind)
+        return unknown[0] if unknown else "every rank reached it (a collective mismatch?)"
+
+    def _stuck(self, phase: str) -> str:
+        return f"rank {self.rank} waited {self.timeout_s:g} s in {phase!r}: {self.laggards()}"
 
     def _watch(self) -> None:
         while True:
             time.sleep(1.0)
             phase, since = self._phase, self._since
             if phase is not None and time.monotonic() - since > self.timeout_s + self.grace_s:
-                print(
-                    f"error: rank {self.rank} stuck for {time.monotonic() - since:.0f} s in "
-                    f"{phase} (timeout {self.timeout_s:g} s): a peer rank died or skipped a "
-                    "collective; aborting",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(f"error: {self._stuck(phase)}; aborting", file=sys.stderr, flush=True)
                 os._exit(124)
 
     @contextmanager
     def phase(self, name: str):
         prev, prev_since = self._phase, self._since
+        self._seq += 1
+        if self.store is not None:
+            try:
+                self.store.set(self.KEY.format(self.rank), f"{self._seq}\t{name}")
+            except Exception:
+                self.store = None
         self._phase, self._since = name, time.monotonic()
         try:
             yield
         except RuntimeError as e:
             text = str(e).lower()
             if not isinstance(e, DistTimeout) and ("timed out" in text or "timeout" in text):
-                first = str(e).strip().splitlines()[0][:200]
-                raise DistTimeout(
-                    f"rank {self.rank} stuck in {name}: collective timed out "
-                    f"after {self.timeout_s:g} s ({first})"
-                ) from e
+                raise DistTimeout(f"collective timed out: {self._stuck(name)}") from e
             raise
         finally:
             self._phase, self._since = prev, prev_since

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..case import Case
 from ..config import Grid, Mode, expand, load_config
@@ -39,7 +39,7 @@ class DistVariant(_Strict):
     """The ``cpu:`` block: small cases (gloo); unset fields fall back to the top level."""
 
     note: str = "no GPU: gloo on CPU at small sizes"
-    cases: list[Grid]
+    cases: list[Grid] = Field(min_length=1)
     strategies: list[Strategy] | None = None
     local_backends: list[str] | None = None
     modes: list[Mode] | None = None
@@ -57,11 +57,11 @@ class DistConfig(_Strict):
     local_backends: list[str] = ["naive"]
     modes: list[Mode] = ["fwd", "bwd", "fwd_bwd"]
     per_rank_seqlen: bool = False
-    warmup_ms: int = 25
-    rep_ms: int = 100
+    warmup_ms: int = Field(25, ge=0)
+    rep_ms: int = Field(100, gt=0)
     timeout_s: float = 120.0
     nccl_high_priority: bool = True  # NCCL on a high-priority stream (see comm.nccl_options)
-    cases: list[Grid]
+    cases: list[Grid] = Field(min_length=1)
     cpu: DistVariant | None = None
 
     @field_validator("world_sizes")
@@ -74,8 +74,8 @@ class DistConfig(_Strict):
     @field_validator("timeout_s")
     @classmethod
     def _timeout(cls, v):
-        if v <= 0:
-            raise ValueError("timeout_s must be > 0")
+        if not (v > 0 and v < float("inf")):
+            raise ValueError("timeout_s must be a finite number > 0")
         return v
 
 

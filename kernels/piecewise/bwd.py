@@ -91,7 +91,10 @@ def _dkdv_inner(
             far_t = (rows[None, :] + shift - cols[:, None]) >= w
             qk_t = tl.where(far_t, qk2_t, qk1_t)
         if MASKED:
-            lse2 = tl.load(l_base + rows, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
+            lse2 = (
+                tl.load(l_base + rows, mask=rows < seqlen_q, other=float("inf"))
+                * 1.4426950408889634
+            )
         else:
             lse2 = tl.load(l_base + rows) * 1.4426950408889634
         p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
@@ -276,15 +279,39 @@ def _bwd_dkdv_kernel(
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 3, DOT_PREC,
     )  # fmt: skip
     dk_ptrs = DK1 + k_off + k_ptrs
-    store_rows(dk_ptrs, (dk1 * sm_scale).to(DK1.dtype.element_ty), cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+    store_rows(
+        dk_ptrs,
+        (dk1 * sm_scale).to(DK1.dtype.element_ty),
+        cols,
+        seqlen_k,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
+    )
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         s2, seqlen_q, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC,
     )  # fmt: skip
-    store_rows(DK2 + k_off + k_ptrs, (dk2 * sm_scale).to(DK2.dtype.element_ty), cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
-    store_rows(DV + k_off + k_ptrs, dv.to(DV.dtype.element_ty), cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+    store_rows(
+        DK2 + k_off + k_ptrs,
+        (dk2 * sm_scale).to(DK2.dtype.element_ty),
+        cols,
+        seqlen_k,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
+    )
+    store_rows(
+        DV + k_off + k_ptrs,
+        dv.to(DV.dtype.element_ty),
+        cols,
+        seqlen_k,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
+    )
 
 
 @triton.jit
@@ -479,10 +506,26 @@ def _bwd_dq_kernel(
         offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC,
     )  # fmt: skip
-    store_rows(DQ2 + q_off + q_ptrs, (dq2 * sm_scale).to(DQ2.dtype.element_ty), rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+    store_rows(
+        DQ2 + q_off + q_ptrs,
+        (dq2 * sm_scale).to(DQ2.dtype.element_ty),
+        rows,
+        seqlen_q,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
+    )
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC,
     )  # fmt: skip
-    store_rows(DQ1 + q_off + q_ptrs, (dq1 * sm_scale).to(DQ1.dtype.element_ty), rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD)
+    store_rows(
+        DQ1 + q_off + q_ptrs,
+        (dq1 * sm_scale).to(DQ1.dtype.element_ty),
+        rows,
+        seqlen_q,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
+    )

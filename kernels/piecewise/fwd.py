@@ -49,7 +49,9 @@ def key_classes(start_m, shift, w, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr)
 
 
 @triton.jit
-def key_ranges(start_m, seqlen_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+def key_ranges(
+    start_m, seqlen_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
+):
     """(n_full, n_end): keys [0, n_full) are visible to every row and inside seqlen_k;
     [n_full, n_end) need the mask (triton_fa2's split)."""
     if CAUSAL:
@@ -257,6 +259,12 @@ def _fwd_kernel(
     lse = (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453  # log2 -> ln
     lse = tl.where(empty, float("inf"), lse)
     store_rows(
-        Out + q_off + q_ptrs, out.to(Out.dtype.element_ty), rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD
+        Out + q_off + q_ptrs,
+        out.to(Out.dtype.element_ty),
+        rows,
+        seqlen_q,
+        offs_d,
+        HEAD_DIM,
+        HEAD_DIM_PAD,
     )
     tl.store(Lse + b64 * stride_lb + off_h * stride_lh + rows, lse, mask=rows < seqlen_q)

@@ -41,7 +41,9 @@ class _Problem:
                 f"{[str(x.dtype) for x in (q1, k1, q2, k2, v)]}"
             )
         if q1.dim() != 4 or q2.shape != q1.shape:
-            raise ValueError(f"q1 {tuple(q1.shape)} and q2 {tuple(q2.shape)}: need one (B, S, H, D)")
+            raise ValueError(
+                f"q1 {tuple(q1.shape)} and q2 {tuple(q2.shape)}: need one (B, S, H, D)"
+            )
         if k1.dim() != 4 or k2.shape != k1.shape or v.shape != k1.shape:
             raise ValueError(
                 f"k1 {tuple(k1.shape)}, k2 {tuple(k2.shape)}, v {tuple(v.shape)}: need one (B, S, H, D)"
@@ -49,7 +51,9 @@ class _Problem:
         self.batch, self.seqlen_q, hq, d = q1.shape
         bk, self.seqlen_k, hkv, dk = k1.shape
         if bk != self.batch or dk != d:
-            raise ValueError(f"q {tuple(q1.shape)} and k {tuple(k1.shape)} disagree on batch or head dim")
+            raise ValueError(
+                f"q {tuple(q1.shape)} and k {tuple(k1.shape)} disagree on batch or head dim"
+            )
         if d > MAX_HEAD_DIM:
             raise ValueError(f"head dim {d} unsupported; max {MAX_HEAD_DIM}")
         if hq % hkv:

@@ -17,12 +17,12 @@ import time
 
 import torch
 from attnbench.kernels import cuda as fa_cuda
-from triton.testing import do_bench
 
 from attnbench.backends import REGISTRY
 from attnbench.case import Case, case_flops
 from attnbench.check import check_backend, make_truth, report_lines
 from attnbench.inputs import make_inputs
+from attnbench.timing import do_bench
 
 KERNELS = "|".join(
     f"{k}_kernel"

@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from triton.testing import do_bench
 
 import attnbench.distributed.merge as merge
 import attnbench.distributed.ring as ring
 from attnbench.distributed.local import get_local_kernel, local_attention
+from attnbench.timing import do_bench
 
 
 class NoComm:

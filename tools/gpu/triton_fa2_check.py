@@ -8,7 +8,7 @@ Usage (on the GPU machine, from the repo root)::
 
 1. Accuracy (flash-attention's rule, :mod:`attnbench.check`) on awkward shapes: batch > 1, odd
    lengths, Sq != Sk both ways with causal, GQA/MQA, head dims 64/96/128/256, varlen, bf16/fp16.
-2. Timings (``triton.testing.do_bench``, median) of fwd and bwd at 16k tokens per batch, model
+2. Timings (``attnbench.timing.do_bench``, median) of fwd and bwd at 16k tokens per batch, model
    width 2048 (B = 16384 // S, H = 2048 // D), bf16, causal and not, for triton_fa2, SDPA cuDNN
    and SDPA flash. FLOPs: fwd 4*B*H*S*S*D (halved when causal), bwd 2.5x fwd. Each timed case
    also prints max |out - SDPA flash out| so no speed is shown without an accuracy hint.
@@ -43,12 +43,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from attnbench.kernels.triton_fa2 import bwd, flash_attn, fwd  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
 
 from attnbench.backends import REGISTRY  # noqa: E402
 from attnbench.case import Case, case_flops  # noqa: E402
 from attnbench.check import check_backend, make_truth  # noqa: E402
 from attnbench.inputs import make_inputs  # noqa: E402
+from attnbench.timing import do_bench  # noqa: E402
 
 
 def check_cases():
@@ -272,7 +272,7 @@ def main():
         ok = run_checks()
         print(f"accuracy: {'all ok' if ok else 'FAILURES'} ({time.time() - t0:.0f}s)", flush=True)
     if not ARGS.skip_bench:
-        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (do_bench median) ==")
+        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (attnbench timer, median) ==")
         print(
             "case                      |  fwd: ours  cudnn  flash |  bwd: ours  cudnn  flash "
             "| max|out-flash|"
