@@ -39,6 +39,8 @@ def label(tensor: str) -> str:
 
 @dataclass
 class TensorError:
+    """One graded tensor: its error and the baseline's error against the same reference."""
+
     tensor: str
     max_abs_err: float
     mean_abs_err: float
@@ -51,6 +53,22 @@ class TensorError:
         if self.baseline_max_abs_err > 0:
             return self.max_abs_err / self.baseline_max_abs_err
         return 0.0 if self.max_abs_err == 0 else math.inf
+
+    @property
+    def where(self) -> str:
+        """Prefix naming where the tensor came from in messages ("" here, "rank 1 " for a rank)."""
+        return ""
+
+    def columns(self) -> dict:
+        """The result-row columns of this tensor's accuracy."""
+        return dict(
+            tensor=self.tensor,
+            max_abs_err=self.max_abs_err,
+            mean_abs_err=self.mean_abs_err,
+            baseline_max_abs_err=self.baseline_max_abs_err,
+            baseline_mean_abs_err=self.baseline_mean_abs_err,
+            accuracy_ok=self.accuracy_ok,
+        )
 
 
 def abs_error(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -82,9 +100,11 @@ class Truth:
     base: dict[str, tuple[float, float]]  # tensor -> baseline (max, mean) error
 
 
-def make_truth(inp, case: Case, grads: bool = True) -> Truth:
+def make_truth(inp, case: Case, grads: bool = True, ref=None) -> Truth:
+    """The truth of ``case``; ``ref`` is its upcast reference when already computed."""
     prob = problem_of(case)
-    ref = prob.reference(inp, case, upcast=True, grads=grads)
+    if ref is None or (grads and getattr(ref, prob.grads[0], None) is None):
+        ref = prob.reference(inp, case, upcast=True, grads=grads)
     same = prob.reference(inp, case, upcast=False, grads=grads)
     names = prob.tensors if grads else ("out", "lse")
     base = {t: abs_error(getattr(same, t), getattr(ref, t)) for t in names}
@@ -104,16 +124,42 @@ def check_backend(
     if grads:
         out.backward(inp.dout)
         got.update(zip(prob.grads, backend.grads(p), strict=True))
+    return grade(got, truth, case)
+
+
+def grade(got: dict[str, torch.Tensor | None], truth: Truth, case: Case) -> list[TensorError]:
+    """Grade every tensor of ``got`` (out, lse, gradients; None or missing: not returned) that
+    the truth has a baseline for."""
     results = []
-    for t in prob.tensors:
-        if t not in got:
-            continue
-        if t not in truth.base:
+    for t in problem_of(case).tensors:
+        if got.get(t) is None or t not in truth.base:
             continue
         mx, mean = abs_error(got[t], getattr(truth.ref, t))
         bmx, bmean = truth.base[t]
         results.append(TensorError(t, mx, mean, bmx, bmean, passes(t, mx, bmx, case.dtype)))
     return results
+
+
+def failure_message(e: TensorError, against: str = "torch same-dtype") -> str:
+    """The message of an accuracy row whose tensor fails the rule."""
+    return f"{e.tensor} max err {e.max_abs_err:.3g} > rule ({against} {e.baseline_max_abs_err:.3g})"
+
+
+def verdict(
+    errors: list[TensorError], mode: str, against: str = "torch same-dtype"
+) -> tuple[bool, str | None]:
+    """(ok, message) of a perf row in ``mode`` from the graded tensors of the same case: fwd is
+    judged on out/lse only, bwd and fwd_bwd on every tensor. The message names the worst failure
+    relative to its baseline (``against`` says what the baseline is)."""
+    relevant = [e for e in errors if mode != "fwd" or e.tensor in ("out", "lse")]
+    bad = [e for e in relevant if not e.accuracy_ok]
+    if not bad:
+        return True, None
+    e = max(bad, key=lambda e: e.ratio if math.isfinite(e.ratio) else math.inf)
+    return False, (
+        f"accuracy failed: {e.where}{e.tensor} max err {e.max_abs_err:.3g} vs {against} "
+        f"{e.baseline_max_abs_err:.3g}"
+    )
 
 
 def report_lines(errors: list[TensorError]) -> list[str]:

@@ -139,6 +139,40 @@ def unsupported_reasons(rows: list[dict]) -> list[str]:
     return [f"{b}: {m}" for b, m in seen]
 
 
+def dist_perf_table(rows: list[dict], world: int) -> Table:
+    """One line per (strategy, local backend, case, mode) of a distributed perf run: the slowest
+    rank's time (the group row), TFLOP/s per device, both efficiencies, each rank's time and the
+    accuracy verdict."""
+    t = Table(
+        title=f"distributed perf, world size {world} (slowest rank; TFLOP/s per device)",
+        title_justify="left",
+    )
+    cols = ("strategy", "local", "case", "mode", "ms", "TFLOP/s", "efficiency", "vs P x S/P")
+    for c in (*cols, "per-rank ms", "accuracy"):
+        t.add_column(c)
+    timed = [r for r in rows if r.get("latency_ms") is not None and r.get("strategy") != "single"]
+    per_rank = defaultdict(list)
+    for r in timed:
+        if r.get("rank") is not None:
+            per_rank[_dist_key(r)].append((r["rank"], r["latency_ms"]))
+    for g in (r for r in timed if r.get("rank") is None):
+        eff, share = g.get("efficiency"), g.get("efficiency_share")
+        t.add_row(
+            *_dist_key(g),
+            f"{g['latency_ms']:.3f}",
+            f"{g['tflops']:.3g}",
+            f"{eff:.0%}" if eff else "-",
+            f"{share:.0%}" if share else "-",
+            " ".join(f"{ms:.3f}" for _, ms in sorted(per_rank[_dist_key(g)])),
+            "[green]ok[/]" if g["status"] == "ok" else "[red]FAIL[/]",
+        )
+    return t
+
+
+def _dist_key(r: dict) -> tuple[str, str, str, str]:
+    return r["strategy"], r["backend"], r["case_id"], r["mode"]
+
+
 def _ratio_cell(x, threshold) -> str:
     if x is None or x != x or not math.isfinite(x):
         return "[dim]—[/]"

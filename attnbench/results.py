@@ -144,6 +144,11 @@ class ResultsWriter:
         self.flush()
 
     def flush(self) -> None:
+        """Rewrite the whole file with every row so far, through a temporary file and an atomic
+        rename: a crash (OOM kill, stuck rank, Ctrl-C) never leaves a truncated file and never
+        loses a finished row. Parquet cannot be appended to; at today's sizes (hundreds to a few
+        thousand rows per run, milliseconds to write) rewriting is cheaper than the bookkeeping
+        of one file per case."""
         if not self.rows:
             return
         table = pa.Table.from_pylist(

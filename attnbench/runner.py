@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -15,10 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import ceiling
 from .backends.base import Backend, Unsupported
 from .case import Case
-from .check import Truth, check_backend, make_truth, report_lines
+from .check import check_backend, failure_message, report_lines, verdict
 from .env import environment
 from .problems import problem_of
 from .results import ResultsWriter, now_utc
+from .state import CaseState
 from .timing import bench, first_call_s, mode_fn, timing_columns
 
 
@@ -109,22 +109,13 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _truth(inp, case, cache: dict, grads: bool) -> Truth:
-    key = ("t", grads)
-    if key not in cache:
-        if grads and ("t", False) in cache:
-            cache.pop(("t", False))
-        cache[key] = make_truth(inp, case, grads=grads)
-    return cache[key]
-
-
 # ---- accuracy ---------------------------------------------------------------------------------
 def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) -> None:
     con = ctx.console
     with _progress(con) as prog:
         task = prog.add_task("accuracy", total=len(cases) * len(backends))
         for case in cases:
-            inp, cache = None, {}
+            state = CaseState(case, ctx.device, ctx.seed)
             for be in backends:
                 prog.update(task, description=f"{case.id} · {be.name}")
                 mode = "fwd_bwd" if be.caps.backward else "fwd"
@@ -136,10 +127,8 @@ def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) ->
                     prog.advance(task)
                     continue
                 try:
-                    if inp is None:
-                        inp = problem_of(case).make_inputs(case, ctx.device, ctx.seed)
-                    truth = _truth(inp, case, cache, grads=True)
-                    errs = check_backend(be, case, inp, truth, grads=mode != "fwd")
+                    truth = state.truth(grads=True)
+                    errs = check_backend(be, case, state.inputs, truth, grads=mode != "fwd")
                 except Exception as e:  # one failing case never stops the run
                     status, msg = classify(e, be)
                     ctx.emit([ctx.row(case, be.name, mode, status=status, message=msg)])
@@ -147,55 +136,27 @@ def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) ->
                     _cleanup(ctx.device)
                     prog.advance(task)
                     continue
-                rows = []
-                for e in errs:
-                    ok = e.accuracy_ok
-                    msg = (
-                        None
-                        if ok
-                        else (
-                            f"{e.tensor} max err {e.max_abs_err:.3g} > rule "
-                            f"(torch same-dtype {e.baseline_max_abs_err:.3g})"
-                        )
+                rows = [
+                    ctx.row(
+                        case,
+                        be.name,
+                        mode,
+                        status="ok" if e.accuracy_ok else "accuracy_failed",
+                        message=None if e.accuracy_ok else failure_message(e),
+                        **e.columns(),
                     )
-                    rows.append(
-                        ctx.row(
-                            case,
-                            be.name,
-                            mode,
-                            status="ok" if ok else "accuracy_failed",
-                            message=msg,
-                            tensor=e.tensor,
-                            max_abs_err=e.max_abs_err,
-                            mean_abs_err=e.mean_abs_err,
-                            baseline_max_abs_err=e.baseline_max_abs_err,
-                            baseline_mean_abs_err=e.baseline_mean_abs_err,
-                            accuracy_ok=ok,
-                        )
-                    )
+                    for e in errs
+                ]
                 ctx.emit(rows)
-                verdict = "[green]PASS[/]" if all(e.accuracy_ok for e in errs) else "[red]FAIL[/]"
-                con.print(f"[bold]{be.name}[/] {case.id} {verdict}")
+                mark = "[green]PASS[/]" if all(e.accuracy_ok for e in errs) else "[red]FAIL[/]"
+                con.print(f"[bold]{be.name}[/] {case.id} {mark}")
                 for line in report_lines(errs):
                     con.print("  " + line, highlight=False)
                 prog.advance(task)
-            del inp, cache
-            _cleanup(ctx.device)
+            state.release()
 
 
 # ---- perf -------------------------------------------------------------------------------------
-def _verdict(errs, mode: str) -> tuple[bool, str | None]:
-    relevant = [e for e in errs if mode != "fwd" or e.tensor in ("out", "lse")]
-    bad = [e for e in relevant if not e.accuracy_ok]
-    if not bad:
-        return True, None
-    e = max(bad, key=lambda e: e.ratio if math.isfinite(e.ratio) else math.inf)
-    return False, (
-        f"accuracy failed: {e.tensor} max err {e.max_abs_err:.3g} vs torch "
-        f"same-dtype {e.baseline_max_abs_err:.3g}"
-    )
-
-
 def run_perf(
     cases: list[Case],
     backends: list[Backend],
@@ -209,7 +170,7 @@ def run_perf(
     with _progress(ctx.console) as prog:
         task = prog.add_task("perf", total=len(cases) * len(backends))
         for case in cases:
-            inp, cache = None, {}
+            state = CaseState(case, ctx.device, ctx.seed)
             for be in backends:
                 prog.update(task, description=f"{case.id} · {be.name}")
                 rows: list[dict] = []
@@ -221,35 +182,30 @@ def run_perf(
                     else:
                         runnable.append(m)
                 if runnable:
-                    rows += _perf_backend(
-                        be, case, runnable, ctx, dev, cache, inp, warmup_ms, rep_ms
-                    )
-                    inp = cache.get("inputs")
+                    rows += _perf_backend(be, state, runnable, ctx, dev, warmup_ms, rep_ms)
                 ctx.emit(rows)
                 prog.advance(task)
-            del inp, cache
-            _cleanup(ctx.device)
+            state.release()
     ctx.end_gpu_env()
 
 
-def _perf_backend(be, case, modes, ctx, dev, cache, inp, warmup_ms, rep_ms) -> list[dict]:
+def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> list[dict]:
+    case = state.case
     grads = be.caps.backward and any(m != "fwd" for m in modes)
     try:  # no speed without an accuracy verdict for the same case
-        if inp is None:
-            inp = cache["inputs"] = problem_of(case).make_inputs(case, ctx.device, ctx.seed)
+        inp = state.inputs
         p = be.prepare(inp, case)
         first = mode_fn(lambda p=p: be.forward(p, case), inp.dout, "fwd_bwd" if grads else "fwd")
         first_s = first_call_s(first, p.leaves, dev)  # compiles/JIT/autotune: never timed
         del p, first
-        truth = _truth(inp, case, cache, grads=grads or ("t", True) in cache)
-        errs = check_backend(be, case, inp, truth, grads=grads)
+        errs = check_backend(be, case, inp, state.truth(grads=grads), grads=grads)
     except Exception as e:
         status, msg = classify(e, be)
         _cleanup(ctx.device)
         return [ctx.row(case, be.name, m, status=status, message=msg) for m in modes]
     rows = []
     for m in modes:
-        ok, msg = _verdict(errs, m)
+        ok, msg = verdict(errs, m)
         try:
             p = be.prepare(inp, case)
             fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)

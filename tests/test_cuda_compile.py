@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from attnbench.kernels import cuda as fa_cuda
+from attnbench.kernels.cuda.hbm import fwd_hbm_bytes
 
 from attnbench.backends import REGISTRY
-from attnbench.backends.cuda_fa import fwd_hbm_bytes
 from attnbench.case import Case
 
 NVCC = shutil.which("nvcc")

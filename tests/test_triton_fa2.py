@@ -139,7 +139,7 @@ def test_backward_deterministic_gpu(causal):
         assert torch.equal(a, b)
 
 
-def test_lse_backward_is_the_kernel_backward():
+def test_block_backward_is_the_kernel_backward():
     """The block backward used by ring/zigzag attention equals autograd through the kernel."""
     from attnbench.backends import REGISTRY
     from attnbench.inputs import make_inputs
@@ -153,15 +153,8 @@ def test_lse_backward_is_the_kernel_backward():
     p = be.prepare(inp, case)
     out, lse = be.forward(p, case)
     out.backward(inp.dout)
-    got = be.lse_backward(
-        inp.dout,
-        inp.q,
-        inp.k,
-        inp.v,
-        out.detach(),
-        lse.detach(),
-        causal=True,
-        softmax_scale=case.scale,
+    got = be.block_backward(
+        inp.dout, inp.q, inp.k, inp.v, out.detach(), lse.detach(), True, case.scale
     )
     for g, w in zip(got, be.grads(p)):
         torch.testing.assert_close(g, w, rtol=0, atol=0)

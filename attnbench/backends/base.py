@@ -17,6 +17,10 @@ Adding a backend is one small file plus one import line in ``attnbench/backends/
             q, k, v = p.leaves
             return my_kernel(q, k, v, causal=case.causal, softmax_scale=case.scale)
 
+A backend the distributed strategies can use as their local kernel declares ``block=True`` and
+implements :meth:`Backend.block_forward` (``block_backward=True``: also
+:meth:`Backend.block_backward`; without it the strategies recompute the block gradients in fp32).
+
 The runner asks :meth:`Backend.why_unsupported` before anything runs, so cases outside the
 declared capabilities become ``unsupported`` rows with the reason. A backend that finds out at
 run time that it cannot run a case raises :class:`Unsupported`; one whose library refuses a case
@@ -25,7 +29,7 @@ run time that it cannot run a case raises :class:`Unsupported`; one whose librar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -55,15 +59,14 @@ class Capabilities:
     softcap: bool = False
     alibi: bool = False
     deterministic: bool = False
+    block: bool = False  # block_forward: (out, lse) of one block, no autograd (distributed)
+    block_backward: bool = False  # block_backward from a given out/lse (else fp32 recomputation)
 
     def __post_init__(self):
         for name in ("devices", "dtypes", "head_dims"):
             val = getattr(self, name)
             if val is not None and not isinstance(val, frozenset):
                 object.__setattr__(self, name, frozenset(val))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -148,6 +151,32 @@ class Backend:
         """The problem's gradients (dq, dk, dv for attention) in attnbench layout, unpacked
         from the leaves' gradients."""
         return tuple(t.grad for t in p.leaves)
+
+    # ---- block API (the local kernel of the distributed strategies) -------------------------
+    def why_block_unsupported(self, case: Case, device: str) -> str | None:
+        """Why the block API cannot run the blocks of ``case`` (causal ones and, for the
+        off-diagonal blocks of a causal ring, non-causal ones); None: it can."""
+        if not self.caps.block:
+            return f"{self.name} has no block API (caps.block is False)"
+        for causal in dict.fromkeys((case.causal, False)):
+            why = self.why_unsupported(replace(case, causal=causal), device, "fwd")
+            if why:
+                return f"{self.name}: {why}"
+        return None
+
+    def block_forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, softmax_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block, no autograd: ``(out, lse)`` for q (B, Sq, Hq, D), k, v (B, Sk, Hkv, D);
+        out in the input dtype, lse fp32 (B, Hq, Sq). Causal blocks are square."""
+        raise NotImplementedError(f"{self.name} has no block forward")
+
+    def block_backward(
+        self, dout, q, k, v, out, lse, causal: bool, softmax_scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dq, dk, dv) of one block given the *global* ``out`` and ``lse`` of its query rows:
+        P = exp(scale q k^T - lse), delta = rowsum(dout * out)."""
+        raise NotImplementedError(f"{self.name} has no block backward")
 
     def kernel_config(self, p: Prepared, case: Case, mode: str) -> str | None:
         """What this backend actually ran for ``mode`` where it chooses among kernels or tiles

@@ -27,7 +27,7 @@ import importlib
 import torch
 
 from .base import Backend, Capabilities, Prepared, exception_chain, register
-from .flash_attn import to_ref_layout, unflatten_batch, varlen_inputs
+from .flash_attn_layout import to_ref_layout, unflatten_batch, varlen_inputs
 
 ARCHS = (9, 10, 11)  # compute capability majors flash_attn.cute accepts
 _module = None

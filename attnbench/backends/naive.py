@@ -1,8 +1,11 @@
 """``naive``: the reference attention run in the input dtype (same-dtype torch).
 
 It is also the baseline of flash-attention's accuracy rule, so its error ratio is 1 by
-construction; it is listed so its speed and memory appear next to the kernels.
+construction; it is listed so its speed and memory appear next to the kernels. Its block forward
+serves the distributed strategies (their backward: the fp32 recomputation).
 """
+
+import torch
 
 from ..reference import attention_ref, case_kwargs
 from .base import Backend, Capabilities, register
@@ -20,6 +23,7 @@ class Naive(Backend):
         softcap=True,
         alibi=True,
         deterministic=True,
+        block=True,
     )
 
     def forward(self, p, case):
@@ -35,3 +39,10 @@ class Naive(Backend):
             cu_seqlens_k=inp.cu_seqlens_k,
             **case_kwargs(case),
         )
+
+    def block_forward(self, q, k, v, causal, softmax_scale):
+        with torch.no_grad():
+            out, lse = attention_ref(
+                q, k, v, causal=causal, softmax_scale=softmax_scale, upcast=False
+            )
+        return out, lse.float()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from .base import Backend, Capabilities, register
 
 
@@ -38,6 +40,8 @@ class TritonFA2(Backend):
         backward=True,
         lse=True,
         deterministic=True,
+        block=True,
+        block_backward=True,
     )
 
     @property
@@ -93,12 +97,10 @@ class TritonFA2(Backend):
         chosen = _kernels().chosen_configs()
         return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
 
-    def lse_backward(self, dout, q, k, v, out, lse, *, causal, softmax_scale):
-        """dq, dk, dv of one block given the *global* ``out`` and ``lse`` of its query rows (the
-        block backward that ring/zigzag attention needs): the FA2 backward kernels as they are,
-        with delta = rowsum(dout * out) and P recomputed from the supplied lse."""
-        kern = _kernels().interface
-        pb = kern._Problem(q, k, v, causal, softmax_scale, None, None, None, None)
-        return kern._backward(
-            dout.contiguous(), q, k, v, out.to(q.dtype).contiguous(), lse.float().contiguous(), pb
-        )
+    def block_forward(self, q, k, v, causal, softmax_scale):
+        with torch.no_grad():
+            return _kernels().flash_attn_forward(q, k, v, causal, softmax_scale)
+
+    def block_backward(self, dout, q, k, v, out, lse, causal, softmax_scale):
+        """The FA2 backward kernels as they are, P recomputed from the supplied global lse."""
+        return _kernels().flash_attn_backward(dout, q, k, v, out, lse, causal, softmax_scale)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..case import Case
-from ..check import abs_error
+from ..check import TensorError, abs_error
 from ..inputs import Inputs
 from ..reference import RefResult
+from ..state import CaseState
 from .local import LocalKernel, local_attention
 from .strategy import Groups, Layout, dist_attention
 
@@ -29,18 +32,30 @@ LSE_FLOOR = 1e-5  # lse is fp32 whatever the input dtype
 
 
 @dataclass
-class DistError:
-    """One tensor on one rank: distributed vs reference, single vs reference, dist vs single."""
+class DistError(TensorError):
+    """One tensor on one rank: distributed vs reference (``max_abs_err``), the non-distributed
+    run vs reference (its baseline, ``baseline_*``) and distributed vs non-distributed
+    (``diff_*``)."""
 
-    rank: int
-    tensor: str
-    max_abs_err: float
-    mean_abs_err: float
-    single_max_abs_err: float
-    single_mean_abs_err: float
-    diff_max: float
-    diff_mean: float
-    accuracy_ok: bool
+    rank: int = 0
+    diff_max: float = 0.0
+    diff_mean: float = 0.0
+
+    @property
+    def where(self) -> str:
+        return f"rank {self.rank} "
+
+
+@dataclass
+class Outputs:
+    """What a kernel or strategy returned: out, lse and the gradients of q, k, v (of a whole case
+    or of one rank's shard). The reference's own result is :class:`attnbench.reference.RefResult`."""
+
+    out: torch.Tensor
+    lse: torch.Tensor
+    dq: torch.Tensor
+    dk: torch.Tensor
+    dv: torch.Tensor
 
 
 def passes(tensor: str, err: float, single_err: float, dtype: str) -> bool:
@@ -50,26 +65,31 @@ def passes(tensor: str, err: float, single_err: float, dtype: str) -> bool:
     return err <= FACTOR * single_err + floor
 
 
-def run_single(inp: Inputs, case: Case, kernel: LocalKernel) -> RefResult:
+def run_single(inp: Inputs, case: Case, kernel: LocalKernel) -> Outputs:
     """The non-distributed run: the local kernel over the whole sequence, with its backward."""
     q, k, v = (t.detach().clone().requires_grad_() for t in (inp.q, inp.k, inp.v))
     out, lse = local_attention(q, k, v, kernel, case.causal, case.scale)
     out.backward(inp.dout)
-    return RefResult(out.detach(), lse, q.grad, k.grad, v.grad)
+    return Outputs(out.detach(), lse, q.grad, k.grad, v.grad)
+
+
+def single_of(state: CaseState, kernel: LocalKernel) -> Outputs:
+    """The non-distributed run of ``kernel`` over ``state``'s case (made once per kernel)."""
+    return state.single(kernel.name, lambda inp, case: run_single(inp, case, kernel))
 
 
 def run_distributed(
     inp: Inputs, case: Case, kernel: LocalKernel, layout: Layout, groups: Groups, rank: int
-) -> RefResult:
+) -> Outputs:
     """This rank's shard of out, lse, dq, dk, dv from the strategy (forward + backward)."""
     q, k, v = (layout.shard(t, rank, 1).requires_grad_() for t in (inp.q, inp.k, inp.v))
     out, lse = dist_attention(q, k, v, layout, groups, kernel, case.causal, case.scale)
     out.backward(layout.shard(inp.dout, rank, 1))
-    return RefResult(out.detach(), lse, q.grad, k.grad, v.grad)
+    return Outputs(out.detach(), lse, q.grad, k.grad, v.grad)
 
 
 def compare(
-    got: RefResult, single: RefResult, truth: RefResult, layout: Layout, rank: int, case: Case
+    got: Outputs, single: Outputs, truth: RefResult, layout: Layout, rank: int, case: Case
 ) -> list[DistError]:
     """Errors of this rank's shard (lse sharded along its last dim, the rest along dim 1)."""
     errs = []
@@ -83,8 +103,9 @@ def compare(
         mx, mean = abs_error(x, ref)
         smx, smean = abs_error(one, ref)
         dmx, dmean = abs_error(x, one)
+        ok = passes(t, mx, smx, case.dtype)
         errs.append(
-            DistError(rank, t, mx, mean, smx, smean, dmx, dmean, passes(t, mx, smx, case.dtype))
+            DistError(t, mx, mean, smx, smean, ok, rank=rank, diff_max=dmx, diff_mean=dmean)
         )
     return errs
 
@@ -123,6 +144,6 @@ def report_lines(per_rank: list[list[DistError]]) -> list[str]:
             if (r, t) in by:
                 e = by[r, t]
                 mark = "" if e.accuracy_ok else " FAIL"
-                cells.append(f"{t} {e.max_abs_err:.3g}/{e.single_max_abs_err:.3g}{mark}")
+                cells.append(f"{t} {e.max_abs_err:.3g}/{e.baseline_max_abs_err:.3g}{mark}")
         lines.append(f"Rank[{r}] " + "  ".join(cells))
     return lines

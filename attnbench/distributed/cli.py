@@ -38,12 +38,15 @@ from ..options import (
     parse_modes,
     split_list,
 )
+from ..report import dist_perf_table
 from ..results import ResultsWriteError, ResultsWriter, new_run_id
 from ..runner import RunContext
 from . import comm
+from .accuracy import run_accuracy
 from .config import load_dist_config, select
+from .context import BAD, DistRun
 from .local import get_local_kernel
-from .runner import BAD, DistRun, perf_table, run_accuracy, run_perf
+from .perf import run_perf
 from .strategy import STRATEGIES
 
 app = typer.Typer(
@@ -211,12 +214,11 @@ def _run(
             highlight=False,
         )
     run = DistRun(env, cfg, sel, wd, ctx)
-    summary: list[dict] = []
     try:
         if kind == "accuracy":
             run_accuracy(run)
         else:
-            run_perf(run, summary)
+            run_perf(run)
         n_bad = len([r for r in ctx.rows if r["status"] in BAD]) if ctx else 0
         n_ok = len([r for r in ctx.rows if r["status"] == "ok"]) if ctx else 0
         with wd.phase("sharing the verdict"):
@@ -233,8 +235,8 @@ def _run(
         os._exit(1)
     comm.shutdown()
     if ctx is not None:
-        if summary:
-            ctx.console.print(perf_table(summary, world))
+        if kind == "perf":
+            ctx.console.print(dist_perf_table(ctx.rows, world))
         where = f"-> {ctx.writer.path}" if ctx.writer.written else "(nothing written)"
         ctx.console.print(
             f"{len(ctx.rows)} rows {where}  (wall {time.perf_counter() - t0:.1f} s)",

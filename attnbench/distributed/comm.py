@@ -88,13 +88,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def barrier(env: DistEnv) -> None:
-    if env.backend == "nccl":
-        dist.barrier(device_ids=[env.local_rank])
-    else:
-        dist.barrier()
-
-
 # ---- ring point-to-point ----------------------------------------------------------------------
 class RingComm:
     """Send to the next rank and receive from the previous one of ``group`` (batched

@@ -10,7 +10,7 @@ dK/dV pass, dQ pass), :mod:`.configs` (per-architecture tiles, autotuning), :mod
 from . import configs, tuning
 from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
 from .fwd import _fwd_kernel
-from .interface import FlashAttnFunc, flash_attn
+from .interface import FlashAttnFunc, flash_attn, flash_attn_backward, flash_attn_forward
 
 AUTOTUNED = {"fwd": _fwd_kernel, "bwd_dkdv": _bwd_dkdv_kernel, "bwd_dq": _bwd_dq_kernel}
 
@@ -20,4 +20,13 @@ def chosen_configs() -> dict[str, str | None]:
     return {n: tuning.describe(getattr(k, "best_config", None)) for n, k in AUTOTUNED.items()}
 
 
-__all__ = ["AUTOTUNED", "FlashAttnFunc", "chosen_configs", "configs", "flash_attn", "tuning"]
+__all__ = [
+    "AUTOTUNED",
+    "FlashAttnFunc",
+    "chosen_configs",
+    "configs",
+    "flash_attn",
+    "flash_attn_backward",
+    "flash_attn_forward",
+    "tuning",
+]

@@ -232,6 +232,53 @@ class FlashAttnFunc(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
+def flash_attn_forward(
+    q,
+    k,
+    v,
+    causal=False,
+    softmax_scale=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+):
+    """The forward kernel alone, no autograd: ``(out, lse)``, lse fp32 (B, Hq, Sq) or varlen
+    (Hq, total_q)."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    pb = _Problem(
+        q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
+    )
+    return _forward(q, k, v, pb)
+
+
+def flash_attn_backward(
+    dout,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    causal=False,
+    softmax_scale=None,
+    cu_seqlens_q=None,
+    cu_seqlens_k=None,
+    max_seqlen_q=None,
+    max_seqlen_k=None,
+):
+    """The backward kernels alone: ``(dq, dk, dv)`` given ``out`` and its fp32 ``lse``.
+
+    They need not come from this forward: with the *global* ``out`` and ``lse`` of a block's
+    query rows (ring attention), P = exp(scale q k^T - lse) and delta = rowsum(dout * out) give
+    that block's share of the gradients."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    pb = _Problem(
+        q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
+    )
+    out, lse = out.to(q.dtype).contiguous(), lse.float().contiguous()
+    return _backward(dout.contiguous(), q, k, v, out, lse, pb)
+
+
 def flash_attn(
     q,
     k,

@@ -1,7 +1,9 @@
 """One-call GPU check of the in-repo CUDA FlashAttention kernels (cuda_fa2, cuda_fa2_simt,
 cuda_fa1): build, ptxas register/spill lines per kernel, accuracy on awkward shapes, then fwd/bwd
 TFLOP/s at head dims 64/128, seqlen 2k/8k (16k tokens, width 2048), causal and not, next to SDPA
-flash, with a short table last. Every timed case also gets an accuracy verdict.
+flash, with a short table last. Every timed case also gets an accuracy verdict. Timings go
+through :mod:`attnbench.timing` (the numbers of ``attnbench perf --sweep seqlen --only
+cuda_fa2,cuda_fa1,cuda_fa2_simt,sdpa_flash`` for the same cases).
 
     python tools/gpu/cuda_fa_check.py                 # ~3-4 minutes on an H200, build included
     python tools/gpu/cuda_fa_check.py --quick         # accuracy + hd128 only
@@ -18,11 +20,12 @@ import time
 import torch
 from attnbench.kernels import cuda as fa_cuda
 
+from attnbench import timing
 from attnbench.backends import REGISTRY
 from attnbench.case import Case, case_flops
 from attnbench.check import check_backend, make_truth, report_lines
 from attnbench.inputs import make_inputs
-from attnbench.timing import do_bench
+from attnbench.timing import mode_fn, timing_columns
 
 KERNELS = "|".join(
     f"{k}_kernel"
@@ -101,23 +104,14 @@ def verdict(name: str, case: Case, inp, truth, grads: bool) -> str:
 
 
 def bench(name: str, case: Case, inp, mode: str) -> float | None:
+    """TFLOP/s of ``mode`` through attnbench's one timer, timed as ``attnbench perf`` does."""
     be = REGISTRY[name]
     if be.why_unsupported(case, "cuda", mode):
         return None
     p = be.prepare(inp, case)
-    if mode == "fwd":
-        with torch.no_grad():
-            ms = do_bench(lambda: be.forward(p, case), warmup=5, rep=40, return_mode="median")
-    else:
-        out, _ = be.forward(p, case)
-        leaves = p.leaves
-        ms = do_bench(
-            lambda: torch.autograd.grad(out, leaves, inp.dout, retain_graph=True),
-            warmup=5,
-            rep=40,
-            return_mode="median",
-        )
-    return case_flops(case, mode) / (ms * 1e-3) / 1e12
+    fn = mode_fn(lambda: be.forward(p, case), inp.dout, mode)
+    t = timing.bench(fn, p.leaves, torch.device("cuda"))
+    return timing_columns(t, case_flops(case, mode))["tflops"]
 
 
 def main() -> int:

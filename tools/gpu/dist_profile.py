@@ -7,7 +7,8 @@ The ring code runs unchanged (``attnbench.distributed.ring``) with its ``RingCom
 hands the block straight back, so what is left is the rank's own work: block kernels, merges,
 slicing and gradient accumulation. ``merge`` = torch runs the eager merge instead of the fused
 Triton one. Shape: ring-flash-attention's benchmark (8k tokens per rank, 32/8 heads, D128,
-bf16, causal). Not a substitute for ``attnbench dist perf`` (no communication here).
+bf16, causal). Timed by :func:`attnbench.timing.bench` like every perf row (fwd: the forward;
+bwd: ``out.backward`` alone). Not a substitute for ``attnbench dist perf`` (no communication).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import attnbench.distributed.merge as merge
 import attnbench.distributed.ring as ring
 from attnbench.distributed.local import get_local_kernel, local_attention
-from attnbench.timing import do_bench
+from attnbench.timing import bench, mode_fn
 
 
 class NoComm:
@@ -39,43 +40,28 @@ class NoComm:
         pass
 
 
-def _time(fn, leaves):
-    def run():
-        for t in leaves:
-            t.grad = None
-        fn()
-
-    return do_bench(run, warmup=50, rep=300)
-
-
-def _ring_times(kern, loc, scale, zigzag):
-    q, k, v = (t.clone().requires_grad_() for t in loc)
-
-    def fwd():
-        return ring.ring_attention(q, k, v, kern, True, scale, zigzag=zigzag)
-
-    with torch.no_grad():
-        t_f = do_bench(fwd, rep=300)
-    o, _ = fwd()
-    do = torch.randn_like(o)
-    return t_f, _time(lambda: o.backward(do, retain_graph=True), (q, k, v))
+def _times(forward, leaves) -> tuple[float, float]:
+    """(fwd, bwd) median ms through attnbench's one timer, timed as ``attnbench perf`` does."""
+    dout = torch.randn_like(leaves[0])
+    dev = leaves[0].device
+    return tuple(bench(mode_fn(forward, dout, m), leaves, dev).median_ms for m in ("fwd", "bwd"))
 
 
 def profile(kern, full, loc, p, scale):
     """Rows (kernel, strategy, merge, rank, ideal fwd, fwd, ideal bwd, bwd) in ms."""
-    fq, fk, fv = (t.clone().requires_grad_() for t in full)
-    fo, _ = local_attention(fq, fk, fv, kern, True, scale)
-    fdo = torch.randn_like(fo)
-    with torch.no_grad():
-        t_fwd1 = do_bench(lambda: local_attention(fq, fk, fv, kern, True, scale), rep=300)
-    t_bwd1 = _time(lambda: fo.backward(fdo, retain_graph=True), (fq, fk, fv))
+    fl = tuple(t.clone().requires_grad_() for t in full)
+    t_fwd1, t_bwd1 = _times(lambda: local_attention(*fl, kern, True, scale), fl)
     rows = []
     for strat in ("ring", "zigzag"):
         for impl in ("triton", "torch"):
             merge.use_triton = (lambda t: t.is_cuda) if impl == "triton" else (lambda t: False)
             for rank in range(p) if strat == "ring" else (1,):
                 NoComm.rank = rank
-                t_f, t_b = _ring_times(kern, loc, scale, strat == "zigzag")
+                ll = tuple(t.clone().requires_grad_() for t in loc)
+                zz = strat == "zigzag"
+                t_f, t_b = _times(
+                    lambda ll=ll, zz=zz: ring.ring_attention(*ll, kern, True, scale, zigzag=zz), ll
+                )
                 rows.append((kern.name, strat, impl, rank, t_fwd1 / p, t_f, t_bwd1 / p, t_b))
     return rows
 

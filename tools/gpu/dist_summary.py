@@ -1,6 +1,6 @@
 """Tables for the closing note from distributed results (parquet):
 
-python tools/gpu/dist_summary.py RESULTS_DIR [--case-like H32] [--local flash_attn]
+python tools/gpu/dist_summary.py RESULTS_DIR [--case-like H32] [--local flash_attn_func]
 
 1. perf: the stored efficiencies of the slowest-rank rows (``efficiency``: single-device(S) /
    (P x time), the issue's; ``efficiency_share``: P x single-device(S/P) / time,

@@ -8,10 +8,11 @@ Usage (on the GPU machine, from the repo root)::
 
 1. Accuracy (flash-attention's rule, :mod:`attnbench.check`) on awkward shapes: batch > 1, odd
    lengths, Sq != Sk both ways with causal, GQA/MQA, head dims 64/96/128/256, varlen, bf16/fp16.
-2. Timings (``attnbench.timing.do_bench``, median) of fwd and bwd at 16k tokens per batch, model
-   width 2048 (B = 16384 // S, H = 2048 // D), bf16, causal and not, for triton_fa2, SDPA cuDNN
-   and SDPA flash. FLOPs: fwd 4*B*H*S*S*D (halved when causal), bwd 2.5x fwd. Each timed case
-   also prints max |out - SDPA flash out| so no speed is shown without an accuracy hint.
+2. Timings (:func:`attnbench.timing.bench`, median; the numbers of ``attnbench perf --sweep
+   seqlen --only triton_fa2,sdpa_cudnn,sdpa_flash`` for the same cases) of fwd and bwd at 16k
+   tokens per batch, model width 2048 (B = 16384 // S, H = 2048 // D), bf16, causal and not, for
+   triton_fa2, SDPA cuDNN and SDPA flash; FLOPs from :func:`attnbench.case.case_flops`. Each
+   timed case also prints each backend's accuracy verdict (flash-attention's rule).
 
 Without ``--configs`` the kernels run with the first surviving config of each table
 (``ATTNBENCH_TRITON_FA2_TUNE=0``, quick); with it they autotune and every candidate's TFLOP/s is
@@ -40,15 +41,15 @@ ARGS = parse()
 os.environ["ATTNBENCH_TRITON_FA2_TUNE"] = "1" if ARGS.configs else "0"
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from attnbench.kernels.triton_fa2 import bwd, flash_attn, fwd  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from attnbench.kernels.triton_fa2 import bwd, fwd  # noqa: E402
 
 from attnbench.backends import REGISTRY  # noqa: E402
 from attnbench.case import Case, case_flops  # noqa: E402
-from attnbench.check import check_backend, make_truth  # noqa: E402
+from attnbench.check import check_backend, make_truth, verdict  # noqa: E402
 from attnbench.inputs import make_inputs  # noqa: E402
-from attnbench.timing import do_bench  # noqa: E402
+from attnbench.timing import bench, mode_fn, timing_columns  # noqa: E402
+
+DEV = torch.device("cuda")
 
 
 def check_cases():
@@ -193,71 +194,49 @@ def candidate_line(kernel, label, flops):
     return f"    {label}: " + " ".join(items) + tail
 
 
-def bench_case(d, s, causal, dtype=torch.bfloat16):
+BENCHED = ("triton_fa2", "sdpa_cudnn", "sdpa_flash")
+
+
+def bench_case(d, s, causal):
+    """fwd and bwd TFLOP/s of triton_fa2, SDPA cuDNN and SDPA flash on one case, through
+    attnbench's one timer exactly as ``attnbench perf`` times them, each with its verdict."""
     b, h = 16384 // s, 2048 // d
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (
-        torch.randn(b, s, h, d, device="cuda", dtype=dtype, generator=g) for _ in range(4)
-    )
-    flops = case_flops(Case(b, h, h, s, s, d, "bf16", causal), "fwd")  # the harness formula
-    row = {}
-
-    # triton_fa2 (B, S, H, D)
-    qt, kt, vt = (x.clone().requires_grad_() for x in (q, k, v))
-    out, _ = flash_attn(qt, kt, vt, causal=causal)
-    fwd_lines = [candidate_line(fwd._fwd_kernel, "fwd", flops)] if ARGS.configs else []
-    row["ours_fwd"] = do_bench(lambda: flash_attn(qt, kt, vt, causal=causal), warmup=25, rep=100)
-    torch.autograd.grad(out, (qt, kt, vt), do, retain_graph=True)
-    bwd_lines = []
-    if ARGS.configs:
-        bwd_lines = [
-            candidate_line(bwd._bwd_dkdv_kernel, "dkdv", 2 * flops),
-            candidate_line(bwd._bwd_dq_kernel, "dq", 1.5 * flops),
-        ]
-    row["ours_bwd"] = do_bench(
-        lambda: torch.autograd.grad(out, (qt, kt, vt), do, retain_graph=True), warmup=25, rep=100
-    )
-
-    # SDPA (B, H, S, D)
-    qs, ks, vs, dos = (x.transpose(1, 2).contiguous() for x in (q, k, v, do))
-    qs, ks, vs = (x.requires_grad_() for x in (qs, ks, vs))
-    diff = float("nan")
-    for name, kern in (
-        ("cudnn", SDPBackend.CUDNN_ATTENTION),
-        ("flash", SDPBackend.FLASH_ATTENTION),
-    ):
-        try:
-            with sdpa_kernel(kern):
-                o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
-                row[f"{name}_fwd"] = do_bench(
-                    lambda kern=kern: F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal),
-                    warmup=25,
-                    rep=100,
-                )
-                row[f"{name}_bwd"] = do_bench(
-                    lambda o=o: torch.autograd.grad(o, (qs, ks, vs), dos, retain_graph=True),
-                    warmup=25,
-                    rep=100,
-                )
-            if name == "flash":
-                diff = (o.transpose(1, 2).float() - out.float()).abs().max().item()
-        except RuntimeError as e:
-            print(f"  sdpa {name}: {str(e).splitlines()[0][:100]}")
-    cells = []
-    for mode, mult in (("fwd", 1.0), ("bwd", 2.5)):
-        for who in ("ours", "cudnn", "flash"):
-            ms = row.get(f"{who}_{mode}")
-            cells.append(f"{tflops(mult * flops, ms):6.0f}" if ms else "     -")
+    case = Case(b, h, h, s, s, d, "bf16", causal)
+    flops = case_flops(case, "fwd")
+    inp = make_inputs(case, "cuda", seed=0)
+    truth = make_truth(inp, case)
+    cells, marks, lines = {}, [], []
+    for name in BENCHED:
+        be = REGISTRY[name]
+        why = be.why_unsupported(case, "cuda", "bwd")
+        if why:
+            marks.append(f"{name}: {why}")
+            continue
+        ok, msg = verdict(check_backend(be, case, inp, truth), "bwd")
+        marks.append(f"{name} {'ok' if ok else msg}")
+        for mode in ("fwd", "bwd"):
+            p = be.prepare(inp, case)
+            t = bench(
+                mode_fn(lambda p=p, be=be: be.forward(p, case), inp.dout, mode), p.leaves, DEV
+            )
+            cells[name, mode] = timing_columns(t, case_flops(case, mode))["tflops"]
+            if ARGS.configs and name == "triton_fa2":
+                if mode == "fwd":
+                    lines.append(candidate_line(fwd._fwd_kernel, "fwd", flops))
+                else:
+                    lines.append(candidate_line(bwd._bwd_dkdv_kernel, "dkdv", 2 * flops))
+                    lines.append(candidate_line(bwd._bwd_dq_kernel, "dq", 1.5 * flops))
+    row = [
+        f"{cells[n, m]:6.0f}" if (n, m) in cells else "     -"
+        for m in ("fwd", "bwd")
+        for n in BENCHED
+    ]
     tag = "causal" if causal else "full  "
+    head = f"D{d:<4}S{s:<6}{tag} B{b:<2}H{h:<3}|"
     print(
-        f"D{d:<4}S{s:<6}{tag} B{b:<2}H{h:<3}|"
-        + " ".join(cells[:3])
-        + " |"
-        + " ".join(cells[3:])
-        + f" | {diff:.1e}",
-        flush=True,
+        head + " ".join(row[:3]) + " |" + " ".join(row[3:]) + " | " + "; ".join(marks), flush=True
     )
-    for line in fwd_lines + bwd_lines:
+    for line in lines:
         print(line)
 
 
@@ -272,10 +251,10 @@ def main():
         ok = run_checks()
         print(f"accuracy: {'all ok' if ok else 'FAILURES'} ({time.time() - t0:.0f}s)", flush=True)
     if not ARGS.skip_bench:
-        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (attnbench timer, median) ==")
+        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (attnbench.timing median) ==")
         print(
             "case                      |  fwd: ours  cudnn  flash |  bwd: ours  cudnn  flash "
-            "| max|out-flash|"
+            "| accuracy"
         )
         for d in (int(x) for x in ARGS.head_dims.split(",")):
             for causal in (False, True):
