@@ -246,7 +246,9 @@ def compare_command(
     ),
     results: Path = typer.Option(Path("results"), "--results", help="where run ids are looked up"),
     plot_path: Path = typer.Option(None, "--plot", help="write a speedup-per-case PNG here"),
-    json_out: bool = typer.Option(False, "--json", help="the comparison as JSON on stdout"),
+    json_out: bool = typer.Option(
+        False, "--json", help="the comparison as JSON on stdout", metavar=""
+    ),
 ):
     """Speedups of NEW over BASE per backend and case, accuracy changes, one-sided cases."""
     import json
