@@ -43,7 +43,7 @@ from .options import (
     parse_modes,
     split_list,
 )
-from .report import accuracy_table, perf_table, unrepeatable, unsupported_reasons
+from .report import accuracy_table, failed_cases, perf_table, unrepeatable, unsupported_reasons
 from .results import ResultsWriteError, ResultsWriter, new_run_id
 from .runner import RunContext, run_accuracy, run_perf
 
@@ -153,8 +153,11 @@ def _finish(ctx: RunContext, table, t0: float) -> None:
         + ")",
         highlight=False,
     )
+    if ctx.kind == "perf" and not ctx.device.startswith("cuda"):
+        con.print("[dim]peak_mem_mb: measured on CUDA only (empty on the CPU)[/]")
     if bad:
-        con.print(f"[red]{len(bad)} rows failed accuracy or errored[/]")
+        for i, line in enumerate(failed_cases(ctx.rows)):
+            con.print(f"[red]{line}[/]" if i == 0 else line, highlight=False)
         raise typer.Exit(1)
     if not any(r["status"] == "ok" for r in ctx.rows):
         fail("no case ran: every backend was unsupported on every case (see the reasons above)", 1)
@@ -190,7 +193,10 @@ def perf(
     out: Path = OUT,
     json_out: bool = JSON,
     retune: bool = typer.Option(
-        False, "--retune", help="re-tune Triton kernels instead of reusing kept choices"
+        False,
+        "--retune",
+        help="re-tune Triton kernels instead of reusing kept choices",
+        metavar="",
     ),
     repeat: int = typer.Option(1, "--repeat", help="time every case N times; report the spread"),
 ):
@@ -214,14 +220,23 @@ def perf(
 def list_backends(device: str = DEVICE):
     """Every registered backend, whether it can run here, and why not."""
     dev = (device or default_device()).split(":")[0]
+    con = make_console()
+    # the names users type after --only never truncate: a narrow terminal gets fewer columns
+    wide = con.width >= 140
     t = Table(title=f"backends (device: {dev})", title_justify="left")
-    cols = ("backend", "problem", "available", "devices", "dtypes", "head dims", "features")
-    for c in (*cols, "description"):
-        t.add_column(c)
+    t.add_column("backend", no_wrap=True, min_width=max(map(len, REGISTRY)))
+    t.add_column("problem", no_wrap=True)
+    cols = ("available", "devices", "dtypes", "head dims", "features", "description")
+    for c in cols if wide else cols[:1]:
+        t.add_column(c, overflow="fold")
     for name, be in REGISTRY.items():
         c = be.caps
         why = None if dev in c.devices else f"runs on {', '.join(sorted(c.devices))} only"
         why = why or be.availability(dev)
+        avail = "[green]yes[/]" if not why else f"[red]no[/]: {why}"
+        if not wide:
+            t.add_row(name, c.problem, avail)
+            continue
         feats = [
             f
             for f in (
@@ -241,20 +256,22 @@ def list_backends(device: str = DEVICE):
         t.add_row(
             name,
             c.problem,
-            "[green]yes[/]" if not why else f"[red]no[/]: {why}",
+            avail,
             ",".join(sorted(c.devices)),
             ",".join(sorted(c.dtypes)),
             hd,
             " ".join(feats),
             be.description,
         )
-    make_console().print(t)
+    con.print(t)
+    if not wide:
+        con.print("[dim](a wider terminal shows dtypes, head dims, features, descriptions)[/]")
 
 
 @app.command()
 def env(device: str = DEVICE):
     """The environment facts every result row carries (and backend build flags)."""
-    dev = device or default_device()
+    dev = check_device(device)
     con = make_console()
     for k, v in environment(dev).items():
         con.print(f"{k:20s} {v}", highlight=False)
@@ -269,7 +286,9 @@ def plot(
     results_dir: Path = typer.Argument(Path("results"), help="folder of parquet results"),
     out: Path = typer.Option(None, "--out", help="PNG folder (default RESULTS_DIR/_plots)"),
     run: str = typer.Option(None, "--run", help="comma-separated run ids (or unique prefixes)"),
-    latest: bool = typer.Option(False, "--latest", help="only the newest run of each kind"),
+    latest: bool = typer.Option(
+        False, "--latest", help="only the newest run of each kind", metavar=""
+    ),
 ):
     """TFLOP/s-vs-seqlen and accuracy charts from stored results, one folder per run."""
     from .plot import make_plots

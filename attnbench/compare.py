@@ -203,7 +203,8 @@ def compare_frames(
         if f"kernel_config_{side}" not in perf:
             perf[f"kernel_config_{side}"] = None
     kb, kn = perf.kernel_config_base, perf.kernel_config_new
-    perf["config_changed"] = kb.notna() & kn.notna() & (kb != kn)
+    # another backend runs another kernel anyway: only a change within a backend is news
+    perf["config_changed"] = kb.notna() & kn.notna() & (kb != kn) & join_backend
     envd, info = {}, {}
     eb, en = _env(b, ENV_COLUMNS + INFO_COLUMNS), _env(n, ENV_COLUMNS + INFO_COLUMNS)
     for c in eb.keys() & en.keys():
@@ -245,7 +246,9 @@ def compare_command(
     ),
     results: Path = typer.Option(Path("results"), "--results", help="where run ids are looked up"),
     plot_path: Path = typer.Option(None, "--plot", help="write a speedup-per-case PNG here"),
-    json_out: bool = typer.Option(False, "--json", help="the comparison as JSON on stdout"),
+    json_out: bool = typer.Option(
+        False, "--json", help="the comparison as JSON on stdout", metavar=""
+    ),
 ):
     """Speedups of NEW over BASE per backend and case, accuracy changes, one-sided cases."""
     import json
@@ -281,7 +284,8 @@ def compare_command(
         for line in compare_header(comp):
             con.print(line, highlight=False)
         con.print(compare_table(comp))
-        con.print(agreement_table(comp))
+        if backend is None:  # two runs: how far apart the same cases landed
+            con.print(agreement_table(comp))
     if plot_path is not None:
         from .plot import compare_plot
 

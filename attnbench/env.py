@@ -61,7 +61,7 @@ def environment(device: str = "cpu") -> dict[str, str | None]:
     return {
         "device": dev.type,
         "gpu_name": gpu,
-        "cpu_name": platform.processor() or platform.machine(),
+        "cpu_name": cpu_model(),
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "triton_version": triton_version,
@@ -70,6 +70,29 @@ def environment(device: str = "cpu") -> dict[str, str | None]:
         "attnbench_version": __version__,
         "git_sha": _git_sha(),
     }
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU model (``Intel(R) Xeon(R) Platinum 8480+``; /proc/cpuinfo on Linux), else the
+    architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except OSError:
+            pass
+    return platform.processor() or platform.machine()
 
 
 def _flash_attn_module_version() -> str | None:

@@ -101,4 +101,7 @@ DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda when pr
 DTYPE = typer.Option(None, "--dtype", help="run every case in these dtypes (fp16,bf16,fp32)")
 MODES_OPT = typer.Option(None, "--modes", help="subset of fwd,bwd,fwd_bwd")
 OUT = typer.Option(Path("results"), "--out", help="results folder")
-JSON = typer.Option(False, "--json", help="rows as JSON lines on stdout, the rest on stderr")
+# metavar="": a plain flag in --help (typer with click 8.2+ shows "<bool>", which takes no value)
+JSON = typer.Option(
+    False, "--json", help="rows as JSON lines on stdout, the rest on stderr", metavar=""
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 from rich.table import Table
@@ -62,17 +63,34 @@ def _rule_fraction(r) -> float:
     return err / limit if limit > 0 else (0.0 if err == 0 else math.inf)
 
 
+def sig3(x: float) -> str:
+    """Three significant figures, trailing zeros kept (2.00, 64.0, 0.913); whole from 100."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:#.3g}"
+
+
+def throughput(tflops: float | None) -> str:
+    """Three significant figures, in GFLOP/s below 1 TFLOP/s (CPU runs), else TFLOP/s."""
+    if tflops is None or not math.isfinite(tflops):
+        return "-"
+    return f"{sig3(tflops)} TFLOP/s" if tflops >= 1 else f"{sig3(tflops * 1e3)} GFLOP/s"
+
+
+def perf_cell(r: dict) -> str:
+    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives."""
+    return f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
+
+
 def perf_table(rows: list[dict]) -> Table:
-    """(mode, case) x backends in TFLOP/s; the best correct backend in bold green; accuracy
-    failures are marked, never shown as a plain number."""
+    """(mode, case) x backends: median ms and throughput; the best correct backend in bold
+    green; accuracy failures are marked, never shown as a plain number."""
     names = [
         b
         for b in _backends(rows)
         if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
     ]
     t = Table(
-        title="perf: TFLOP/s (median) [% of the measured matmul ceiling]; ✗ = failed the "
-        "accuracy check, number withheld",
+        title="perf: median time and throughput [% of the measured matmul ceiling]; ✗ = failed "
+        "the accuracy check, number withheld",
         title_justify="left",
     )
     t.add_column("mode")
@@ -94,8 +112,8 @@ def perf_table(rows: list[dict]) -> Table:
             if r is None:
                 cells.append("")
             elif r["status"] == "ok":
-                v = r["tflops"]
-                cell = f"[bold green]{v:.1f}[/]" if v == best else f"{v:.1f}"
+                cell = perf_cell(r)
+                cell = f"[bold green]{cell}[/]" if r["tflops"] == best else cell
                 pct = r.get("pct_of_peak")
                 cells.append(cell + (f" [dim]{pct:.0f}%[/]" if pct is not None else ""))
             elif r["status"] == "accuracy_failed":
@@ -129,14 +147,74 @@ def unrepeatable(rows: list[dict], tolerance: float = 0.02) -> list[str]:
     return lines
 
 
+_NOT_HERE = re.compile(r"^(\S+) does not run on (\w+) \(runs on: (.+)\)$")
+
+
 def unsupported_reasons(rows: list[dict]) -> list[str]:
-    """One line per backend and distinct reason, for the end of a run."""
+    """One line per backend and distinct reason, for the end of a run; the backends that do
+    not run on this device at all share one line."""
     seen = dict.fromkeys(
         (r["backend"], r["message"])
         for r in rows
         if r["status"] in ("unsupported", "error", "oom") and r.get("message")
     )
-    return [f"{b}: {m}" for b, m in seen]
+    elsewhere: dict[str, list[str]] = defaultdict(list)
+    lines = []
+    for b, m in seen:
+        hit = _NOT_HERE.match(m)
+        if hit and hit.group(1) == b:
+            elsewhere[hit.group(2)].append(b)
+        else:
+            lines.append(f"{b}: {m}")
+    head = [
+        f"not run on {dev} (they run on other devices; `attnbench list` says which): "
+        + ", ".join(dict.fromkeys(names))
+        for dev, names in elsewhere.items()
+    ]
+    return head + lines
+
+
+BAD = ("error", "oom", "accuracy_failed")
+
+
+def failed_cases(rows: list[dict]) -> list[str]:
+    """``N cases failed:`` and one line per failed backend (strategy · local backend for
+    distributed rows) x case (x mode for perf), naming the failing tensors or the error; empty
+    when nothing failed."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] in BAD:
+            mode = r["mode"] if r["kind"] in ("perf", "dist_perf") else None
+            name = f"{r['strategy']} · {r['backend']}" if r.get("strategy") else r["backend"]
+            groups[(name, r["case_id"], mode)].append(r)
+    if not groups:
+        return []
+    lines = [f"{len(groups)} cases failed:"]
+    for (be, case, mode), rs in groups.items():
+        tens = list(dict.fromkeys(r["tensor"] for r in rs if r.get("tensor")))
+        r = rs[0]
+        if tens:
+            what = "wrong " + ", ".join(tens)
+        elif r["status"] == "accuracy_failed":
+            what = r.get("message") or "accuracy failed"
+        else:
+            what = f"{r['status']}: {r.get('message') or ''}".strip()
+        lines.append(f"  {be}  {case}" + (f"  {mode}" if mode else "") + f"  {what}")
+    return lines
+
+
+def case_line(rows: list[dict]) -> str:
+    """One line for one backend on one case (perf, output that is not a terminal)."""
+    r0 = rows[0]
+    parts = []
+    for r in rows:
+        if r["status"] == "ok":
+            parts.append(f"{r['mode']} {perf_cell(r)}")
+        elif r["status"] == "accuracy_failed":
+            parts.append(f"{r['mode']} wrong ({r.get('message') or 'accuracy failed'})")
+        else:
+            parts.append(f"{r['mode']} {r['status']}")
+    return f"{r0['case_id']} · {r0['backend']}: " + "; ".join(parts)
 
 
 def dist_perf_table(rows: list[dict], world: int) -> Table:

@@ -17,6 +17,7 @@ from .case import Case
 from .check import check_backend, failure_message, report_lines, verdict
 from .env import environment
 from .problems import problem_of
+from .report import case_line
 from .results import ResultsWriter, now_utc
 from .state import CaseState
 from .timing import bench, first_call_s, mode_fn, timing_columns
@@ -184,6 +185,8 @@ def run_perf(
                 if runnable:
                     rows += _perf_backend(be, state, runnable, ctx, dev, warmup_ms, rep_ms)
                 ctx.emit(rows)
+                if not ctx.console.is_terminal and runnable:
+                    ctx.console.print(case_line(rows), highlight=False)
                 prog.advance(task)
             state.release()
     ctx.end_gpu_env()

@@ -25,7 +25,7 @@ import torch
 
 QUANTILES = (0.5, 0.2, 0.8)
 MIN_REPS = 100  # reps per timing at least, however long rep_ms says
-MAX_REPS = 5000  # and at most (bounds the wall time of a 10 us kernel)
+MAX_REPS = 2000  # and at most (bounds the wall time of a 10 us kernel)
 SPIN_CAP_MS = 5.0  # longest spin per rep (a fn that synchronises gains nothing from more)
 
 
@@ -219,17 +219,6 @@ def gpu_times(
         reset_grads(leaves)
         fn()
     return reps(n_rep)
-
-
-def do_bench(fn, warmup=25, rep=100, grad_to_none=None, quantiles=None, return_mode="median"):
-    """``triton.testing.do_bench``'s signature on :func:`gpu_times` (for the GPU scripts in
-    ``tools/gpu``); returns the median unless ``return_mode``/``quantiles`` say otherwise."""
-    times = gpu_times(fn, grad_to_none or (), warmup, rep)
-    if quantiles:
-        return _quantiles_or_median(times, quantiles)
-    t = torch.tensor(times, dtype=torch.float64)
-    stat = {"min": t.min, "max": t.max, "mean": t.mean, "median": t.median}[return_mode]
-    return float(stat())
 
 
 def autotune_bench(kernel_call, quantiles=QUANTILES):

@@ -319,3 +319,138 @@ def test_accuracy_plots_use_the_table_ratio(cli, tiny, tmp_path):
     assert res.exit_code == 0, res.output
     res = cli("plot", out)
     assert res.exit_code == 0 and "accuracy_cases.png" in res.output
+
+
+# ---- items 8, 10-15: output a person can read ---------------------------------------------------
+def test_env_device_checked_and_json_is_a_plain_flag(cli):
+    res = cli("env", "--device", "tpu")
+    assert res.exit_code == 2 and "--device must be cuda or cpu, got 'tpu'" in one_line(res)
+    res = cli("perf", "--help")
+    (line,) = [x for x in res.output.splitlines() if "--json" in x]
+    assert res.exit_code == 0 and "<bool>" not in line
+
+
+def test_env_names_the_cpu_model(cli):
+    from attnbench.env import cpu_model
+
+    res = cli("env", "--device", "cpu")
+    line = next(x for x in res.output.splitlines() if x.startswith("cpu_name"))
+    assert cpu_model() in line
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if "model name" in info:
+        assert cpu_model() in info and cpu_model() != "x86_64"
+
+
+def test_perf_output_without_a_terminal(cli, tiny, tmp_path, tmp_backend):
+    """One line per finished case, times in ms and a readable throughput (GFLOP/s on a CPU),
+    the backends that do not run here in one line, and the failed cases by name."""
+    from attnbench.backends.base import Backend, Capabilities
+    from attnbench.reference import attention_ref, case_kwargs
+
+    class Wrong(Backend):
+        name = "test_wrong"
+        caps = Capabilities(devices={"cpu"}, lse=True)
+
+        def forward(self, p, case):
+            q, k, v = p.leaves
+            return attention_ref(q, k * 1.5, v, upcast=False, **case_kwargs(case))
+
+    tmp_backend(Wrong())
+    f = tmp_path / "two.yaml"
+    f.write_text(TINY.replace("seqlen: 32", "seqlen: [32, 48]"))
+    only = "naive,test_wrong,sdpa_cudnn,sdpa_efficient"
+    res = cli("perf", "--sweep", f, "--device", "cpu", "--out", tmp_path / "r", "--only", only)
+    text = res.output
+    assert res.exit_code == 1
+    assert "B1-H2-S32-D16-fp32-full · naive: fwd " in text and " ms " in text
+    assert "GFLOP/s" in text
+    (line,) = [x for x in text.splitlines() if x.startswith("not run on cpu")]
+    assert "sdpa_cudnn" in line and "sdpa_efficient" in line
+    assert not [x for x in text.splitlines() if "does not run on cpu" in x]
+    tail = text[text.index("2 cases failed:") :].splitlines()
+    assert "test_wrong  B1-H2-S32-D16-fp32-full  fwd  accuracy failed: lse max err" in tail[1]
+    assert "peak_mem_mb: measured on CUDA only" in text
+
+
+def test_accuracy_failures_name_backend_case_and_tensor(cli, tiny, tmp_path, tmp_backend):
+    from attnbench.backends.base import Backend, Capabilities
+    from attnbench.reference import attention_ref, case_kwargs
+
+    class WrongLse(Backend):
+        name = "test_wrong_lse"
+        caps = Capabilities(devices={"cpu"}, lse=True)
+
+        def forward(self, p, case):
+            out, lse = attention_ref(*p.leaves, upcast=False, **case_kwargs(case))
+            return out, lse + 1
+
+    tmp_backend(WrongLse())
+    out = tmp_path / "r"
+    res = cli(
+        "accuracy",
+        "--suite",
+        tiny,
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        "--only",
+        "naive,test_wrong_lse",
+    )
+    assert res.exit_code == 1
+    assert "1 cases failed:" in res.output
+    assert "test_wrong_lse  B1-H2-S32-D16-fp32-full  wrong lse" in res.output
+
+
+def test_triton_fa2_says_how_to_run_on_cpu(monkeypatch):
+    from attnbench.backends.base import REGISTRY
+    from attnbench.case import Case
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    why = REGISTRY["triton_fa2"].why_unsupported(Case(1, 2, 2, 32, 32, 16, "fp32"), "cpu")
+    assert "set TRITON_INTERPRET=1" in why
+
+
+def test_list_never_truncates_backend_names(monkeypatch, capsys):
+    from rich.console import Console
+
+    import attnbench.cli as cli_mod
+    from attnbench.backends.base import REGISTRY
+
+    monkeypatch.setattr(cli_mod, "make_console", lambda: Console(width=80, force_terminal=False))
+    cli_mod.list_backends(device="cpu")
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        assert name in out, name
+
+
+def test_perf_numbers_keep_three_significant_figures():
+    from attnbench.report import perf_cell, throughput
+
+    assert throughput(0.002) == "2.00 GFLOP/s" and throughput(0.000913) == "0.913 GFLOP/s"
+    assert throughput(372.4) == "372 TFLOP/s" and throughput(1500.0) == "1,500 TFLOP/s"
+    assert perf_cell({"latency_ms": 64.0, "tflops": 0.0105}) == "64.0 ms 10.5 GFLOP/s"
+
+
+def test_failed_cases_count_cases_not_rows():
+    from attnbench.report import failed_cases
+
+    def row(**kw):
+        base = dict(kind="accuracy", backend="b", case_id="C1", mode="fwd_bwd", status="ok")
+        return {**base, **kw}
+
+    rows = [
+        row(status="accuracy_failed", tensor="dk"),
+        row(status="accuracy_failed", tensor="dv"),
+        row(tensor="out"),
+        row(case_id="C2", status="error", message="RuntimeError: boom"),
+        row(kind="dist_accuracy", strategy="ring", rank=0, status="accuracy_failed", tensor="dq"),
+        row(kind="dist_accuracy", strategy="ring", rank=1, status="accuracy_failed", tensor="dq"),
+    ]
+    assert failed_cases(rows) == [
+        "3 cases failed:",
+        "  b  C1  wrong dk, dv",
+        "  b  C2  error: RuntimeError: boom",
+        "  ring · b  C1  wrong dq",
+    ]
+    assert failed_cases([row()]) == []

@@ -46,8 +46,9 @@ class TritonFA2(Backend):
 
     @property
     def caps(self) -> Capabilities:
-        """CPU is listed only while ``TRITON_INTERPRET=1`` is set (read at each query)."""
-        return Capabilities(devices={"cuda", "cpu"} if _interpret() else {"cuda"}, **self._caps)
+        """CPU is listed: there it runs under Triton's interpreter, and without
+        ``TRITON_INTERPRET=1`` :meth:`availability` says how to turn it on."""
+        return Capabilities(devices={"cuda", "cpu"}, **self._caps)
 
     def availability(self, device):
         try:
@@ -55,7 +56,10 @@ class TritonFA2(Backend):
         except ImportError as e:
             return f"triton not importable: {e}"
         if device == "cpu" and not _interpret():
-            return "triton_fa2 runs on the CPU only with TRITON_INTERPRET=1"
+            return (
+                "triton_fa2 runs on the CPU only under Triton's interpreter: set "
+                "TRITON_INTERPRET=1 (fp16/fp32 cases)"
+            )
         try:
             kernels = _kernels()
         except Exception as e:  # a broken triton install: say so instead of crashing the run
