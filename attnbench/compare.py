@@ -203,7 +203,8 @@ def compare_frames(
         if f"kernel_config_{side}" not in perf:
             perf[f"kernel_config_{side}"] = None
     kb, kn = perf.kernel_config_base, perf.kernel_config_new
-    perf["config_changed"] = kb.notna() & kn.notna() & (kb != kn)
+    # another backend runs another kernel anyway: only a change within a backend is news
+    perf["config_changed"] = kb.notna() & kn.notna() & (kb != kn) & join_backend
     envd, info = {}, {}
     eb, en = _env(b, ENV_COLUMNS + INFO_COLUMNS), _env(n, ENV_COLUMNS + INFO_COLUMNS)
     for c in eb.keys() & en.keys():
@@ -283,7 +284,8 @@ def compare_command(
         for line in compare_header(comp):
             con.print(line, highlight=False)
         con.print(compare_table(comp))
-        con.print(agreement_table(comp))
+        if backend is None:  # two runs: how far apart the same cases landed
+            con.print(agreement_table(comp))
     if plot_path is not None:
         from .plot import compare_plot
 

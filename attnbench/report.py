@@ -178,18 +178,20 @@ BAD = ("error", "oom", "accuracy_failed")
 
 
 def failed_cases(rows: list[dict]) -> list[str]:
-    """``N cases failed:`` and one line per failed backend x case (x mode for perf), naming
-    the failing tensors or the error; empty when nothing failed."""
+    """``N cases failed:`` and one line per failed backend (strategy · local backend for
+    distributed rows) x case (x mode for perf), naming the failing tensors or the error; empty
+    when nothing failed."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         if r["status"] in BAD:
-            mode = r["mode"] if r["kind"] == "perf" else None
-            groups[(r["backend"], r["case_id"], mode)].append(r)
+            mode = r["mode"] if r["kind"] in ("perf", "dist_perf") else None
+            name = f"{r['strategy']} · {r['backend']}" if r.get("strategy") else r["backend"]
+            groups[(name, r["case_id"], mode)].append(r)
     if not groups:
         return []
     lines = [f"{len(groups)} cases failed:"]
     for (be, case, mode), rs in groups.items():
-        tens = [r["tensor"] for r in rs if r.get("tensor")]
+        tens = list(dict.fromkeys(r["tensor"] for r in rs if r.get("tensor")))
         r = rs[0]
         if tens:
             what = "wrong " + ", ".join(tens)

@@ -130,6 +130,7 @@ def test_backend_vs_backend_within_one_run_and_plot(cli, run, tmp_path):
     assert res.exit_code == 0, res.output
     j = json.loads(res.stdout)
     assert {c["backend"] for c in j["cases"]} == {"sdpa_math vs naive"} and len(j["cases"]) == 8
+    assert j["config_changed"] == []  # two backends run two kernels: not news
     ok = df[df.status == "ok"].set_index(["backend", "mode", "case_id"]).tflops
     c = j["cases"][0]
     want = ok["sdpa_math", c["mode"], c["case_id"]] / ok["naive", c["mode"], c["case_id"]]

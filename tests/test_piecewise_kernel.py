@@ -1,6 +1,7 @@
 """Tests of the fused piecewise-attention kernel (``attnbench.kernels.piecewise``).
 
-Forward and backward against a per-element reference (fp64 truth, same-dtype baseline) with
+Forward and backward against the problem's one reference
+(:func:`attnbench.problems.piecewise.piecewise_ref`: fp64 truth, same-dtype baseline) with
 flash-attention's rule (2x for out/lse, 3x for the gradients, :mod:`attnbench.check`), at the
 edges of the threshold: w <= 0 (only q2.k2), w past every distance (only q1.k1), w = 1,
 Sq != Sk both ways, causal or not, ragged lengths, GQA/MQA, head dims 32/64/96.
@@ -10,7 +11,6 @@ the threshold band crosses several key tiles). GPU (``pytest -m gpu``): bf16, la
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ from attnbench.kernels.piecewise import (  # noqa: E402
 )
 
 from attnbench.check import abs_error, passes  # noqa: E402
+from attnbench.problems.piecewise import piecewise_ref  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -54,28 +55,6 @@ class PCase:
         return f"B{self.b}-H{self.hq}/{self.hkv}-S{self.sq}x{self.sk}-D{self.d}-{self.dtype}-{mask}-w{self.w}"
 
 
-def piecewise_ref(q1, k1, q2, k2, v, w, causal, scale, upcast):
-    """Per-element piecewise attention: explicit distance matrix, one score source per pair."""
-    dtype = (torch.float64 if q1.dtype == torch.float32 else torch.float32) if upcast else q1.dtype
-    q1, k1, q2, k2, v = (x.to(dtype) for x in (q1, k1, q2, k2, v))
-    b, sq, hq, d = q1.shape
-    sk, hkv = k1.shape[1], k1.shape[2]
-    scale = scale if scale is not None else 1 / math.sqrt(d)
-    k1, k2, v = (x.repeat_interleave(hq // hkv, dim=2) for x in (k1, k2, v))
-    s1 = torch.einsum("bqhd,bkhd->bhqk", q1, k1) * scale
-    s2 = torch.einsum("bqhd,bkhd->bhqk", q2, k2) * scale
-    dist = (
-        torch.arange(sq, device=q1.device)[:, None] + (sk - sq) - torch.arange(sk, device=q1.device)
-    )
-    s = torch.where(dist >= w, s2, s1)
-    if causal:
-        s = s.masked_fill(dist < 0, float("-inf"))
-    lse = torch.logsumexp(s.float(), dim=-1)
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no visible key: 0
-    out = torch.einsum("bhqk,bkhd->bqhd", p, v)
-    return out, lse.masked_fill(torch.isneginf(lse), float("inf"))
-
-
 def _inputs(c: PCase, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     dt = DTYPES[c.dtype]
@@ -97,9 +76,9 @@ def _run(fn, xs, dout):
 
 def _grade(c: PCase, device):
     xs, dout = _inputs(c, device)
-    kw = dict(causal=c.causal, scale=c.scale)
-    truth = _run(lambda *a: piecewise_ref(*a, c.w, upcast=True, **kw), xs, dout)
-    same = _run(lambda *a: piecewise_ref(*a, c.w, upcast=False, **kw), xs, dout)
+    kw = dict(dist_threshold=c.w, causal=c.causal, softmax_scale=c.scale)
+    truth = _run(lambda *a: piecewise_ref(*a, upcast=True, **kw), xs, dout)
+    same = _run(lambda *a: piecewise_ref(*a, upcast=False, **kw), xs, dout)
     got = _run(
         lambda *a: piecewise_attention(*a, c.w, causal=c.causal, softmax_scale=c.scale), xs, dout
     )

@@ -430,3 +430,27 @@ def test_perf_numbers_keep_three_significant_figures():
     assert throughput(0.002) == "2.00 GFLOP/s" and throughput(0.000913) == "0.913 GFLOP/s"
     assert throughput(372.4) == "372 TFLOP/s" and throughput(1500.0) == "1,500 TFLOP/s"
     assert perf_cell({"latency_ms": 64.0, "tflops": 0.0105}) == "64.0 ms 10.5 GFLOP/s"
+
+
+def test_failed_cases_count_cases_not_rows():
+    from attnbench.report import failed_cases
+
+    def row(**kw):
+        base = dict(kind="accuracy", backend="b", case_id="C1", mode="fwd_bwd", status="ok")
+        return {**base, **kw}
+
+    rows = [
+        row(status="accuracy_failed", tensor="dk"),
+        row(status="accuracy_failed", tensor="dv"),
+        row(tensor="out"),
+        row(case_id="C2", status="error", message="RuntimeError: boom"),
+        row(kind="dist_accuracy", strategy="ring", rank=0, status="accuracy_failed", tensor="dq"),
+        row(kind="dist_accuracy", strategy="ring", rank=1, status="accuracy_failed", tensor="dq"),
+    ]
+    assert failed_cases(rows) == [
+        "3 cases failed:",
+        "  b  C1  wrong dk, dv",
+        "  b  C2  error: RuntimeError: boom",
+        "  ring · b  C1  wrong dq",
+    ]
+    assert failed_cases([row()]) == []

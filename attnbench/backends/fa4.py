@@ -27,13 +27,7 @@ import importlib
 import torch
 
 from .base import Backend, Capabilities, Prepared, exception_chain, register
-from .flash_attn import (
-    dense_cu_seqlens,
-    flatten_batch,
-    to_ref_layout,
-    unflatten_batch,
-    validate_varlen,
-)
+from .flash_attn_layout import to_ref_layout, unflatten_batch, varlen_inputs
 
 ARCHS = (9, 10, 11)  # compute capability majors flash_attn.cute accepts
 _module = None
@@ -133,19 +127,7 @@ class FA4(Backend):
         q, k, v = inp.q, inp.k, inp.v
         args = dict(dense_batch=None)
         if self.varlen_api:
-            if case.varlen:
-                cu_q, cu_k = inp.cu_seqlens_q, inp.cu_seqlens_k
-                max_q, max_k = inp.max_seqlen_q, inp.max_seqlen_k
-            else:
-                b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
-                cu_q, cu_k = dense_cu_seqlens(b, sq, q.device), dense_cu_seqlens(b, sk, q.device)
-                max_q, max_k = sq, sk
-                q, k, v = flatten_batch(q), flatten_batch(k), flatten_batch(v)
-                args["dense_batch"] = b
-            validate_varlen(q, k, cu_q, cu_k, max_q, max_k)
-            args.update(
-                cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k
-            )
+            q, k, v, args = varlen_inputs(inp, case)
         leaves = tuple(t.detach().clone().requires_grad_() for t in (q, k, v))
         return Prepared(leaves, args)
 

@@ -53,6 +53,7 @@ from .flash_attn_layout import (  # noqa: F401  (re-exported: tests and tools us
     unpack_qkv,
     uses_causal_alibi,
     validate_varlen,
+    varlen_inputs,
 )
 
 ENTRY_POINTS = (
@@ -159,19 +160,9 @@ class FlashAttn(Backend):
         q, k, v = inp.q, inp.k, inp.v
         args = dict(dense_batch=None, alibi_slopes=inp.alibi_slopes, lse_shift=None)
         if self.varlen_api:
-            if case.varlen:
-                cu_q, cu_k = inp.cu_seqlens_q, inp.cu_seqlens_k
-                max_q, max_k = inp.max_seqlen_q, inp.max_seqlen_k
-            else:
-                b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
-                cu_q, cu_k = dense_cu_seqlens(b, sq, q.device), dense_cu_seqlens(b, sk, q.device)
-                max_q, max_k = sq, sk
-                q, k, v = flatten_batch(q), flatten_batch(k), flatten_batch(v)
-                args["dense_batch"] = b
-            validate_varlen(q, k, cu_q, cu_k, max_q, max_k)
-            args.update(
-                cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=max_q, max_seqlen_k=max_k
-            )
+            q, k, v, packed_args = varlen_inputs(inp, case)
+            args.update(packed_args)
+            max_k = args["max_seqlen_k"]
         else:
             max_k = k.shape[1]
         if case.alibi and uses_causal_alibi(

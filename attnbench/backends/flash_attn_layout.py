@@ -58,6 +58,32 @@ def validate_varlen(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         )
 
 
+def varlen_inputs(inp, case):
+    """q, k, v packed for a varlen entry point, and its arguments: ``cu_seqlens_q/k`` (int32),
+    ``max_seqlen_q/k`` and ``dense_batch`` (B when a dense case runs as B equal-length
+    sequences, else None). Validated, so malformed offsets raise ``ValueError`` here."""
+    q, k, v = inp.q, inp.k, inp.v
+    dense_batch = None
+    if case.varlen:
+        cu_q, cu_k = inp.cu_seqlens_q, inp.cu_seqlens_k
+        max_q, max_k = inp.max_seqlen_q, inp.max_seqlen_k
+    else:
+        b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+        cu_q, cu_k = dense_cu_seqlens(b, sq, q.device), dense_cu_seqlens(b, sk, q.device)
+        max_q, max_k = sq, sk
+        q, k, v = flatten_batch(q), flatten_batch(k), flatten_batch(v)
+        dense_batch = b
+    validate_varlen(q, k, cu_q, cu_k, max_q, max_k)
+    args = dict(
+        cu_seqlens_q=cu_q,
+        cu_seqlens_k=cu_k,
+        max_seqlen_q=max_q,
+        max_seqlen_k=max_k,
+        dense_batch=dense_batch,
+    )
+    return q, k, v, args
+
+
 # ---- flash-attn's ALiBi convention --------------------------------------------------------------
 def uses_causal_alibi(causal: bool, window_left: int, window_right: int, max_seqlen_k: int) -> bool:
     """Whether flash-attn takes its causal path (``params.is_causal`` in ``flash_api.cpp``), where

@@ -38,7 +38,7 @@ from ..options import (
     parse_modes,
     split_list,
 )
-from ..report import dist_perf_table
+from ..report import dist_perf_table, failed_cases
 from ..results import ResultsWriteError, ResultsWriter, new_run_id
 from ..runner import RunContext
 from . import comm
@@ -243,7 +243,8 @@ def _run(
             highlight=False,
         )
         if n_bad:
-            ctx.console.print(f"[red]{n_bad} rows failed accuracy or errored[/]")
+            for i, line in enumerate(failed_cases(ctx.rows)):
+                ctx.console.print(f"[red]{line}[/]" if i == 0 else line, highlight=False)
         elif not n_ok:
             err_console.print(
                 f"[red]error:[/] world size {world}: no case ran: every strategy and local "

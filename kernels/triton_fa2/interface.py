@@ -205,6 +205,12 @@ def _backward(dout, q, k, v, out, lse, pb: _Problem):
     return dq, dk, dv
 
 
+def _problem(q, k, v, causal, softmax_scale, cu_q, cu_k, max_q, max_k):
+    """q, k, v with a contiguous last dim, and the launch parameters of the problem."""
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    return q, k, v, _Problem(q, k, v, causal, softmax_scale, cu_q, cu_k, max_q, max_k)
+
+
 class FlashAttnFunc(torch.autograd.Function):
     """``(q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
     max_seqlen_k) -> (out, lse)``, differentiable in q, k, v."""
@@ -213,8 +219,7 @@ class FlashAttnFunc(torch.autograd.Function):
     def forward(
         ctx, q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     ):
-        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-        pb = _Problem(
+        q, k, v, pb = _problem(
             q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         )
         out, lse = _forward(q, k, v, pb)
@@ -245,8 +250,7 @@ def flash_attn_forward(
 ):
     """The forward kernel alone, no autograd: ``(out, lse)``, lse fp32 (B, Hq, Sq) or varlen
     (Hq, total_q)."""
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    pb = _Problem(
+    q, k, v, pb = _problem(
         q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     )
     return _forward(q, k, v, pb)
@@ -271,8 +275,7 @@ def flash_attn_backward(
     They need not come from this forward: with the *global* ``out`` and ``lse`` of a block's
     query rows (ring attention), P = exp(scale q k^T - lse) and delta = rowsum(dout * out) give
     that block's share of the gradients."""
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    pb = _Problem(
+    q, k, v, pb = _problem(
         q, k, v, causal, softmax_scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     )
     out, lse = out.to(q.dtype).contiguous(), lse.float().contiguous()

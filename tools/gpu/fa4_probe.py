@@ -1,9 +1,8 @@
 """What FlashAttention-4 (flash_attn.cute) and FlexAttention (Triton and BACKEND=FLASH) run on
-this GPU, in one device call (after ../shared/device/fa4.sh's install call, same lease)::
+this GPU, in one device call (FA4 installed by tools/gpu/lease.sh: call 1 ``--fa4-park``,
+carry .fa4a; call 2, carry .whl and .fa4b)::
 
-    bash .fa4b/fa4.sh install && \\
-      export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
-    python tools/gpu/fa4_probe.py
+    bash tools/gpu/lease.sh --fa4 -- 'python3 tools/gpu/fa4_probe.py'
 
 Each probe is an attnbench case run through the registered backend and graded by attnbench's
 accuracy rule, forward then forward+backward: ``ok x0.42`` (worst error / the rule's bound),

@@ -5,7 +5,8 @@
 #   bash tools/gpu/lease.sh [setup options] -- 'COMMAND' ['COMMAND' ...]
 #
 # Each COMMAND is one shell line, run in order with its own log ($OUT/logs/NN.log) and exit
-# code; `attnbench perf|accuracy|dist ...` lines without --out get `--out $R` ($R =
+# code; plain `[timeout N] attnbench perf|accuracy|dist ...` lines (no pipe, no ;, no &) without
+# --out get `--out $R` ($R =
 # $OUT/results, exported, as are $OUT and $L, for lines that run several jobs). Example
 # (the single-GPU checks of issue 11):
 #
@@ -88,7 +89,8 @@ n=0
 for cmd in "$@"; do
   n=$((n + 1))
   log=$(printf '%s/%02d.log' "$L" "$n")
-  if [[ $cmd =~ ^attnbench\ (perf|accuracy|dist) ]] && [[ $cmd != *--out* ]]; then
+  if [[ $cmd =~ ^(timeout\ [0-9]+\ )?attnbench\ (perf|accuracy|dist) ]] && [[ $cmd != *--out* ]] \
+    && [[ $cmd != *[\;\|\&]* ]]; then
     cmd="$cmd --out $R"
   fi
   el "$n: $cmd"
