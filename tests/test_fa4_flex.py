@@ -150,3 +150,13 @@ def test_one_compiled_flex_never_falls_back_to_eager():
     assert cfg.recompile_limit >= flex.RECOMPILE_LIMIT
     if hasattr(cfg, "fail_on_recompile_limit_hit"):
         assert cfg.fail_on_recompile_limit_hit
+
+
+def test_compiled_flex_turns_buffer_donation_off():
+    # the timer replays one backward with retain_graph=True, which donated buffers forbid
+    import torch._functorch.config
+
+    torch._functorch.config.donated_buffer = True
+    flex.compiled_flex.cache_clear()
+    flex.compiled_flex()
+    assert torch._functorch.config.donated_buffer is False

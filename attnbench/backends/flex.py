@@ -92,8 +92,15 @@ def flex_call(differentiable_lse: bool = False):
 
 @functools.cache
 def compiled_flex(differentiable_lse: bool = False):
-    """The one compiled :func:`flex_call` (fixed shapes: one graph per case shape)."""
+    """The one compiled :func:`flex_call` (fixed shapes: one graph per case shape).
+
+    The timer replays one backward with ``retain_graph=True`` (attnbench.timing); AOTAutograd's
+    donated buffers forbid that (on the H200, piecewise_flex's bwd rows errored with "compiled
+    with non-empty donated buffers"), so donation is off for the compiled flex graphs."""
     raise_recompile_limit()
+    import torch._functorch.config as functorch_cfg
+
+    functorch_cfg.donated_buffer = False
     return torch.compile(flex_call(differentiable_lse), dynamic=False, fullgraph=True)
 
 
