@@ -27,10 +27,9 @@ from __future__ import annotations
 import os
 import re
 
-import torch
 import triton
 
-from ..triton_fa2.configs import ARCH, INTERPRET, SMEM_BYTES, head_dim_pad, seq_bucket
+from ..triton_fa2.configs import ARCH, INTERPRET, head_dim_pad, make_pruner, seq_bucket
 
 __all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
 
@@ -124,24 +123,6 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool) -> bool:
     return bm <= 64
 
 
-def _pruner(kind: str):
-    def prune(configs, named_args, **kwargs):
-        d = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
-        q = named_args.get("Q1")
-        fp32 = q is not None and q.dtype == torch.float32
-        scale = 2 if fp32 else 1  # 4-byte elements
-        keep = [
-            c
-            for c in configs
-            if _smem_estimate(c, d, kind) * scale <= SMEM_BYTES[ARCH]
-            and _fits_registers(c, d, kind, fp32)
-        ]
-        keep = keep or [min(configs, key=lambda c: _smem_estimate(c, d, kind))]
-        return keep if TUNE else keep[:1]
-
-    return prune
-
-
-prune_fwd = _pruner("fwd")
-prune_dkdv = _pruner("dkdv")
-prune_dq = _pruner("dq")
+prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
+prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
+prune_dq = make_pruner("dq", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)

@@ -146,24 +146,29 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool = False) -
     return bm <= 64
 
 
-def _pruner(kind: str):
+def make_pruner(kind: str, smem_estimate, fits_registers, q_arg: str = "Q", tune: bool = TUNE):
+    """Autotune ``prune_configs_by`` hook: keep the configs whose shared memory
+    (``smem_estimate(cfg, d, kind)``, doubled for fp32) fits this GPU and whose accumulators fit
+    the registers (``fits_registers(cfg, d, kind, fp32)``); the smallest if none does; only the
+    first unless ``tune``. Shared by every attention kernel package (triton_fa2, piecewise)."""
+
     def prune(configs, named_args, **kwargs):
         d = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
-        q = named_args.get("Q")
+        q = named_args.get(q_arg)
         fp32 = q is not None and q.dtype == torch.float32
         scale = 2 if fp32 else 1  # 4-byte elements
         keep = [
             c
             for c in configs
-            if _smem_estimate(c, d, kind) * scale <= SMEM_BYTES[ARCH]
-            and _fits_registers(c, d, kind, fp32)
+            if smem_estimate(c, d, kind) * scale <= SMEM_BYTES[ARCH]
+            and fits_registers(c, d, kind, fp32)
         ]
-        keep = keep or [min(configs, key=lambda c: _smem_estimate(c, d, kind))]
-        return keep if TUNE else keep[:1]
+        keep = keep or [min(configs, key=lambda c: smem_estimate(c, d, kind))]
+        return keep if tune else keep[:1]
 
     return prune
 
 
-prune_fwd = _pruner("fwd")
-prune_dkdv = _pruner("dkdv")
-prune_dq = _pruner("dq")
+prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers)
+prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers)
+prune_dq = make_pruner("dq", _smem_estimate, _fits_registers)
