@@ -4,8 +4,9 @@ against the reference, and compiled FlexAttention forward on small shapes."""
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from attnbench.backends import REGISTRY, fa4, flex
+from attnbench.backends import REGISTRY, fa4, flex, flex_mods
 from attnbench.case import Case
 from attnbench.check import check_backend, make_truth
 from attnbench.inputs import make_inputs
@@ -89,12 +90,12 @@ def _dense_mask(mod, sq, sk):
 )  # fmt: skip
 def test_dense_mask_is_the_reference_mask(sq, sk, causal, wl, wr):
     case = Case(1, 1, 1, sq, sk, 16, causal=causal, window_left=wl, window_right=wr)
-    mod = flex.mask_mod_for(case, "cpu")
+    mod = flex_mods.mask_mod_for(case, "cpu")
     assert torch.equal(_dense_mask(mod, sq, sk), visible_mask(sq, sk, causal, wl, wr))
 
 
 def test_no_mask_when_every_key_is_visible():
-    assert flex.mask_mod_for(Case(1, 1, 1, 30, 50, 16), "cpu") is None
+    assert flex_mods.mask_mod_for(Case(1, 1, 1, 30, 50, 16), "cpu") is None
 
 
 @pytest.mark.parametrize("causal,wl", [(False, -1), (True, -1), (True, 5)])
@@ -102,7 +103,7 @@ def test_varlen_document_mask_is_block_diagonal_reference(causal, wl):
     lq, lk = (1, 37, 20), (3, 37, 9)
     case = Case(3, 1, 1, 1, 1, 16, causal=causal, seqlens=lq, seqlens_k=lk, window_left=wl)
     inp = make_inputs(case, "cpu")
-    mod = flex.mask_mod_for(case, "cpu", inp.cu_seqlens_q, inp.cu_seqlens_k)
+    mod = flex_mods.mask_mod_for(case, "cpu", inp.cu_seqlens_q, inp.cu_seqlens_k)
     want = torch.block_diag(
         *[
             visible_mask(a, b, causal, wl, -1)
@@ -114,17 +115,65 @@ def test_varlen_document_mask_is_block_diagonal_reference(causal, wl):
     assert torch.equal(_dense_mask(mod, sum(lq), sum(lk)), want)
 
 
+class IndexLog(TorchDispatchMode):
+    """Records the index tensor of every gather (``t[idx]``) a mask/score mod makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.indices = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.index.Tensor:
+            self.indices += [i for i in args[1] if i is not None]
+        return func(*args, **kwargs or {})
+
+
+@pytest.mark.parametrize("mod", ["mask", "alibi"])
+def test_varlen_mods_gather_int32_tables_by_q_and_kv_only(mod):
+    # FLASH's CuTe code stores every gather index in an Int32 fragment: an index loaded from an
+    # int64 table (offs[q_doc[q_idx]]) was "store Int64 ... to Tensor with element type Int32"
+    case = Case(
+        3, 2, 2, 1, 1, 16, causal=True, alibi=mod == "alibi", seqlens=(5, 9, 2), seqlens_k=(7, 9, 4)
+    )
+    inp = make_inputs(case, "cpu")
+    cu = inp.cu_seqlens_q, inp.cu_seqlens_k
+    assert all(t.dtype == torch.int32 for t in flex_mods.packed_positions(*cu, "cpu"))
+    q, kv = torch.arange(16)[:, None], torch.arange(20)[None, :]
+    if mod == "mask":
+        fn = flex_mods.mask_mod_for(case, "cpu", *cu)
+    else:
+        score_mod = flex_mods.score_mod_for(case, torch.rand(2), *cu, "cpu")
+        fn = lambda b, h, q, kv: score_mod(torch.zeros(()), b, h, q, kv)  # noqa: E731
+    with IndexLog() as log:
+        fn(0, 1, q, kv)
+    assert log.indices and all(i is q or i is kv for i in log.indices if i.numel() > 1)
+
+
+def test_varlen_alibi_is_the_reference_bias_per_sequence():
+    lq, lk, h = (1, 37, 20), (3, 37, 9), 3
+    case = Case(3, h, h, 1, 1, 16, causal=True, alibi=True, seqlens=lq, seqlens_k=lk)
+    inp = make_inputs(case, "cpu")
+    slopes = torch.rand(h)
+    mod = flex_mods.score_mod_for(case, slopes, inp.cu_seqlens_q, inp.cu_seqlens_k, "cpu")
+    q, kv = torch.arange(sum(lq))[None, :, None], torch.arange(sum(lk))[None, None, :]
+    got = mod(torch.zeros(h, sum(lq), sum(lk)), 0, torch.arange(h)[:, None, None], q, kv)
+    want = [alibi_bias(slopes, a, b)[0] for a, b in zip(lq, lk)]
+    qs, ks = (0, *torch.tensor(lq).cumsum(0).tolist()), (0, *torch.tensor(lk).cumsum(0).tolist())
+    for i, w in enumerate(want):
+        assert torch.allclose(got[:, qs[i] : qs[i + 1], ks[i] : ks[i + 1]], w)
+
+
 def test_score_mod_is_softcap_then_alibi():
     sq, sk, h = 9, 13, 4
     case = Case(1, h, h, sq, sk, 16, causal=True, softcap=5.0, alibi=True)
     slopes = torch.rand(h)
-    mod = flex.score_mod_for(case, slopes)
+    mod = flex_mods.score_mod_for(case, slopes)
     s = torch.randn(1, h, sq, sk) * 10
     hi = torch.arange(h)[:, None, None]
     q, kv = torch.arange(sq)[None, :, None], torch.arange(sk)[None, None, :]
     want = 5.0 * torch.tanh(s / 5.0) + alibi_bias(slopes, sq, sk)
     assert torch.allclose(mod(s, 0, hi, q, kv), want)
-    assert flex.score_mod_for(Case(1, 1, 1, 8, 8, 16), None) is None
+    assert flex_mods.score_mod_for(Case(1, 1, 1, 8, 8, 16), None) is None
 
 
 # ---- compiled FlexAttention on the CPU (forward; torch 2.13 compiles no backward there) ------------
@@ -160,3 +209,33 @@ def test_compiled_flex_turns_buffer_donation_off():
     flex.compiled_flex.cache_clear()
     flex.compiled_flex()
     assert torch._functorch.config.donated_buffer is False
+
+
+# ---- flex_fa4's lse: torch 2.11.0-2.12.1 return ln 2 x FA4's natural-log lse (pytorch#181645) ----
+@pytest.mark.parametrize(
+    "version,scaled",
+    [("2.11.0+cu130", True), ("2.12.1", True), ("2.10.0", True), ("2.13.0+cpu", False),
+     ("2.15.0", False), ("3.0.0a0", False)],
+)  # fmt: skip
+def test_flash_lse_fix_is_gated_on_torch_version(version, scaled):
+    assert flex.flash_lse_scaled_by_ln2(version) is scaled
+
+
+def test_gate_matches_the_installed_torch_source():
+    # the fix (pytorch#181824) made _finalize_outputs skip "* ln2" for FLASH: stats_are_log2
+    import inspect
+
+    src = inspect.getsource(flex.flex_api().flex_attention)
+    assert flex.TORCH_SCALES_FLASH_LSE is ("stats_are_log2" not in src)
+
+
+def test_natural_lse_from_flex_flash_undoes_the_ln2():
+    s = torch.randn(2, 3, 5, 7) * 4
+    s[0, 1, 2] = float("-inf")  # a row with no visible key
+    true = torch.logsumexp(s, -1)
+    raw = true * torch.log(torch.tensor(2.0))  # what torch 2.11's _finalize_outputs returns
+    flash = {"BACKEND": "FLASH"}
+    fixed = flex.natural_lse_from_flex_flash(raw, flash, scaled=True)
+    assert torch.allclose(fixed, true) and torch.isneginf(fixed[0, 1, 2])
+    for opts, scaled in ((flash, False), ({"BACKEND": "TRITON"}, True), (None, True)):
+        assert flex.natural_lse_from_flex_flash(raw, opts, scaled=scaled) is raw

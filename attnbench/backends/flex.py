@@ -6,15 +6,12 @@
 - ``flex_fa4``: the same call with ``kernel_options={"BACKEND": "FLASH"}``: FlexAttention lowered
   to FlashAttention-4's CuTe-DSL kernels (needs ``flash-attn-4``, sm90+)
 
-Every attnbench mask is a ``mask_mod`` turned into a block mask in ``prepare`` (outside the timed
-region, cached per case): causal and the sliding window bottom-right aligned
-(``kv <= q + Sk - Sq + window_right``, ``kv >= q + Sk - Sq - window_left``), varlen as a document
-mask over the packed sequence (batch 1, each token's sequence id and position). Softcap and ALiBi
-are ``score_mod`` functions (FlexAttention passes the already scaled score, so softcap is
-``c * tanh(s / c)`` and ALiBi ``-slope_h * |q + Sk - Sq - kv|``, the reference's and flash-attn's
-convention); GQA through ``enable_gqa``; the lse through ``return_aux=AuxRequest(lse=True)``
-(``return_lse=True`` on torches without it), detached inside the compiled function so the
-backward never differentiates through it. Rows with no visible key give out = 0, lse = -inf.
+Masks are ``mask_mod`` functions turned into a block mask in ``prepare`` (outside the timed
+region, cached per case), softcap and ALiBi are ``score_mod`` functions
+(:mod:`attnbench.backends.flex_mods`); GQA through ``enable_gqa``; the lse through
+``return_aux=AuxRequest(lse=True)`` (``return_lse=True`` on torches without it), detached inside
+the compiled function so the backward never differentiates through it. Rows with no visible key
+give out = 0, lse = -inf.
 
 One compiled function serves every case: dynamo's recompile limit is raised and hitting it fails
 loudly, so a sweep never silently falls back to the eager path (50-100x slower). Compiles happen
@@ -31,19 +28,53 @@ tangent for every differentiable output of a compiled function, used by the loss
 returned undetached is the ``LoweringException: NotImplementedError`` of torch 2.11 (the
 probe's last lines, ``tools/gpu/fa4_probe.py``, check it). The same lowering refuses a
 deterministic backward with a block mask below sm100 (``deterministic`` is not declared here).
+
+Why ``flex_fa4`` divides its lse by ln 2 on torch < 2.13 (:func:`natural_lse_from_flex_flash`):
+FA4 writes the natural-log lse (the FLASH template passes ``lse=LOGSUMEXP`` to
+``_flash_attn_fwd``), but ``flex_attention``'s ``_finalize_outputs`` in torch 2.11.0, 2.12.0 and
+2.12.1 (``torch/nn/attention/flex_attention.py``, 2.11.0 line 1668: ``lse_scaled = lse * ln2``)
+multiplies every backend's lse by ln 2, as if it were the Triton kernels' log2 lse: the returned
+lse is ln 2 x the true one (pytorch/pytorch#181645, "returns lse off by factor ln(2)"; fixed by
+pytorch/pytorch#181824, first released in 2.13.0, whose ``_finalize_outputs`` has
+``stats_are_log2=kernel_options["BACKEND"] != "FLASH"``). That is a units bug in torch's wrapper,
+not in what FA4 computed: out and the gradients (its backward gets the kernel's own lse) pass,
+and ``fa4`` itself passes the lse on the same cases. So on those torches the backend undoes the
+factor and grades the lse FA4 computed; the probe prints the raw ratio (0.693 there, 1.000 after).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
+import re
 
 import torch
 
 from .base import Backend, Capabilities, Prepared, Unsupported, exception_chain, register
 from .fa4 import fa4_availability
+from .flex_mods import mask_mod_for, score_mod_for
 
 RECOMPILE_LIMIT = 4096
+FLASH_LSE_FIXED_IN = (2, 13)  # pytorch/pytorch#181824; 2.11.0-2.12.1 scale it by ln 2
+
+
+def flash_lse_scaled_by_ln2(torch_version: str) -> bool:
+    """Does this torch's ``flex_attention`` return ln 2 x the FLASH backend's (natural-log) lse:
+    a release older than :data:`FLASH_LSE_FIXED_IN` (pytorch/pytorch#181645)?"""
+    major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", str(torch_version)).groups())
+    return (major, minor) < FLASH_LSE_FIXED_IN
+
+
+TORCH_SCALES_FLASH_LSE = flash_lse_scaled_by_ln2(torch.__version__)
+
+
+def natural_lse_from_flex_flash(lse, kernel_options, scaled: bool = TORCH_SCALES_FLASH_LSE):
+    """The natural-log lse of a ``flex_attention`` call: the FLASH backend's lse divided by ln 2
+    on the torches that multiplied it by ln 2 (``scaled``), unchanged otherwise."""
+    if scaled and kernel_options and kernel_options.get("BACKEND") == "FLASH":
+        return lse / math.log(2.0)
+    return lse
 
 
 def flex_api():
@@ -85,6 +116,7 @@ def flex_call(differentiable_lse: bool = False):
             lse = aux.lse
         else:
             out, lse = fa.flex_attention(q, k, v, return_lse=True, **kw)
+        lse = natural_lse_from_flex_flash(lse, kernel_options)
         return out, lse if differentiable_lse else lse.detach()
 
     return attend
@@ -102,78 +134,6 @@ def compiled_flex(differentiable_lse: bool = False):
 
     functorch_cfg.donated_buffer = False
     return torch.compile(flex_call(differentiable_lse), dynamic=False, fullgraph=True)
-
-
-# ---- masks and score mods: small functions of the case ----------------------------------------
-def mask_mod_for(case, device, cu_q=None, cu_k=None):
-    """The case's ``mask_mod(b, h, q_idx, kv_idx)`` (None: every key visible). Varlen cases are
-    one packed batch with int32 ``cu_q``/``cu_k``: same sequence, and causal/window within it."""
-    wl, wr = case.window_left, 0 if case.causal else case.window_right
-    if not case.varlen:
-        if wl < 0 and wr < 0:
-            return None
-        off = case.seqlen_k - case.seqlen_q
-
-        def dense(b, h, q_idx, kv_idx):
-            diag = q_idx + off
-            ok = (kv_idx <= diag + wr) if wr >= 0 else kv_idx >= 0
-            return ok & (kv_idx >= diag - wl) if wl >= 0 else ok
-
-        return dense
-    q_doc, q_pos, k_doc, k_pos, offs = packed_positions(cu_q, cu_k, device)
-
-    def document(b, h, q_idx, kv_idx):
-        d = q_doc[q_idx]
-        ok = d == k_doc[kv_idx]
-        diag = q_pos[q_idx] + offs[d]
-        if wr >= 0:
-            ok = ok & (k_pos[kv_idx] <= diag + wr)
-        if wl >= 0:
-            ok = ok & (k_pos[kv_idx] >= diag - wl)
-        return ok
-
-    return document
-
-
-def packed_positions(cu_q, cu_k, device):
-    """Per token: sequence id and position in it (q and k), and per sequence Sk - Sq."""
-    lq, lk = cu_q.diff().long().to(device), cu_k.diff().long().to(device)
-
-    def ids(lens):
-        doc = torch.repeat_interleave(torch.arange(len(lens), device=device), lens)
-        start = torch.cumsum(lens, 0) - lens
-        return doc, torch.arange(int(lens.sum()), device=device) - start[doc]
-
-    (q_doc, q_pos), (k_doc, k_pos) = ids(lq), ids(lk)
-    return q_doc, q_pos, k_doc, k_pos, lk - lq
-
-
-def score_mod_for(case, slopes=None, cu_q=None, cu_k=None, device=None):
-    """Softcap then ALiBi on the scaled score, as the reference does (None: neither)."""
-    cap = case.softcap
-    if not cap and not case.alibi:
-        return None
-    if case.alibi and slopes is None:
-        raise ValueError("ALiBi needs the slopes")
-    if case.alibi and case.varlen:
-        q_doc, q_pos, _, k_pos, offs = packed_positions(cu_q, cu_k, device)
-
-        def dist(q_idx, kv_idx):
-            return (q_pos[q_idx] + offs[q_doc[q_idx]] - k_pos[kv_idx]).abs()
-    else:
-        off = case.seqlen_k - case.seqlen_q
-
-        def dist(q_idx, kv_idx):
-            return (q_idx + off - kv_idx).abs()
-
-    def mod(score, b, h, q_idx, kv_idx):
-        if cap:
-            score = cap * torch.tanh(score / cap)
-        if case.alibi:
-            score = score - slopes[h] * dist(q_idx, kv_idx)
-        return score
-
-    return mod
 
 
 def flex_limits(case, device, mode) -> str | None:

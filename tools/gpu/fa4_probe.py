@@ -8,6 +8,8 @@ Each probe is an attnbench case run through the registered backend and graded by
 accuracy rule, forward then forward+backward: ``ok x0.42`` (worst error / the rule's bound),
 ``FAIL`` (accuracy), ``refused: ...`` (the library's own message: an ``unsupported`` row in a
 run) or ``error: ...``; ``s`` is the wall time of that call, first-call compiles included.
+Then ``flex_fa4``'s lse over the reference's, raw (as torch returns it: 0.693 = ln 2 on torch
+2.11-2.12, pytorch/pytorch#181645) and as graded (after ``natural_lse_from_flex_flash``: 1.000).
 Last, the FLASH lowering of FlexAttention with the lse returned as a differentiable output versus
 detached inside the compiled function (what ``flex_fa4`` does), forward+backward.
 """
@@ -84,6 +86,32 @@ def grade(be, case, grads: bool) -> tuple[str, float]:
     return (f"FAIL {','.join(bad)}" if bad else f"ok x{worst:.2f}") + f" [{graded}]", dt
 
 
+def lse_units() -> None:
+    """One line: flex_fa4's lse / the fp32 reference's, raw from torch and as attnbench grades it."""
+    from torch.nn.attention import flex_attention as fa
+
+    from attnbench.backends.flex import TORCH_SCALES_FLASH_LSE, to_flex_layout
+
+    case, be = C(), REGISTRY["flex_fa4"]
+    inp = make_inputs(case, "cuda")
+    ref = make_truth(inp, case, grads=False).ref.lse.float()
+    with torch.no_grad():
+        graded = be.forward(be.prepare(inp, case), case)[1]
+        q, k, v = (to_flex_layout(t.detach(), False) for t in (inp.q, inp.k, inp.v))
+        flash = torch.compile(fa.flex_attention, dynamic=False)
+        aux = flash(q, k, v, scale=case.scale, return_aux=fa.AuxRequest(lse=True),
+                    kernel_options={"BACKEND": "FLASH"})[1]  # fmt: skip
+
+    def ratio(x):
+        return (x.float() / ref).median().item()
+
+    print(
+        f"  flex_fa4 raw lse / reference lse = {ratio(aux.lse):.3f}, graded lse / reference lse = "
+        f"{ratio(graded):.3f} ({case.id}; torch {torch.__version__}: divided by ln 2: "
+        f"{TORCH_SCALES_FLASH_LSE})"
+    )
+
+
 def lse_question() -> None:
     """Does the FLASH lowering fail when the lse is a differentiable output of the compiled
     function (its backward then gets a dLSE tangent), and run when it is detached inside?"""
@@ -129,6 +157,10 @@ def main() -> None:
         fwd, tf = grade(be, case, grads=False)
         bwd, tb = grade(be, case, grads=True)
         print(f"{label:28} {name:10} {case.id:44} {fwd:38} {tf:5.1f}s  {bwd:38} {tb:5.1f}s")
+    try:
+        lse_units()
+    except Exception as e:
+        print(f"  flex_fa4 lse units: {type(e).__name__}: {str(e).strip()[:200]}")
     try:
         lse_question()
     except Exception as e:  # no FlexAttention FLASH lowering at all
