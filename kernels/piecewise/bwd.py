@@ -243,11 +243,12 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     k_off = b64 * stride_kb + off_hk * stride_kh
     k_ptrs = cols[:, None] * stride_ks + offs_d[None, :]
+    # k1, v now, k2 after the near tiles (k1 and k2 live together only across the band)
     k1 = load_rows(K1 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-    k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    k2 = k1  # placeholder for the near loop (MODE 1 never reads k2)
     v = load_rows(V + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     dk1 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
-    dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
+    dk2 = dk1  # placeholder for the near loop (MODE 1 never updates dk2)
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
 
     shift = seqlen_k - seqlen_q
@@ -272,6 +273,8 @@ def _bwd_dkdv_kernel(
         0, e1, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC,
     )  # fmt: skip
+    k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
@@ -480,8 +483,9 @@ def _bwd_dq_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     q_ptrs = rows[:, None] * stride_qs + offs_d[None, :]
-    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    # q2 now, q1 after the far tiles (both live only across the threshold band)
     q2 = load_rows(Q2 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    q1 = q2  # placeholder for the far loop (MODE 2 never reads q1)
     do = load_rows(DO + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     l_off = b64 * stride_lb + off_h * stride_lh + rows
     lse2 = tl.load(Lse + l_off, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
@@ -501,6 +505,7 @@ def _bwd_dq_kernel(
         offs_d, 0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC,
     )  # fmt: skip
+    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,

@@ -224,8 +224,9 @@ def _fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     q_ptrs = rows[:, None] * stride_qs + offs_d[None, :]
-    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    # q2 now, q1 after the far tiles: both are live only across the threshold band
     q2 = load_rows(Q2 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    q1 = q2  # placeholder for the far loop (MODE 2 never reads q1)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -243,6 +244,7 @@ def _fwd_kernel(
         0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC,
     )  # fmt: skip
+    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,

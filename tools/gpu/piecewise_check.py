@@ -51,7 +51,7 @@ def parse():
 ARGS = parse()
 TUNE = "1" if ARGS.configs else "0"
 os.environ["ATTNBENCH_PIECEWISE_TUNE"] = TUNE
-os.environ["ATTNBENCH_TRITON_FA2_TUNE"] = TUNE
+os.environ.setdefault("ATTNBENCH_TRITON_FA2_TUNE", TUNE)  # =0: triton_fa2 untuned while tuning
 if ARGS.configs:
     os.environ["ATTNBENCH_RETUNE"] = "1"
 if ARGS.smoke:  # exercise the script itself without a GPU
