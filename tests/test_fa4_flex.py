@@ -239,3 +239,14 @@ def test_natural_lse_from_flex_flash_undoes_the_ln2():
     assert torch.allclose(fixed, true) and torch.isneginf(fixed[0, 1, 2])
     for opts, scaled in ((flash, False), ({"BACKEND": "TRITON"}, True), (None, True)):
         assert flex.natural_lse_from_flex_flash(raw, opts, scaled=scaled) is raw
+
+
+def test_lse_conversion_traces_in_a_fullgraph_compile():
+    # it runs inside the one compiled flex call: no graph break (fullgraph) on dict options
+    def finish(lse, opts):
+        return flex.natural_lse_from_flex_flash(lse, opts, scaled=True)
+
+    fn = torch.compile(finish, backend="eager", fullgraph=True)
+    lse = torch.randn(2, 3, 5)
+    assert torch.allclose(fn(lse, {"BACKEND": "FLASH"}) * torch.log(torch.tensor(2.0)), lse)
+    assert torch.equal(fn(lse, None), lse)
