@@ -42,7 +42,13 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # memory there (the band loop streams k1, k2 and v). Head dim 64 picked 128x128 w8 s3 (S 16k) and
 # 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
 _FWD = {
-    "hopper": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 128, 8, 2)],
+    "hopper": [
+        (128, 64, 8, 3),
+        (128, 128, 8, 3),
+        (64, 64, 4, 3),
+        (128, 64, 8, 2),
+        (128, 128, 8, 2),
+    ],
     "ampere": [(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }
