@@ -203,8 +203,37 @@ def test_tile_specs_parse():
     from attnbench.kernels.piecewise.configs import parse_tiles
 
     assert parse_tiles("128x64w8s3, 64x64w4s2") == [(128, 64, 8, 3), (64, 64, 4, 2)]
+    assert parse_tiles("64x128w8s3bs2") == [(64, 128, 8, 3, 2)]
     with pytest.raises(ValueError, match="BMxBNwWsS"):
         parse_tiles("128x64w8")
+
+
+def test_band_stages_default_to_the_kernels_and_are_described():
+    from attnbench.kernels.piecewise.configs import ARCH, _make
+    from attnbench.kernels.triton_fa2.tuning import describe
+
+    same, fewer = _make({ARCH: [(128, 64, 8, 3), (128, 64, 8, 4, 2)]}, "UNSET_ENV_VAR")
+    assert same.kwargs["BAND_STAGES"] == 3 and describe(same) == "128x64 w8 s3"
+    assert fewer.kwargs["BAND_STAGES"] == 2 and describe(fewer) == "128x64 w8 s4 bs2"
+
+
+@pytest.mark.parametrize(
+    "kind, tile, kib",
+    [  # Triton 3.6's own shared-memory count for sm_90 at head dim 128 (compiled offline)
+        ("fwd", (128, 64, 8, 3), 208),
+        ("fwd", (128, 64, 8, 3, 2), 160),
+        ("fwd", (128, 64, 8, 4, 2), 192),
+        ("fwd", (128, 128, 8, 2), 256),
+        ("dkdv", (64, 128, 8, 2), 193),
+        ("dq", (128, 64, 8, 2), 192),
+    ],
+    ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x),
+)
+def test_shared_memory_estimate_matches_triton(kind, tile, kib):
+    from attnbench.kernels.piecewise.configs import ARCH, _make, _smem_estimate
+
+    (cfg,) = _make({ARCH: [tile]}, "UNSET_ENV_VAR")
+    assert abs(_smem_estimate(cfg, 128, kind) / 1024 - kib) <= 2
 
 
 @pytest.mark.skipif(not (INTERPRET or HAS_GPU), reason="needs a GPU or TRITON_INTERPRET=1")

@@ -72,9 +72,10 @@ def _dkdv_inner(
     MASKED: tl.constexpr,
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """Accumulate the query rows [lo, hi) of one head into this key block's dK1, dK2, dV."""
-    for start_m in tl.range(lo, hi, BLOCK_M):
+    for start_m in tl.range(lo, hi, BLOCK_M, num_stages=BAND_STAGES if MODE == 3 else None):
         rows = start_m + offs_m
         q_off = rows[:, None] * stride_qs + offs_d[None, :]
         if MODE == 1:
@@ -163,6 +164,7 @@ def _dkdv_class(
     CAUSAL: tl.constexpr,
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """The query tiles [c_lo, c_hi) of one class, for every query head of the group in order:
     masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q) (triton_fa2's split)."""
@@ -174,19 +176,19 @@ def _dkdv_class(
             dk1, dk2, dv, k1, k2, v, Q1 + q_off, Q2 + q_off, DO + q_off, Lse + l_off,
             Delta + l_off, stride_qs, cols, offs_m, offs_d,
             tl.maximum(c_lo, m_lo), tl.minimum(c_hi, a), seqlen_q, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
         )  # fmt: skip
         dk1, dk2, dv = _dkdv_inner(
             dk1, dk2, dv, k1, k2, v, Q1 + q_off, Q2 + q_off, DO + q_off, Lse + l_off,
             Delta + l_off, stride_qs, cols, offs_m, offs_d,
             tl.maximum(c_lo, a), tl.minimum(c_hi, m_full), seqlen_q, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, False, MODE, DOT_PREC,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES,
         )  # fmt: skip
         dk1, dk2, dv = _dkdv_inner(
             dk1, dk2, dv, k1, k2, v, Q1 + q_off, Q2 + q_off, DO + q_off, Lse + l_off,
             Delta + l_off, stride_qs, cols, offs_m, offs_d,
             tl.maximum(c_lo, b), tl.minimum(c_hi, seqlen_q), seqlen_q, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
         )  # fmt: skip
     return dk1, dk2, dv
 
@@ -231,6 +233,7 @@ def _bwd_dkdv_kernel(
     DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """q1, q2, dO share one layout; k1, k2, v, dk1, dk2, dv another; Lse and Delta a third."""
     pid_n = tl.program_id(0)
@@ -271,7 +274,7 @@ def _bwd_dkdv_kernel(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         0, e1, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
@@ -279,7 +282,7 @@ def _bwd_dkdv_kernel(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         e1, s2, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 3, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 3, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     dk_ptrs = DK1 + k_off + k_ptrs
     store_rows(
@@ -295,7 +298,7 @@ def _bwd_dkdv_kernel(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         s2, seqlen_q, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     store_rows(
         DK2 + k_off + k_ptrs,
@@ -346,9 +349,10 @@ def _dq_inner(
     MASKED: tl.constexpr,
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """Accumulate the keys [lo, hi) into this query block's dQ1, dQ2."""
-    for start_n in tl.range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=BAND_STAGES if MODE == 3 else None):
         cols = start_n + offs_n
         kv_off = cols[:, None] * stride_ks + offs_d[None, :]
         if MODE == 1:
@@ -413,17 +417,18 @@ def _dq_class(
     CAUSAL: tl.constexpr,
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """The key tiles [c_lo, c_hi) of one class: the unmasked ones, then the masked ones."""
     dq1, dq2 = _dq_inner(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, c_lo, tl.minimum(c_hi, n_full), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     dq1, dq2 = _dq_inner(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, tl.maximum(c_lo, n_full), tl.minimum(c_hi, n_end), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     return dq1, dq2
 
@@ -467,6 +472,7 @@ def _bwd_dq_kernel(
     DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """q1, q2, dO, dq1, dq2 share one layout; k1, k2, v another; Lse and Delta a third."""
     pid_m = tl.program_id(0)
@@ -503,13 +509,13 @@ def _bwd_dq_kernel(
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, 0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     store_rows(
         DQ2 + q_off + q_ptrs,
@@ -523,7 +529,7 @@ def _bwd_dq_kernel(
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     store_rows(
         DQ1 + q_off + q_ptrs,

@@ -18,8 +18,14 @@ triton_fa2's :mod:`~attnbench.kernels.triton_fa2.tuning` (kernels ``piecewise_fw
 expected winner. Environment (read at import):
 
 - ``ATTNBENCH_PIECEWISE_TUNE=0``: keep only the first config that survives pruning (no tuning).
-- ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles ``BMxBNwWsS``
-  (e.g. ``128x64w8s3,128x128w8s2``) replacing that kernel's table (for tuning sessions).
+- ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles ``BMxBNwWsS[bsB]``
+  (e.g. ``128x64w8s3,64x128w8s3bs2``) replacing that kernel's table (for tuning sessions).
+
+``BAND_STAGES`` (a fifth table number, ``bsB`` in a tile spec; default the kernel's stages) sets
+the pipeline depth of the threshold band's loop alone: the band streams three tiles per stage
+(k1, k2, v or q1, q2, dO) against two in the one-product loops, so a shallower band lets the
+common loops pipeline deeper in the same shared memory. ``tools/kernel_resources.py`` compiles
+the tables offline for sm_90 (no GPU) and prints Triton's shared memory, registers and spills.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # at every S; the 128x128 forward / dQ tiles and 3-stage 64x128 dK/dV tiles ran out of shared
 # memory there (the band loop streams k1, k2 and v). Head dim 64 picked 128x128 w8 s3 (S 16k) and
 # 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
+# Entries with a fifth number run the threshold band with that many pipeline stages (fewer
+# than the one-product loops, so deeper pipelines fit in shared memory); not yet timed on a GPU.
 _FWD = {
     "hopper": [
         (128, 64, 8, 3),
@@ -48,40 +56,57 @@ _FWD = {
         (64, 64, 4, 3),
         (128, 64, 8, 2),
         (128, 128, 8, 2),
+        (128, 64, 8, 4, 2),
+        (128, 64, 8, 3, 2),
     ],
     "ampere": [(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }
 # dk/dv pass: one program per BLOCK_N keys, looping over BLOCK_M query rows.
 _BWD_DKDV = {
-    "hopper": [(64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2), (64, 64, 4, 2)],
+    "hopper": [
+        (64, 128, 8, 2),
+        (128, 128, 8, 2),
+        (64, 64, 4, 3),
+        (32, 128, 8, 2),
+        (64, 64, 4, 2),
+        (64, 128, 8, 3, 2),
+    ],
     "ampere": [(64, 64, 4, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
     "interpret": [(16, 32, 4, 1)],
 }
 # dq pass: one program per BLOCK_M query rows, looping over BLOCK_N keys.
 _BWD_DQ = {
-    "hopper": [(128, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+    "hopper": [
+        (128, 64, 8, 2),
+        (64, 64, 4, 3),
+        (128, 64, 8, 3),
+        (64, 64, 4, 2),
+        (64, 32, 4, 2),
+        (128, 64, 8, 3, 2),
+    ],
     "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }
 
-_TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)$")
+_TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)(?:bs(\d+))?$")
 
 
-def parse_tiles(spec: str) -> list[tuple[int, int, int, int]]:
-    """``"128x64w8s3,64x64w4s2"`` -> ``[(128, 64, 8, 3), (64, 64, 4, 2)]``."""
+def parse_tiles(spec: str) -> list[tuple[int, ...]]:
+    """``"128x64w8s3,64x128w8s3bs2"`` -> ``[(128, 64, 8, 3), (64, 128, 8, 3, 2)]`` (``bsN``: the
+    threshold band's pipeline stages, default the kernel's)."""
     tiles = []
     for part in spec.replace(" ", "").split(","):
         if not part:
             continue
         m = _TILE.match(part)
         if m is None:
-            raise ValueError(f"bad tile {part!r}: expected BMxBNwWsS, e.g. 128x64w8s3")
-        tiles.append(tuple(int(x) for x in m.groups()))
+            raise ValueError(f"bad tile {part!r}: expected BMxBNwWsS[bsB], e.g. 128x64w8s3")
+        tiles.append(tuple(int(x) for x in m.groups() if x is not None))
     return tiles
 
 
-def _table(table: dict, env: str) -> list[tuple[int, int, int, int]]:
+def _table(table: dict, env: str) -> list[tuple[int, ...]]:
     spec = os.environ.get(env, "")
     if spec and not INTERPRET:
         return parse_tiles(spec)
@@ -89,9 +114,15 @@ def _table(table: dict, env: str) -> list[tuple[int, int, int, int]]:
 
 
 def _make(table, env) -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, warps, stages[, band stages]) -> Configs; BAND_STAGES defaults to the
+    kernel's stages (every loop pipelined alike)."""
     return [
-        triton.Config({"BLOCK_M": a, "BLOCK_N": b}, num_warps=w, num_stages=s)
-        for a, b, w, s in _table(table, env)
+        triton.Config(
+            {"BLOCK_M": t[0], "BLOCK_N": t[1], "BAND_STAGES": t[4] if len(t) > 4 else t[3]},
+            num_warps=t[2],
+            num_stages=t[3],
+        )
+        for t in _table(table, env)
     ]
 
 
@@ -108,13 +139,17 @@ def bwd_dq_configs() -> list[triton.Config]:
 
 
 def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
-    """Bytes of shared memory a config needs, roughly (16-bit elements)."""
+    """Bytes of shared memory a config needs (16-bit elements): the larger of a one-product
+    loop (two tiles streamed per stage) and the band loop (three per band stage). Checked
+    against Triton's own count for sm_90 (``triton.compile`` offline): fwd 128x64 s3 at d=128
+    208 KiB (band s3) / 160 KiB (band s2); dK/dV 64x128 s3 bs2 193 KiB; dQ 128x64 s3 bs2 192 KiB."""
     bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
-    if kind == "fwd":  # q1, q2 resident; k1, k2, v streamed (band loop)
-        return 2 * d * (2 * bm + 3 * bn * st)
-    if kind == "dkdv":  # k1, k2, v resident; q1, q2, dO streamed
-        return 2 * d * (3 * bn + 3 * bm * st)
-    return 2 * d * (3 * bm + 3 * bn * st)  # dq: q1, q2, dO resident; k1, k2, v streamed
+    band = max(cfg.kwargs.get("BAND_STAGES", st), 1)
+    if kind == "fwd":  # q1, q2 resident; k2 + v, k1 + v, or k1 + k2 + v streamed
+        return 2 * d * (2 * bm + max(2 * bn * st, 3 * bn * band))
+    if kind == "dkdv":  # k1, k2, v resident; q + dO or q1 + q2 + dO streamed
+        return 2 * d * (3 * bn + max(2 * bm * st, 3 * bm * band))
+    return 2 * d * (3 * bm + max(2 * bn * st, 3 * bn * band))  # dq: q1, q2, dO resident
 
 
 def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool) -> bool:
@@ -135,8 +170,7 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool) -> bool:
 def _estimate_for(env: str):
     """The shared-memory estimate, except for tiles given in ``env`` (a tuning session): those
     all go to the compiler, which refuses the ones that do not fit (the autotuner skips them).
-    The estimate assumes the band loop's three streamed tiles at every stage; Triton's allocator
-    may fit more."""
+    The estimate can be off by a few KiB."""
     if os.environ.get(env) and not INTERPRET:
         return lambda cfg, d, kind: 0
     return _smem_estimate

@@ -91,8 +91,9 @@ def _fwd_inner(
     MASKED: tl.constexpr,
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
-    for start_n in tl.range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=BAND_STAGES if MODE == 3 else None):
         cols = start_n + offs_n
         kv_off = cols[:, None] * stride_ks + offs_d[None, :]
         if MODE == 1:
@@ -157,17 +158,18 @@ def _fwd_class(
     CAUSAL: tl.constexpr,
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """The key tiles [c_lo, c_hi) of one class: the unmasked ones, then the masked ones."""
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         c_lo, tl.minimum(c_hi, n_full), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         tl.maximum(c_lo, n_full), tl.minimum(c_hi, n_end), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     return acc, l_i, m_i
 
@@ -207,6 +209,7 @@ def _fwd_kernel(
     DOT_PREC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BAND_STAGES: tl.constexpr,
 ):
     """q1, q2, out share one layout (strides ``stride_q*``); k1, k2, v share another."""
     pid_m = tl.program_id(0)
@@ -242,18 +245,18 @@ def _fwd_kernel(
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
 
     empty = l_i == 0.0

@@ -63,11 +63,21 @@ def config_dict(cfg: Config) -> dict:
 
 
 def describe(cfg: Config | None) -> str | None:
-    """``128x64 w8 s3`` (the tuned kwargs, here BLOCK_M x BLOCK_N; warps; stages) of a config."""
+    """``128x64 w8 s3`` (the ``BLOCK_*`` kwargs joined by x; warps; stages) of a config; other
+    kwargs follow as their initials and value (``BAND_STAGES=2`` -> ``bs2``) when they are not
+    just the number of stages again."""
     if cfg is None:
         return None
-    tiles = "x".join(str(v) for v in cfg.kwargs.values())
-    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}"
+    blocks = [v for k, v in cfg.kwargs.items() if k.startswith("BLOCK")]
+    tiles = "x".join(str(v) for v in blocks or cfg.kwargs.values())
+    extra = "".join(
+        f" {''.join(w[0] for w in k.lower().split('_'))}{v}"
+        for k, v in cfg.kwargs.items()
+        if blocks
+        and not k.startswith("BLOCK")
+        and not (k.endswith("STAGES") and v == cfg.num_stages)
+    )
+    return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}{extra}"
 
 
 def load(path: Path | None = None) -> dict:

@@ -1,0 +1,138 @@
+"""Shared memory, registers and spills of the Triton attention kernels' launch configs, compiled
+offline for a GPU architecture: no GPU needed (Triton's compiler, its bundled ptxas and
+cuobjdump). Use it before spending device time: a config whose shared memory exceeds the
+limit is refused on the GPU, and the package's pruner estimate should agree with Triton.
+
+    python tools/kernel_resources.py piecewise fwd,dkdv,dq --head-dims 64,128
+    python tools/kernel_resources.py triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
+    python tools/kernel_resources.py piecewise dkdv --tiles 64x128w8s3bs2
+
+One line per (kernel, head dim, config): Triton's shared-memory count against the pruner's
+estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
+stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
+(``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
+``bsB``). bf16, causal, every pointer and stride 16-divisible (what the GPU launch sees for
+contiguous tensors), so the counts match what the autotuner compiles there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
+NO_SPECIALIZE = {"seqlen_q", "seqlen_k", "group", "w"}
+
+
+def packages():
+    """{package: {kind: (jit kernel, configs module, hopper table, make)}}."""
+    from attnbench.kernels import piecewise, triton_fa2
+    from attnbench.kernels.piecewise import configs as pc
+    from attnbench.kernels.triton_fa2 import configs as tc
+
+    def pw_make(tiles):
+        return pc._make({pc.ARCH: tiles}, "ATTNBENCH_UNSET")
+
+    def fa2_make(tiles):
+        return tc._make({tc.ARCH: tiles}, ("BLOCK_M", "BLOCK_N"))
+
+    return {
+        "piecewise": {
+            "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_make),
+            "dkdv": (piecewise.bwd._bwd_dkdv_kernel, pc, pc._BWD_DKDV, pw_make),
+            "dq": (piecewise.bwd._bwd_dq_kernel, pc, pc._BWD_DQ, pw_make),
+        },
+        "triton_fa2": {
+            "fwd": (triton_fa2.fwd._fwd_kernel, tc, tc._FWD, fa2_make),
+            "dkdv": (triton_fa2.bwd._bwd_dkdv_kernel, tc, tc._BWD_DKDV, fa2_make),
+            "dq": (triton_fa2.bwd._bwd_dq_kernel, tc, tc._BWD_DQ, fa2_make),
+        },
+    }
+
+
+def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90):
+    """(shared bytes, registers, stack bytes) of ``kernel`` under ``cfg``, bf16, causal."""
+    fn = getattr(kernel, "fn", kernel)
+    consts = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, CAUSAL=True, DOT_PREC="ieee")
+    consts.update(IS_VARLEN=False, **cfg.kwargs)
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    sig = {}
+    for n in fn.arg_names:
+        if n in consts:
+            sig[n] = "constexpr"
+        elif n.startswith("cu_seqlens"):
+            sig[n] = "*i32"
+        elif n[0].isupper() and n != "SEQ_BUCKET":
+            sig[n] = "*fp32" if n in ("Lse", "Delta") else "*bf16"
+        elif n in ("qk_scale", "sm_scale"):
+            sig[n] = "fp32"
+        else:
+            sig[n] = "i32"
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, n in enumerate(fn.arg_names)
+        if sig[n].startswith("*") or (sig[n] == "i32" and n not in NO_SPECIALIZE)
+    }
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    regs, stack = cubin_resources(compiled.asm["cubin"])
+    return compiled.metadata.shared, regs, stack
+
+
+def cubin_resources(cubin: bytes) -> tuple[int | None, int | None]:
+    """(registers per thread, stack bytes) from ``cuobjdump --dump-resource-usage``."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run(
+            [tool, "--dump-resource-usage", f.name], capture_output=True, text=True
+        )
+    m = re.search(r"REG:(\d+).*?STACK:(\d+)", out.stdout, re.S)
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
+def main(argv=None) -> int:
+    from attnbench.kernels.piecewise.configs import parse_tiles
+    from attnbench.kernels.triton_fa2.tuning import describe
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("package", choices=["piecewise", "triton_fa2"])
+    ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq")
+    ap.add_argument("--head-dims", default="64,128")
+    ap.add_argument("--tiles", default="", help="BMxBNwWsS[bsB],... instead of the Hopper table")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
+    a = ap.parse_args(argv)
+    pkg = packages()[a.package]
+    for kind in a.kinds.split(","):
+        kernel, mod, table, make = pkg[kind]
+        tiles = parse_tiles(a.tiles) if a.tiles else table["hopper"]
+        if a.package == "triton_fa2":
+            tiles = [t[:4] for t in tiles]
+        for d in (int(x) for x in a.head_dims.split(",")):
+            for cfg in make(tiles):
+                est = mod._smem_estimate(cfg, d, kind)
+                try:
+                    shared, regs, stack = compile_config(kernel, cfg, d, a.arch)
+                except Exception as e:  # one config failing to compile does not stop the list
+                    print(f"{kind:4} d{d:<4}{describe(cfg):18} error: {type(e).__name__}: {e}")
+                    continue
+                fits = "fits" if shared <= SMEM_LIMIT else "OOR "
+                print(
+                    f"{kind:4} d{d:<4}{describe(cfg):18} shared {shared / 1024:5.0f} KiB "
+                    f"(estimate {est / 1024:.0f}) {fits}  regs {regs}  stack {stack} B",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
