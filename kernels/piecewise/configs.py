@@ -36,22 +36,31 @@ __all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
 TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
-# Hopper: not yet tuned on an H200 (tools/gpu/piecewise_check.py --configs does that); derived
-# from triton_fa2's tuned tiles, with stages cut where the extra q2/k2 tiles need the room.
+# Hopper: tuned on an H200 (2026-12-01, bf16 causal, w = S/2, S 2k-16k, 32k tokens, width 2048;
+# ``tools/gpu/piecewise_check.py --configs``). Head dim 128 picked the first entry of each table
+# at every S; the 128x128 forward / dQ tiles and 3-stage 64x128 dK/dV tiles ran out of shared
+# memory there (the band loop streams k1, k2 and v). Head dim 64 picked 128x128 w8 s3 (S 16k) and
+# 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
 _FWD = {
-    "hopper": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)],
+    "hopper": [
+        (128, 64, 8, 3),
+        (128, 128, 8, 3),
+        (64, 64, 4, 3),
+        (128, 64, 8, 2),
+        (128, 128, 8, 2),
+    ],
     "ampere": [(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }
 # dk/dv pass: one program per BLOCK_N keys, looping over BLOCK_M query rows.
 _BWD_DKDV = {
-    "hopper": [(64, 128, 8, 2), (64, 64, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
+    "hopper": [(64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2), (64, 64, 4, 2)],
     "ampere": [(64, 64, 4, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
     "interpret": [(16, 32, 4, 1)],
 }
 # dq pass: one program per BLOCK_M query rows, looping over BLOCK_N keys.
 _BWD_DQ = {
-    "hopper": [(128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
+    "hopper": [(128, 64, 8, 2), (64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (64, 32, 4, 2)],
     "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }

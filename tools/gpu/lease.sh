@@ -5,9 +5,9 @@
 #   bash tools/gpu/lease.sh [setup options] -- 'COMMAND' ['COMMAND' ...]
 #
 # Each COMMAND is one shell line, run in order with its own log ($OUT/logs/NN.log) and exit
-# code; plain `[timeout N] attnbench perf|accuracy|dist ...` lines (no pipe, no ;, no &) without
-# --out get `--out $R` ($R =
-# $OUT/results, exported, as are $OUT and $L, for lines that run several jobs). Example
+# code; plain `[VAR=value ...] [timeout N] attnbench perf|accuracy|dist ...` lines (no pipe, no ;,
+# no &) without --out get `--out $R` ($R = $OUT/results, exported, as are $OUT and $L, for lines
+# that run several jobs). Example
 # (the single-GPU checks of issue 11):
 #
 #   bash tools/gpu/lease.sh -- \
@@ -28,6 +28,8 @@
 #   --fa4-park       FlashAttention-4, call 1 of 2: park the first half of its wheels
 #                    (bash ../shared/device/fa4.sh download; carry .fa4a); call 2 must follow
 #   --fa4            FlashAttention-4, call 2 (carry .fa4b) and later calls: install, PYTHONPATH
+#   --tuning FILE    keep Triton tuning choices across device sessions: ATTNBENCH_TUNING_CACHE=FILE
+#                    (e.g. .gpu/tuning.json, carried), copied back to $OUT/tuning.json at the end
 #   --flag           FlagAttention from .flag/FlagAttention-ee91638.tar.gz (copy
 #                    ../shared/device/flag_attn/ to .flag; carry .flag)
 # Folders to carry: .whl always (unless --again), plus .gpu / .fa4a / .fa4b / .flag as above.
@@ -42,7 +44,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 t0=$(date +%s)
 el() { echo "[$(($(date +%s) - t0)) s] $*"; }
 
-again=0 fa_wait="" fa4="" flag=0
+again=0 fa_wait="" fa4="" flag=0 tuning=
 while [ $# -gt 0 ]; do
   case "$1" in
     --again) again=1 ;;
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --fa4-park) fa4=park ;;
     --fa4) fa4=install ;;
     --flag) flag=1 ;;
+    --tuning) tuning=$2; shift ;;
     --) shift; break ;;
     *) echo "lease.sh: unknown option $1 (see the header)"; exit 2 ;;
   esac
@@ -81,6 +84,9 @@ if [ -n "$fa_wait" ] && [ "$fa_wait" != 0 ]; then
   el "waiting for flash-attn"
   bash .gpu/flash_attn.sh wait "$fa_wait" && export PYTHONPATH=/tmp/fa/src:$PYTHONPATH
 fi
+if [ -n "$tuning" ]; then
+  export ATTNBENCH_TUNING_CACHE=$(realpath -m "$tuning")
+fi
 nvidia-smi -L
 python3 -m attnbench env 2>&1 | tail -n 25
 
@@ -89,7 +95,7 @@ n=0
 for cmd in "$@"; do
   n=$((n + 1))
   log=$(printf '%s/%02d.log' "$L" "$n")
-  if [[ $cmd =~ ^(timeout\ [0-9]+\ )?attnbench\ (perf|accuracy|dist) ]] && [[ $cmd != *--out* ]] \
+  if [[ $cmd =~ ^([A-Za-z_][A-Za-z0-9_]*=[^\ ]*\ )*(timeout\ [0-9]+\ )?attnbench\ (perf|accuracy|dist) ]] && [[ $cmd != *--out* ]] \
     && [[ $cmd != *[\;\|\&]* ]]; then
     cmd="$cmd --out $R"
   fi
@@ -98,6 +104,8 @@ for cmd in "$@"; do
   bash -c "$cmd" >>"$log" 2>&1
   echo "rc=$?" | tee -a "$log"
 done
+
+if [ -n "$tuning" ] && [ -f "$ATTNBENCH_TUNING_CACHE" ]; then cp "$ATTNBENCH_TUNING_CACHE" "$OUT/tuning.json"; fi
 
 # ---- short tables last --------------------------------------------------------------------
 n=0
