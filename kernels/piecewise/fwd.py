@@ -260,8 +260,16 @@ def _fwd_kernel(
     )  # fmt: skip
 
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453  # log2 -> ln
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    if Out.dtype.element_ty == tl.float32:
+        # fp32 inputs: log2, sum and * ln 2 in fp64 (once per row), so lse is rounded once,
+        # not three times (an ulp off on ~45% of rows). The backward rebuilds P from lse: that
+        # ulp gave 3.5x torch's dK2 error (tests/test_piecewise_kernel.py). fp16/bf16: as before.
+        lse2 = m_i.to(tl.float64) + tl.log2(l_safe.to(tl.float64))
+        lse = (lse2 * 0.6931471805599453).to(tl.float32)
+    else:
+        lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453  # log2 -> ln
     lse = tl.where(empty, float("inf"), lse)
     store_rows(
         Out + q_off + q_ptrs,
