@@ -34,6 +34,7 @@ from .options import (
     ONLY,
     OUT,
     SKIP,
+    WHERE,
     check_device,
     check_out_dir,
     err_console,
@@ -43,9 +44,11 @@ from .options import (
     parse_modes,
     split_list,
 )
+from .problems import PROBLEMS
 from .report import accuracy_table, failed_cases, perf_table, unrepeatable, unsupported_reasons
 from .results import ResultsWriteError, ResultsWriter, new_run_id
 from .runner import RunContext, run_accuracy, run_perf
+from .where import keep, parse_where
 
 app = typer.Typer(
     add_completion=False,
@@ -68,7 +71,9 @@ def _nothing_runs(cases, backends, modes, dev) -> str | None:
     return "; ".join(f"{b}: {w}" for b, w in reasons.items())
 
 
-def _common(kind: str, config: str, only, skip, device, dtype, out, json_out, modes=None):
+def _common(
+    kind: str, config: str, only, skip, device, dtype, out, json_out, modes=None, where=None
+):
     console = err_console if json_out else make_console()
     dev = check_device(device)
     try:
@@ -82,7 +87,8 @@ def _common(kind: str, config: str, only, skip, device, dtype, out, json_out, mo
     try:
         cfg, path = load_config(config)
         cases, cfg_modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
-    except ConfigError as e:
+        cases = keep(cases, parse_where(where, [PROBLEMS[cfg.problem].case_type]))
+    except (ConfigError, ValueError) as e:
         fail(str(e))
     wrong = [b.name for b in backends if b.caps.problem != cfg.problem]
     if only and wrong:
@@ -94,7 +100,7 @@ def _common(kind: str, config: str, only, skip, device, dtype, out, json_out, mo
         flag = "--suite" if cfg.kind == "accuracy" else "--sweep"
         fail(f"{path}: kind: {cfg.kind}, not {kind}; run it with `attnbench {cfg.kind} {flag} ...`")
     if not cases:
-        fail(f"{path}: no cases to run on {dev}")
+        fail(f"{path}: no cases to run on {dev}" + (f" where {where}" if where else ""))
     run_modes = run_modes or cfg_modes
     why = _nothing_runs(cases, backends, run_modes if kind == "perf" else None, dev)
     if why:
@@ -170,13 +176,14 @@ def accuracy(
     skip: str = SKIP,
     device: str = DEVICE,
     dtype: str = DTYPE,
+    where: str = WHERE,
     out: Path = OUT,
     json_out: bool = JSON,
 ):
     """Max/mean error of out, lse, dq, dk, dv of every backend against the fp32 reference."""
     t0 = time.perf_counter()
     ctx, cfg, cases, _, backends = _common(
-        "accuracy", suite, only, skip, device, dtype, out, json_out
+        "accuracy", suite, only, skip, device, dtype, out, json_out, where=where
     )
     _run(ctx, lambda: run_accuracy(cases, backends, ctx))
     _finish(ctx, accuracy_table(ctx.rows), t0)
@@ -190,6 +197,7 @@ def perf(
     skip: str = SKIP,
     device: str = DEVICE,
     dtype: str = DTYPE,
+    where: str = WHERE,
     out: Path = OUT,
     json_out: bool = JSON,
     retune: bool = typer.Option(
@@ -207,7 +215,7 @@ def perf(
     if repeat < 1:
         fail(f"--repeat must be >= 1, got {repeat}")
     ctx, cfg, cases, run_modes, backends = _common(
-        "perf", sweep, only, skip, device, dtype, out, json_out, modes
+        "perf", sweep, only, skip, device, dtype, out, json_out, modes, where
     )
     ctx.repeat = repeat
     _run(ctx, lambda: run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms))

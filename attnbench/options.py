@@ -100,6 +100,11 @@ SKIP = typer.Option(None, "--skip", help="comma-separated backends to skip")
 DEVICE = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)")
 DTYPE = typer.Option(None, "--dtype", help="run every case in these dtypes (fp16,bf16,fp32)")
 MODES_OPT = typer.Option(None, "--modes", help="subset of fwd,bwd,fwd_bwd")
+WHERE = typer.Option(
+    None,
+    "--where",
+    help='only the cases where every condition holds, e.g. "seqlen>=2048,head_dim=64|128,causal=true"',
+)
 OUT = typer.Option(Path("results"), "--out", help="results folder")
 # metavar="": a plain flag in --help (typer with click 8.2+ shows "<bool>", which takes no value)
 JSON = typer.Option(
