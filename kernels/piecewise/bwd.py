@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ..triton_fa2 import tuning
+from ..triton_fa2.bwd import probs, probs_t, row_values
 from ..triton_fa2.fwd import load_rows, store_rows
 from . import configs
 from .fwd import key_classes, key_ranges
@@ -91,25 +92,11 @@ def _dkdv_inner(
             qk2_t = tl.dot(k2, tl.trans(q2), input_precision=DOT_PREC)
             far_t = (rows[None, :] + shift - cols[:, None]) >= w
             qk_t = tl.where(far_t, qk2_t, qk1_t)
-        if MASKED:
-            lse2 = (
-                tl.load(l_base + rows, mask=rows < seqlen_q, other=float("inf"))
-                * 1.4426950408889634
-            )
-        else:
-            lse2 = tl.load(l_base + rows) * 1.4426950408889634
-        p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
-        if MASKED:
-            visible = rows[None, :] < seqlen_q
-            if CAUSAL:
-                visible = visible & (cols[:, None] <= rows[None, :] + shift)
-            p_t = tl.where(visible, p_t, 0.0)
+        lse2 = row_values(l_base, rows, seqlen_q, float("inf"), MASKED) * 1.4426950408889634
+        p_t = probs_t(qk_t, lse2, rows, cols, seqlen_q, shift, qk_scale, CAUSAL, MASKED)
         do = load_rows(do_base + q_off, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        if MASKED:
-            delta = tl.load(d_base + rows, mask=rows < seqlen_q, other=0.0)
-        else:
-            delta = tl.load(d_base + rows)
+        delta = row_values(d_base, rows, seqlen_q, 0.0, MASKED)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         ds_t = p_t * (dp_t - delta[None, :])
         if MODE == 1:
@@ -369,12 +356,7 @@ def _dq_inner(
             far = (rows[:, None] + shift - cols[None, :]) >= w
             qk = tl.where(far, qk2, qk1)
         v = load_rows(v_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-        p = tl.exp2(qk * qk_scale - lse2[:, None])
-        if MASKED:
-            visible = cols[None, :] < seqlen_k
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None] + shift)
-            p = tl.where(visible, p, 0.0)
+        p = probs(qk, lse2, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
         if MODE == 1:

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..triton_fa2 import tuning
-from ..triton_fa2.fwd import load_rows, store_rows
+from ..triton_fa2.fwd import load_rows, softmax_step, store_rows
 from . import configs
 
 
@@ -109,20 +109,9 @@ def _fwd_inner(
             qk2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
             far = (rows[:, None] + shift - cols[None, :]) >= w
             qk = tl.where(far, qk2, qk1)
-        if MASKED:
-            visible = cols[None, :] < seqlen_k
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None] + shift)
-            t = tl.where(visible, qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(t, 1))
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-            p = tl.exp2(t - m_sub[:, None])
-            alpha = tl.exp2(m_i - m_sub)
-        else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            p = tl.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, l_i, m_new = softmax_step(
+            qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED
+        )
         v = load_rows(v_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)

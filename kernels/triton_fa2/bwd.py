@@ -32,6 +32,45 @@ from . import configs, tuning
 from .fwd import load_rows, store_rows
 
 
+@triton.jit
+def row_values(ptr, rows, n_rows, other, MASKED: tl.constexpr):
+    """Per-row values (lse, delta) of a tile's rows; rows past ``n_rows`` read ``other``."""
+    if MASKED:
+        x = tl.load(ptr + rows, mask=rows < n_rows, other=other)
+    else:
+        x = tl.load(ptr + rows)
+    return x
+
+
+@triton.jit
+def probs(
+    qk, lse2, rows, cols, seqlen_k, shift, qk_scale, CAUSAL: tl.constexpr, MASKED: tl.constexpr
+):
+    """P of a score tile ``qk`` (rows x cols) from the forward's lse (log2 domain); 0 where a
+    masked tile hides the key (past ``seqlen_k``, or right of the causal diagonal)."""
+    p = tl.exp2(qk * qk_scale - lse2[:, None])
+    if MASKED:
+        visible = cols[None, :] < seqlen_k
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= rows[:, None] + shift)
+        p = tl.where(visible, p, 0.0)
+    return p
+
+
+@triton.jit
+def probs_t(
+    qk_t, lse2, rows, cols, seqlen_q, shift, qk_scale, CAUSAL: tl.constexpr, MASKED: tl.constexpr
+):
+    """:func:`probs` transposed (a cols x rows tile, the dK/dV pass); rows past ``seqlen_q`` 0."""
+    p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
+    if MASKED:
+        visible = rows[None, :] < seqlen_q
+        if CAUSAL:
+            visible = visible & (cols[:, None] <= rows[None, :] + shift)
+        p_t = tl.where(visible, p_t, 0.0)
+    return p_t
+
+
 @triton.jit(do_not_specialize=["seqlen_q"])
 def _bwd_preprocess(
     Out,
@@ -131,20 +170,9 @@ def _dkdv_inner(
             HEAD_DIM_PAD,
             MASKED,
         )
-        if MASKED:
-            lse2 = (
-                tl.load(l_base + rows, mask=rows < seqlen_q, other=float("inf"))
-                * 1.4426950408889634
-            )
-        else:
-            lse2 = tl.load(l_base + rows) * 1.4426950408889634
+        lse2 = row_values(l_base, rows, seqlen_q, float("inf"), MASKED) * 1.4426950408889634
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # (BLOCK_N, BLOCK_M)
-        p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
-        if MASKED:
-            visible = rows[None, :] < seqlen_q
-            if CAUSAL:
-                visible = visible & (cols[:, None] <= rows[None, :] + shift)
-            p_t = tl.where(visible, p_t, 0.0)
+        p_t = probs_t(qk_t, lse2, rows, cols, seqlen_q, shift, qk_scale, CAUSAL, MASKED)
         do = load_rows(
             do_base + rows[:, None] * stride_dos + offs_d[None, :],
             rows,
@@ -155,10 +183,7 @@ def _dkdv_inner(
             MASKED,
         )
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
-        if MASKED:
-            delta = tl.load(d_base + rows, mask=rows < seqlen_q, other=0.0)
-        else:
-            delta = tl.load(d_base + rows)
+        delta = row_values(d_base, rows, seqlen_q, 0.0, MASKED)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
@@ -426,12 +451,7 @@ def _dq_inner(
             MASKED,
         )
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        p = tl.exp2(qk * qk_scale - lse2[:, None])
-        if MASKED:
-            visible = cols[None, :] < seqlen_k
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None] + shift)
-            p = tl.where(visible, p, 0.0)
+        p = probs(qk, lse2, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)

@@ -66,6 +66,30 @@ def store_rows(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_P
 
 
 @triton.jit
+def softmax_step(
+    qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL: tl.constexpr, MASKED: tl.constexpr
+):
+    """One online-softmax step (log2 domain) on a score tile ``qk`` of rows x cols: the tile's
+    probabilities, the rescale of the running sums and the new (l, m). Masked tiles hide keys
+    past ``seqlen_k`` and, causal, keys right of the bottom-right diagonal."""
+    if MASKED:
+        visible = cols[None, :] < seqlen_k
+        if CAUSAL:
+            visible = visible & (cols[None, :] <= rows[:, None] + shift)
+        t = tl.where(visible, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(t, 1))
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+        p = tl.exp2(t - m_sub[:, None])
+        alpha = tl.exp2(m_i - m_sub)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, l_i, m_new
+
+
+@triton.jit
 def _fwd_inner(
     acc,
     l_i,
@@ -102,20 +126,9 @@ def _fwd_inner(
             MASKED,
         )
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-        if MASKED:
-            visible = cols[None, :] < seqlen_k
-            if CAUSAL:
-                visible = visible & (cols[None, :] <= rows[:, None] + shift)
-            t = tl.where(visible, qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(t, 1))
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-            p = tl.exp2(t - m_sub[:, None])
-            alpha = tl.exp2(m_i - m_sub)
-        else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            p = tl.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, l_i, m_new = softmax_step(
+            qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED
+        )
         v = load_rows(
             v_base + cols[:, None] * stride_vs + offs_d[None, :],
             cols,
