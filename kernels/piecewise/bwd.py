@@ -31,7 +31,7 @@ from ..triton_fa2 import tuning
 from ..triton_fa2.bwd import probs, probs_t, row_values
 from ..triton_fa2.fwd import load_rows, store_rows
 from . import configs
-from .fwd import key_classes, key_ranges
+from .fwd import key_classes, key_ranges, scores
 
 
 @triton.jit
@@ -342,19 +342,10 @@ def _dq_inner(
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=BAND_STAGES if MODE == 3 else None):
         cols = start_n + offs_n
         kv_off = cols[:, None] * stride_ks + offs_d[None, :]
-        if MODE == 1:
-            k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
-        elif MODE == 2:
-            k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            qk = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
-        else:
-            k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            qk1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
-            qk2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
-            far = (rows[:, None] + shift - cols[None, :]) >= w
-            qk = tl.where(far, qk2, qk1)
+        qk, k1, k2, far = scores(
+            q1, q2, k1_base, k2_base, kv_off, rows, cols, seqlen_k, offs_d, shift, w,
+            HEAD_DIM, HEAD_DIM_PAD, MASKED, MODE, DOT_PREC,
+        )  # fmt: skip
         v = load_rows(v_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
         p = probs(qk, lse2, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)

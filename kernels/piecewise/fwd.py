@@ -65,6 +65,49 @@ def key_ranges(
 
 
 @triton.jit
+def scores(
+    q1,
+    q2,
+    k1_base,
+    k2_base,
+    kv_off,
+    rows,
+    cols,
+    seqlen_k,
+    offs_d,
+    shift,
+    w,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PAD: tl.constexpr,
+    MASKED: tl.constexpr,
+    MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """(qk, k1, k2, far) of one key tile: the unscaled scores of the rows x cols tile, from
+    q1 . k1 (MODE 1, near), q2 . k2 (MODE 2, far) or both selected by ``far`` (MODE 3, the
+    band); the key tiles loaded (a tile the mode does not load is returned in its place, as is
+    ``far`` outside the band: placeholders the caller never reads)."""
+    if MODE == 1:
+        k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+        qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
+        k2 = k1
+        far = qk != qk
+    elif MODE == 2:
+        k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+        qk = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
+        k1 = k2
+        far = qk != qk
+    else:
+        k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+        k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
+        qk1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
+        qk2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
+        far = (rows[:, None] + shift - cols[None, :]) >= w
+        qk = tl.where(far, qk2, qk1)
+    return qk, k1, k2, far
+
+
+@triton.jit
 def _fwd_inner(
     acc,
     l_i,
@@ -96,19 +139,10 @@ def _fwd_inner(
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=BAND_STAGES if MODE == 3 else None):
         cols = start_n + offs_n
         kv_off = cols[:, None] * stride_ks + offs_d[None, :]
-        if MODE == 1:
-            k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            qk = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
-        elif MODE == 2:
-            k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            qk = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
-        else:
-            k1 = load_rows(k1_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            k2 = load_rows(k2_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
-            qk1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
-            qk2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
-            far = (rows[:, None] + shift - cols[None, :]) >= w
-            qk = tl.where(far, qk2, qk1)
+        qk, k1, k2, far = scores(
+            q1, q2, k1_base, k2_base, kv_off, rows, cols, seqlen_k, offs_d, shift, w,
+            HEAD_DIM, HEAD_DIM_PAD, MASKED, MODE, DOT_PREC,
+        )  # fmt: skip
         p, alpha, l_i, m_new = softmax_step(
             qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED
         )
