@@ -49,3 +49,10 @@ def test_estimate_matches_tritons_count(package, kind, tiles):
         shared, estimate, fits, regs, _ = m.groups()
         assert abs(int(shared) - int(estimate)) <= 2, ln
         assert fits == "fits" and 0 < int(regs) <= 255, ln
+
+
+def test_ptx_hash_is_printed_and_stable():
+    """--ptx: the same kernel and config give the same instruction hash (refactor checks)."""
+    first = run_tool("piecewise", "dq", "--head-dims", "64", "--tiles", "64x64w4s2", "--ptx")
+    again = run_tool("piecewise", "dq", "--head-dims", "64", "--tiles", "64x64w4s2", "--ptx")
+    assert re.search(r"ptx [0-9a-f]{12}$", first[0]) and first == again

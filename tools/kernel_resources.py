@@ -6,18 +6,22 @@ limit is refused on the GPU, and the package's pruner estimate should agree with
     python tools/kernel_resources.py piecewise fwd,dkdv,dq --head-dims 64,128
     python tools/kernel_resources.py triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
     python tools/kernel_resources.py piecewise dkdv --tiles 64x128w8s3bs2
+    python tools/kernel_resources.py triton_fa2 fwd,dkdv,dq --ptx   # before/after a refactor
 
 One line per (kernel, head dim, config): Triton's shared-memory count against the pruner's
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
 stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
 ``bsB``). bf16, causal, every pointer and stride 16-divisible (what the GPU launch sees for
-contiguous tensors), so the counts match what the autotuner compiles there.
+contiguous tensors), so the counts match what the autotuner compiles there. ``--ptx`` adds a
+hash of the PTX instructions (debug info and labels dropped): a refactor that leaves every hash
+unchanged cannot change what runs on the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import subprocess
@@ -84,7 +88,20 @@ def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90):
     opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     regs, stack = cubin_resources(compiled.asm["cubin"])
-    return compiled.metadata.shared, regs, stack
+    return compiled.metadata.shared, regs, stack, ptx_hash(compiled.asm["ptx"])
+
+
+def ptx_hash(ptx: str) -> str:
+    """Hash of the PTX instructions alone: no debug sections, ``.loc``/``.file`` lines or
+    ``$L__tmp`` labels (those move with source lines and inlined scopes)."""
+    lines = ptx.splitlines()
+    end = next((i for i, ln in enumerate(lines) if ".section" in ln and "debug" in ln), len(lines))
+    body = [
+        re.sub(r"\$L__tmp\d+", "", ln)
+        for ln in lines[:end]
+        if not ln.strip().startswith((".loc", ".file", "$L__tmp"))
+    ]
+    return hashlib.sha1("\n".join(body).encode()).hexdigest()[:12]
 
 
 def cubin_resources(cubin: bytes) -> tuple[int | None, int | None]:
@@ -110,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument("--tiles", default="", help="BMxBNwWsS[bsB],... instead of the Hopper table")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
+    ap.add_argument("--ptx", action="store_true", help="also print a hash of the PTX instructions")
     a = ap.parse_args(argv)
     pkg = packages()[a.package]
     for kind in a.kinds.split(","):
@@ -121,14 +139,15 @@ def main(argv=None) -> int:
             for cfg in make(tiles):
                 est = mod._smem_estimate(cfg, d, kind)
                 try:
-                    shared, regs, stack = compile_config(kernel, cfg, d, a.arch)
+                    shared, regs, stack, ptx = compile_config(kernel, cfg, d, a.arch)
                 except Exception as e:  # one config failing to compile does not stop the list
                     print(f"{kind:4} d{d:<4}{describe(cfg):18} error: {type(e).__name__}: {e}")
                     continue
                 fits = "fits" if shared <= SMEM_LIMIT else "OOR "
                 print(
                     f"{kind:4} d{d:<4}{describe(cfg):18} shared {shared / 1024:5.0f} KiB "
-                    f"(estimate {est / 1024:.0f}) {fits}  regs {regs}  stack {stack} B",
+                    f"(estimate {est / 1024:.0f}) {fits}  regs {regs}  stack {stack} B"
+                    + (f"  ptx {ptx}" if a.ptx else ""),
                     flush=True,
                 )
     return 0
