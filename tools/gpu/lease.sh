@@ -28,8 +28,11 @@
 #   --fa4-park       FlashAttention-4, call 1 of 2: park the first half of its wheels
 #                    (bash ../shared/device/fa4.sh download; carry .fa4a); call 2 must follow
 #   --fa4            FlashAttention-4, call 2 (carry .fa4b) and later calls: install, PYTHONPATH
-#   --tuning FILE    keep Triton tuning choices across device sessions: ATTNBENCH_TUNING_CACHE=FILE
-#                    (e.g. .gpu/tuning.json, carried), copied back to $OUT/tuning.json at the end
+#   --tuning FILE    keep Triton tuning choices across device sessions: ATTNBENCH_TUNING_CACHE=FILE,
+#                    copied back to $OUT/tuning.json at the end (copy it over FILE here to keep
+#                    it). tools/gpu/tuning-h200.json holds the H200's choices (torch 2.11, triton
+#                    3.6) for triton_fa2 and the piecewise kernels: it saves minutes of autotuning
+#                    per call; `attnbench perf --retune` or piecewise_check.py --configs re-tune
 #   --flag           FlagAttention from .flag/FlagAttention-ee91638.tar.gz (copy
 #                    ../shared/device/flag_attn/ to .flag; carry .flag)
 # Folders to carry: .whl always (unless --again), plus .gpu / .fa4a / .fa4b / .flag as above.
