@@ -125,6 +125,23 @@ def test_autotuner_launch_reuses_the_stored_choice(tuner, monkeypatch):
     assert not at.cache
 
 
+@pytest.mark.parametrize("n_timed", [1, 2], ids=["lone-config-not-kept", "contest-kept"])
+def test_only_contested_choices_are_kept(tuner, monkeypatch, n_timed):
+    """A choice is stored only when at least two candidates were timed for it."""
+    from triton.runtime.autotuner import Autotuner
+
+    tuning, make, configs = tuner
+
+    def fake_run(self, *args, **kwargs):  # what Triton's tuning leaves behind, without a GPU
+        self.configs_timings = {c: float(i) for i, c in enumerate(configs[:n_timed])}
+        self.cache[(64, "torch.float32")] = configs[0]
+
+    monkeypatch.setattr(Autotuner, "run", fake_run)
+    make().run(torch.zeros(4), N=64)
+    stored = tuning.stored_choices(tuning.env_key(), "test_k", configs)
+    assert stored == ({(64, "torch.float32"): configs[0]} if n_timed > 1 else {})
+
+
 def test_tuning_cache_survives_a_corrupt_file(tuner):
     tuning, _, configs = tuner
     tuning.cache_path().parent.mkdir(parents=True)

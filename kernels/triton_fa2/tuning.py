@@ -129,7 +129,10 @@ class PersistentAutotuner(Autotuner):
         before = set(self.cache)
         ret = super().run(*args, **kwargs)
         new = {k: self.cache[k] for k in set(self.cache) - before}
-        if new:
+        # keep only choices won against another candidate: a lone config (tuning off, or the
+        # pruner left one) says nothing and must not stand in for a real tuning later
+        contested = len(getattr(self, "configs_timings", None) or {}) > 1
+        if new and contested:
             try:
                 store(env_key(), self.tuning_name, new)
             except OSError:  # a read-only home: tuning still works, it is just not kept
