@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..triton_fa2 import tuning
-from ..triton_fa2.fwd import load_rows, softmax_step, store_rows
+from ..triton_fa2.fwd import finish_rows, load_rows, softmax_step, store_rows
 from . import configs
 
 
@@ -282,18 +282,7 @@ def _fwd_kernel(
         HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES,
     )  # fmt: skip
 
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    if Out.dtype.element_ty == tl.float32:
-        # fp32 inputs: log2, sum and * ln 2 in fp64 (once per row), so lse is rounded once,
-        # not three times (an ulp off on ~45% of rows). The backward rebuilds P from lse: that
-        # ulp gave 3.5x torch's dK2 error (tests/test_piecewise_kernel.py). fp16/bf16: as before.
-        lse2 = m_i.to(tl.float64) + tl.log2(l_safe.to(tl.float64))
-        lse = (lse2 * 0.6931471805599453).to(tl.float32)
-    else:
-        lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453  # log2 -> ln
-    lse = tl.where(empty, float("inf"), lse)
+    out, lse = finish_rows(acc, l_i, m_i, Out.dtype.element_ty == tl.float32)
     store_rows(
         Out + q_off + q_ptrs,
         out.to(Out.dtype.element_ty),
