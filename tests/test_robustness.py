@@ -272,7 +272,9 @@ def test_plot_keeps_runs_and_shapes_apart(cli, tmp_path, monkeypatch):
     }
     drawn.clear()
     res = cli("plot", out, "--latest")
-    assert res.exit_code == 0 and len(drawn) == 1 and drawn[0][2].parent.name == runs[-1]
+    # the newest run by its rows' timestamps (two runs in one second: the ids alone can't say)
+    newest = pd.read_parquet(out).groupby("run_id").timestamp.max().idxmax()
+    assert res.exit_code == 0 and len(drawn) == 1 and drawn[0][2].parent.name == newest
     drawn.clear()
     res = cli("plot", out, "--run", runs[0][:15] + "x")
     assert res.exit_code == 2 and "no run match; runs here:" in one_line(res)

@@ -90,16 +90,17 @@ def softmax_step(
 
 
 @triton.jit
-def finish_rows(acc, l_i, m_i, FP32: tl.constexpr):
+def finish_rows(acc, l_i, m_i, LSE_FP64: tl.constexpr):
     """(out, lse) of a query tile from the online-softmax state: ``out = acc / l`` and the
     natural-log ``lse = (m + log2 l) * ln 2``; rows that saw no key give out 0, lse +inf.
-    FP32 (fp32 inputs): log2, sum and * ln 2 in fp64, once per row, so lse is rounded once, not
-    three times (an ulp off on ~45% of rows otherwise; the backward rebuilds P from lse, and
-    that ulp showed as 3.5x torch's dK error in fp32). fp16/bf16 keep the fp32 arithmetic."""
+    LSE_FP64: log2, sum and * ln 2 in fp64, once per row, so lse is rounded once, not three
+    times. The piecewise kernel sets it for fp32 inputs (the one-ulp lse showed as 3.5x torch's
+    dK2 error in an fp32 CPU case); triton_fa2 does not (with it, its fp32 varlen case's dQ
+    error rose to 5.7x torch's): at fp32 both are ulp-level effects on a 3x rule."""
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    if FP32:
+    if LSE_FP64:
         lse2 = m_i.to(tl.float64) + tl.log2(l_safe.to(tl.float64))
         lse = (lse2 * 0.6931471805599453).to(tl.float32)
     else:
@@ -304,7 +305,7 @@ def _fwd_kernel(
         DOT_PREC,
     )
 
-    out, lse = finish_rows(acc, l_i, m_i, Out.dtype.element_ty == tl.float32)
+    out, lse = finish_rows(acc, l_i, m_i, False)
     store_rows(
         o_base + rows[:, None] * stride_os + offs_d[None, :],
         out.to(Out.dtype.element_ty),
