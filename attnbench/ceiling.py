@@ -18,7 +18,7 @@ import functools
 import torch
 
 from .case import DTYPES
-from .timing import bench
+from .timing import bench, tflops
 
 MATMUL_N = 8192
 COPY_BYTES = 1 << 30
@@ -33,10 +33,10 @@ def ceiling(device: str, dtype: str) -> dict:
     if dev.type != "cuda":
         return dict.fromkeys(CEILING_COLUMNS)
     n = MATMUL_N
-    tflops = 2 * n**3 / (_time_matmul(dev, DTYPES[dtype], n) * 1e-3) / 1e12
+    matmul = tflops(2 * n**3, _time_matmul(dev, DTYPES[dtype], n))
     gbps = 2 * COPY_BYTES / (_time_copy(dev) * 1e-3) / 1e9
     torch.cuda.empty_cache()
-    return dict(matmul_tflops=tflops, copy_gbps=gbps)
+    return dict(matmul_tflops=matmul, copy_gbps=gbps)
 
 
 def _time_matmul(dev, dtype, n) -> float:

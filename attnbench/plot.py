@@ -27,6 +27,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 
 from .plot_accuracy import accuracy_plot, device_label, rule_ratio  # noqa: E402, F401
 from .results import load_results  # noqa: E402
+from .timing import tflops  # noqa: E402
 
 # Case parameters that are fixed along every line (besides the x axis and its co-varying size).
 _KNOBS = [
@@ -69,8 +70,7 @@ def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) ->
             ok = d[d.status == "ok"]
             if len(ok):
                 (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=label)
-                lo = ok.flops / (ok.latency_ms_p80 * 1e-3) / 1e12
-                hi = ok.flops / (ok.latency_ms_p20 * 1e-3) / 1e12
+                lo, hi = tflops(ok.flops, ok.latency_ms_p80), tflops(ok.flops, ok.latency_ms_p20)
                 ax.fill_between(ok[x], lo, hi, alpha=0.2, color=line.get_color())
             wrong = d[d.status == "accuracy_failed"]
             if len(wrong):

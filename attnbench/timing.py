@@ -40,6 +40,11 @@ class Timing:
     repeat_ms: list[float] | None = None  # medians of the repeated timings (--repeat N > 1)
 
 
+def tflops(flops, ms):
+    """TFLOP/s of ``flops`` done in ``ms`` milliseconds (numbers or pandas columns)."""
+    return flops / (ms * 1e-3) / 1e12
+
+
 def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
     """The result columns of one timing: median/p20/p80 ms, FLOPs, TFLOP/s per device (the
     work is ``flops`` split over ``devices``), peak memory, wall time, rep count."""
@@ -48,7 +53,7 @@ def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
         latency_ms_p20=t.p20_ms,
         latency_ms_p80=t.p80_ms,
         flops=flops,
-        tflops=flops / devices / (t.median_ms * 1e-3) / 1e12,
+        tflops=tflops(flops / devices, t.median_ms),
         peak_mem_mb=t.peak_mem_mb,
         wall_s=t.wall_s,
         reps=t.reps,

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 import triton
@@ -130,12 +131,22 @@ def main(argv=None) -> int:
     ap.add_argument("--ptx", action="store_true", help="also print a hash of the PTX instructions")
     a = ap.parse_args(argv)
     pkg = packages()[a.package]
-    for kind in a.kinds.split(","):
+    kinds = a.kinds.split(",")
+    try:
+        unknown = [k for k in kinds if k not in pkg]
+        if unknown:
+            raise ValueError(f"unknown kernel {', '.join(unknown)} (kernels: fwd, dkdv, dq)")
+        head_dims = [int(x) for x in a.head_dims.split(",")]
+        given = parse_tiles(a.tiles) if a.tiles else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind in kinds:
         kernel, mod, table, make = pkg[kind]
-        tiles = parse_tiles(a.tiles) if a.tiles else table["hopper"]
+        tiles = given or table["hopper"]
         if a.package == "triton_fa2":
             tiles = [t[:4] for t in tiles]
-        for d in (int(x) for x in a.head_dims.split(",")):
+        for d in head_dims:
             for cfg in make(tiles):
                 est = mod._smem_estimate(cfg, d, kind)
                 try:

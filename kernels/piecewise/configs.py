@@ -167,21 +167,6 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool) -> bool:
     return bm <= 64
 
 
-def _estimate_for(env: str):
-    """The shared-memory estimate, except for tiles given in ``env`` (a tuning session): those
-    all go to the compiler, which refuses the ones that do not fit (the autotuner skips them).
-    The estimate can be off by a few KiB."""
-    if os.environ.get(env) and not INTERPRET:
-        return lambda cfg, d, kind: 0
-    return _smem_estimate
-
-
-prune_fwd = make_pruner(
-    "fwd", _estimate_for("ATTNBENCH_PIECEWISE_FWD"), _fits_registers, q_arg="Q1", tune=TUNE
-)
-prune_dkdv = make_pruner(
-    "dkdv", _estimate_for("ATTNBENCH_PIECEWISE_DKDV"), _fits_registers, q_arg="Q1", tune=TUNE
-)
-prune_dq = make_pruner(
-    "dq", _estimate_for("ATTNBENCH_PIECEWISE_DQ"), _fits_registers, q_arg="Q1", tune=TUNE
-)
+prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
+prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
+prune_dq = make_pruner("dq", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)

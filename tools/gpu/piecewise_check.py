@@ -61,13 +61,14 @@ DTYPE = "fp16" if ARGS.smoke else "bf16"
 
 import torch  # noqa: E402
 from attnbench.kernels import piecewise, triton_fa2  # noqa: E402
+from common import candidate_line, grade_cases  # noqa: E402  (tools/gpu/common.py)
 
 from attnbench.backends import REGISTRY  # noqa: E402
 from attnbench.case import Case  # noqa: E402
-from attnbench.check import abs_error, check_backend, make_truth, passes  # noqa: E402
+from attnbench.check import abs_error, passes  # noqa: E402
 from attnbench.problems import problem_of  # noqa: E402
 from attnbench.problems.piecewise import PiecewiseCase, piecewise_ref  # noqa: E402
-from attnbench.timing import bench, mode_fn  # noqa: E402
+from attnbench.timing import bench, mode_fn, tflops  # noqa: E402
 
 
 def check_cases():
@@ -87,48 +88,7 @@ def check_cases():
 
 
 def run_checks() -> bool:
-    be = REGISTRY["piecewise_triton"]
-    ok_all = True
-    print("== accuracy (max err / same-dtype torch err; ok = <= 2x out/lse, 3x grads) ==")
-    for case in check_cases():
-        t0 = time.time()
-        why = be.why_unsupported(case, DEVICE, "fwd_bwd")
-        if why:
-            print(f"SKIP {case.id}: {why}")
-            ok_all = False
-            continue
-        inp = problem_of(case).make_inputs(case, DEVICE, seed=0)
-        try:
-            truth = make_truth(inp, case)
-            errs = check_backend(be, case, inp, truth)
-        except Exception as e:  # report and go on: the timings are still useful
-            print(f"ERROR {case.id}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            ok_all = False
-            continue
-        ok = all(e.accuracy_ok for e in errs)
-        ok_all &= ok
-        parts = " ".join(
-            f"{e.tensor} {e.max_abs_err:.1e}/{e.baseline_max_abs_err:.1e}" for e in errs
-        )
-        print(
-            f"{'ok  ' if ok else 'FAIL'} {case.id}: {parts} ({time.time() - t0:.0f}s)", flush=True
-        )
-    return ok_all
-
-
-def tflops(flops, ms):
-    return flops / (ms * 1e-3) / 1e12
-
-
-def candidate_line(kernel, label, flops):
-    timings = getattr(kernel, "configs_timings", None) or {}
-    items = []
-    for cfg, t in timings.items():
-        ms = t[0] if isinstance(t, (list, tuple)) else t
-        val = tflops(flops, ms) if ms and ms != float("inf") else 0.0
-        items.append(f"{triton_fa2.tuning.describe(cfg).replace(' ', '')}:{val:.0f}")
-    best = triton_fa2.tuning.describe(getattr(kernel, "best_config", None))
-    return f"    {label}: " + " ".join(items) + (f" -> {best}" if best else "")
+    return grade_cases(REGISTRY["piecewise_triton"], check_cases(), DEVICE)
 
 
 def tail_verdict(case, xs, out, rows=256):

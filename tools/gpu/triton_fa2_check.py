@@ -44,6 +44,7 @@ if ARGS.configs:  # time every candidate again (kept choices would skip the timi
 
 import torch  # noqa: E402
 from attnbench.kernels.triton_fa2 import bwd, fwd  # noqa: E402
+from common import candidate_line, grade_cases  # noqa: E402  (tools/gpu/common.py)
 
 from attnbench.backends import REGISTRY  # noqa: E402
 from attnbench.case import Case, case_flops  # noqa: E402
@@ -148,52 +149,7 @@ def check_cases():
 
 
 def run_checks() -> bool:
-    be = REGISTRY["triton_fa2"]
-    ok_all = True
-    print("== accuracy (max err / same-dtype torch err; ok = <= 2x out/lse, 3x grads) ==")
-    for case in check_cases():
-        t0 = time.time()
-        why = be.why_unsupported(case, "cuda", "fwd_bwd")
-        if why:
-            print(f"{case.id}: {why}")
-            ok_all = False
-            continue
-        inp = make_inputs(case, "cuda", seed=0)
-        truth = make_truth(inp, case)
-        try:
-            errs = check_backend(be, case, inp, truth)
-        except Exception as e:  # report and go on: the timings are still useful
-            print(f"{case.id}: ERROR {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            ok_all = False
-            continue
-        ok = all(e.accuracy_ok for e in errs)
-        ok_all &= ok
-        parts = " ".join(
-            f"{e.tensor} {e.max_abs_err:.1e}/{e.baseline_max_abs_err:.1e}" for e in errs
-        )
-        print(f"{'ok  ' if ok else 'FAIL'} {case.id}: {parts} ({time.time() - t0:.0f}s)")
-    return ok_all
-
-
-def tflops(flops, ms):
-    return flops / (ms * 1e-3) / 1e12
-
-
-def _cfg_name(cfg):
-    kw = cfg.kwargs
-    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}w{cfg.num_warps}s{cfg.num_stages}"
-
-
-def candidate_line(kernel, label, flops):
-    timings = getattr(kernel, "configs_timings", None) or {}
-    items = []
-    for cfg, t in timings.items():
-        ms = t[0] if isinstance(t, (list, tuple)) else t
-        val = tflops(flops, ms) if ms and ms != float("inf") else 0.0
-        items.append(f"{_cfg_name(cfg)}:{val:.0f}")
-    best = getattr(kernel, "best_config", None)
-    tail = f" -> {_cfg_name(best)}" if best is not None else ""
-    return f"    {label}: " + " ".join(items) + tail
+    return grade_cases(REGISTRY["triton_fa2"], check_cases(), "cuda")
 
 
 BENCHED = ("triton_fa2", "sdpa_cudnn", "sdpa_flash")
