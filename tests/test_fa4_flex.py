@@ -73,6 +73,18 @@ def test_library_refusals_become_unsupported_rows():
     lowering.__cause__ = NotImplementedError("FLASH backend backward does not support dLSE")
     status, msg = classify(lowering, REGISTRY["flex_fa4"])
     assert status == "unsupported" and msg.startswith("unsupported: FlexAttention FLASH: ")
+    # FA4's own input check reached through FlexAttention's FLASH lowering (H200, head dim 256
+    # with a causal block mask), but not through the Triton-kernel flex backend
+    tile = _raise_in(
+        "/site/flash_attn/cute/block_sparsity.py",
+        ValueError("Block sparsity requires sparse_block_size[1] to be a multiple of tile_n=80."),
+    )
+    assert classify(tile, REGISTRY["flex_fa4"]) == (
+        "unsupported",
+        "unsupported: flash_attn.cute refused: Block sparsity requires sparse_block_size[1] "
+        "to be a multiple of tile_n=80.",
+    )
+    assert classify(tile, REGISTRY["flex"])[0] == "error"
 
 
 # ---- FlexAttention's mask_mod and score_mod against the reference --------------------------------

@@ -52,7 +52,7 @@ import re
 import torch
 
 from .base import Backend, Capabilities, Prepared, Unsupported, exception_chain, register
-from .fa4 import fa4_availability
+from .fa4 import fa4_availability, fa4_refusal
 from .flex_mods import mask_mod_for, score_mod_for
 
 RECOMPILE_LIMIT = 4096
@@ -189,6 +189,8 @@ class Flex(Backend):
         return flex_limits(case, device, mode)
 
     def refusal(self, e):
+        if self.flash and (why := fa4_refusal(e)):  # FA4's own input checks, e.g. its sm90
+            return why  # head-dim-256 tile (80 keys) not dividing the block mask's 128
         for err in exception_chain(e):
             text = str(err)
             if isinstance(err, NotImplementedError) or any(
