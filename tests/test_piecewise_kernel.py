@@ -316,6 +316,9 @@ def test_split_band_tiles_are_described_and_backward_only():
         ("fwd", (128, 128, 8, 2), 256),
         ("dkdv", (64, 128, 8, 2), 193),
         ("dq", (128, 64, 8, 2), 192),
+        ("dkdv", (64, 128, 8, 2, "sp"), 129),  # split band: k1 or k2 resident, two streamed
+        ("dq", (128, 64, 8, 2, "sp"), 128),
+        ("dkdv", (64, 128, 8, 3, "sp"), 161),
     ],
     ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x),
 )
