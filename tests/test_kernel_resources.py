@@ -34,7 +34,7 @@ def run_tool(*args: str) -> list[str]:
     "package, kind, tiles",
     [
         ("piecewise", "fwd", "64x64w4s3,128x64w8s3bs2"),
-        ("piecewise", "dq", "64x64w4s2"),
+        ("piecewise", "dq", "64x64w4s2,64x64w4s2sp"),
         ("triton_fa2", "fwd", "64x64w4s3"),
     ],
     ids=lambda x: x.replace(",", "+") if isinstance(x, str) else x,
@@ -56,8 +56,10 @@ def test_estimate_matches_tritons_count(package, kind, tiles):
         (["piecewise", "fwd,nope"], "unknown kernel nope"),
         (["piecewise", "fwd", "--tiles", "128x64"], "bad tile '128x64'"),
         (["triton_fa2", "dq", "--head-dims", "six"], "invalid literal"),
+        (["piecewise", "dkdv", "--tiles", "64x64w4s3bs2sp"], "bsB and sp exclude each other"),
+        (["piecewise", "fwd", "--tiles", "64x64w4s2sp"], "forward has no split band"),
     ],
-    ids=["kernel", "tile", "head-dim"],
+    ids=["kernel", "tile", "head-dim", "bs-and-sp", "fwd-split"],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
     out = subprocess.run(

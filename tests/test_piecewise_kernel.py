@@ -97,6 +97,7 @@ def _grade(c: PCase, device):
         if not passes("out" if t in ("out", "lse") else "dq", err, base, c.dtype):
             bad.append(f"{t}: max err {err:.3g} vs same-dtype torch {base:.3g}")
     assert not bad, f"{c.id}\n" + "\n".join(bad)
+    return got
 
 
 CPU_CASES = [
@@ -139,6 +140,47 @@ def test_fp32_lse_is_rounded_once_and_the_suite_case_passes(case):
     assert not bad, f"{case.id}: " + "; ".join(bad)
     lse = next(e for e in errors if e.tensor == "lse")
     assert lse.mean_abs_err < lse.baseline_mean_abs_err, lse
+
+
+@pytest.fixture
+def split_band(monkeypatch):
+    """Both backward kernels run their table's first tile with the threshold band split
+    (``SPLIT_BAND``: two one-product passes) instead of fused; the other tests run it fused."""
+    from attnbench.kernels.piecewise import bwd
+    from attnbench.kernels.piecewise.configs import ARCH, SP, _make
+
+    for kernel in (bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
+        cfg = kernel.configs[0]
+        tile = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages, SP)
+        monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}, "UNSET_ENV_VAR"))
+
+
+SPLIT_CASES = [
+    PCase(2, 2, 2, 67, 67, 32, "fp16", True, 30),  # the band crosses several tiles
+    PCase(1, 4, 2, 67, 130, 64, "fp32", True, 40),  # GQA, Sq < Sk
+    PCase(1, 2, 2, 130, 67, 64, "fp16", False, 20),  # Sq > Sk, future keys near
+    PCase(1, 4, 1, 50, 70, 32, "fp16", False, 7),  # MQA, the threshold inside a tile
+    PCase(1, 2, 2, 67, 67, 32, "fp16", False, -20),  # w < 0, some future keys far
+]
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (set without a GPU)")
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.id)
+def test_split_band_matches_fused_and_reference(case, request):
+    """The split band's gradients pass the reference's grading and equal the fused band's up to
+    the order dv sums its tiles in (dq1, dk1, dq2, dk2 see the same products in the same order)."""
+    from attnbench.kernels.piecewise import bwd
+    from attnbench.kernels.triton_fa2.tuning import describe
+
+    fused = _grade(case, "cpu")
+    assert "sp" not in describe(bwd._bwd_dkdv_kernel.best_config).split()
+    request.getfixturevalue("split_band")
+    split = _grade(case, "cpu")
+    for kernel in (bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
+        assert describe(kernel.best_config).endswith(" sp"), describe(kernel.best_config)
+    tol = 1e-5 if case.dtype == "fp32" else 1e-3
+    for t in GRADS:
+        torch.testing.assert_close(split[t], fused[t], atol=tol, rtol=tol, msg=t)
 
 
 def _device():
@@ -234,8 +276,13 @@ def test_tile_specs_parse():
 
     assert parse_tiles("128x64w8s3, 64x64w4s2") == [(128, 64, 8, 3), (64, 64, 4, 2)]
     assert parse_tiles("64x128w8s3bs2") == [(64, 128, 8, 3, 2)]
+    assert parse_tiles("64x128w8s2sp,64x64w4s3") == [(64, 128, 8, 2, "sp"), (64, 64, 4, 3)]
     with pytest.raises(ValueError, match="BMxBNwWsS"):
         parse_tiles("128x64w8")
+    with pytest.raises(ValueError, match="bsB and sp exclude each other"):
+        parse_tiles("64x128w8s3bs2sp")
+    with pytest.raises(ValueError, match="BMxBNwWsS"):
+        parse_tiles("64x128w8s3spbs2")
 
 
 def test_band_stages_default_to_the_kernels_and_are_described():
@@ -245,6 +292,19 @@ def test_band_stages_default_to_the_kernels_and_are_described():
     same, fewer = _make({ARCH: [(128, 64, 8, 3), (128, 64, 8, 4, 2)]}, "UNSET_ENV_VAR")
     assert same.kwargs["BAND_STAGES"] == 3 and describe(same) == "128x64 w8 s3"
     assert fewer.kwargs["BAND_STAGES"] == 2 and describe(fewer) == "128x64 w8 s4 bs2"
+    assert "SPLIT_BAND" not in same.kwargs  # the kernels' default: the fused band
+
+
+def test_split_band_tiles_are_described_and_backward_only():
+    from attnbench.kernels.piecewise.configs import ARCH, SP, _make, parse_tiles
+    from attnbench.kernels.triton_fa2.tuning import describe
+
+    (split,) = _make({ARCH: [(64, 128, 8, 3, SP)]}, "UNSET_ENV_VAR")
+    assert split.kwargs == {"BLOCK_M": 64, "BLOCK_N": 128, "BAND_STAGES": 3, "SPLIT_BAND": True}
+    assert describe(split) == "64x128 w8 s3 sp"
+    assert parse_tiles(describe(split).replace(" ", "")) == [(64, 128, 8, 3, SP)]
+    with pytest.raises(ValueError, match="forward has no split band"):
+        _make({ARCH: [(64, 128, 8, 3, SP)]}, "UNSET_ENV_VAR", split_ok=False)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +316,9 @@ def test_band_stages_default_to_the_kernels_and_are_described():
         ("fwd", (128, 128, 8, 2), 256),
         ("dkdv", (64, 128, 8, 2), 193),
         ("dq", (128, 64, 8, 2), 192),
+        ("dkdv", (64, 128, 8, 2, "sp"), 129),  # split band: k1 or k2 resident, two streamed
+        ("dq", (128, 64, 8, 2, "sp"), 128),
+        ("dkdv", (64, 128, 8, 3, "sp"), 161),
     ],
     ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x),
 )

@@ -5,14 +5,14 @@ limit is refused on the GPU, and the package's pruner estimate should agree with
 
     python tools/kernel_resources.py piecewise fwd,dkdv,dq --head-dims 64,128
     python tools/kernel_resources.py triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
-    python tools/kernel_resources.py piecewise dkdv --tiles 64x128w8s3bs2
+    python tools/kernel_resources.py piecewise dkdv --tiles 64x128w8s3bs2,64x128w8s2sp
     python tools/kernel_resources.py triton_fa2 fwd,dkdv,dq --ptx   # before/after a refactor
 
 One line per (kernel, head dim, config): Triton's shared-memory count against the pruner's
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
 stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
-``bsB``). bf16, causal, every pointer and stride 16-divisible (what the GPU launch sees for
+``bsB``, or ``sp`` for the backward's split band). bf16, causal, every pointer and stride 16-divisible (what the GPU launch sees for
 contiguous tensors), so the counts match what the autotuner compiles there. ``--ptx`` adds a
 hash of the PTX instructions (debug info and labels dropped): a refactor that leaves every hash
 unchanged cannot change what runs on the GPU.
@@ -45,12 +45,15 @@ def packages():
     def pw_make(tiles):
         return pc._make({pc.ARCH: tiles}, "ATTNBENCH_UNSET")
 
+    def pw_fwd_make(tiles):
+        return pc._make({pc.ARCH: tiles}, "ATTNBENCH_UNSET", split_ok=False)
+
     def fa2_make(tiles):
         return tc._make({tc.ARCH: tiles}, ("BLOCK_M", "BLOCK_N"))
 
     return {
         "piecewise": {
-            "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_make),
+            "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_fwd_make),
             "dkdv": (piecewise.bwd._bwd_dkdv_kernel, pc, pc._BWD_DKDV, pw_make),
             "dq": (piecewise.bwd._bwd_dq_kernel, pc, pc._BWD_DQ, pw_make),
         },
@@ -65,7 +68,9 @@ def packages():
 def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90):
     """(shared bytes, registers, stack bytes) of ``kernel`` under ``cfg``, bf16, causal."""
     fn = getattr(kernel, "fn", kernel)
-    consts = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, CAUSAL=True, DOT_PREC="ieee")
+    # constexpr defaults first (SPLIT_BAND=False), then what the launch and the config set
+    consts = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
+    consts.update(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, CAUSAL=True, DOT_PREC="ieee")
     consts.update(IS_VARLEN=False, **cfg.kwargs)
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("package", choices=["piecewise", "triton_fa2"])
     ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq")
     ap.add_argument("--head-dims", default="64,128")
-    ap.add_argument("--tiles", default="", help="BMxBNwWsS[bsB],... instead of the Hopper table")
+    ap.add_argument("--tiles", default="", help="BMxBNwWsS[bsB|sp],... instead of the Hopper table")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
     ap.add_argument("--ptx", action="store_true", help="also print a hash of the PTX instructions")
     a = ap.parse_args(argv)
@@ -138,16 +143,20 @@ def main(argv=None) -> int:
             raise ValueError(f"unknown kernel {', '.join(unknown)} (kernels: fwd, dkdv, dq)")
         head_dims = [int(x) for x in a.head_dims.split(",")]
         given = parse_tiles(a.tiles) if a.tiles else None
+        configs = {}
+        for kind in kinds:
+            _, _, table, make = pkg[kind]
+            tiles = given or table["hopper"]
+            if a.package == "triton_fa2":
+                tiles = [t[:4] for t in tiles]
+            configs[kind] = make(tiles)  # ValueError: a tile this kernel cannot run
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for kind in kinds:
-        kernel, mod, table, make = pkg[kind]
-        tiles = given or table["hopper"]
-        if a.package == "triton_fa2":
-            tiles = [t[:4] for t in tiles]
+        kernel, mod, _, _ = pkg[kind]
         for d in head_dims:
-            for cfg in make(tiles):
+            for cfg in configs[kind]:
                 est = mod._smem_estimate(cfg, d, kind)
                 try:
                     shared, regs, stack, ptx = compile_config(kernel, cfg, d, a.arch)

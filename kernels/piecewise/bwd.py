@@ -18,6 +18,13 @@ Two passes and no atomics (bit-identical gradients run to run), as in triton_fa2
    born there: the three fp32 accumulators are live together only in the band.
 2. ``_bwd_dq_kernel``: one program per ``BLOCK_M`` query rows, walking the keys like the
    forward: far tiles (``dq2``), the band (both), ``dq2`` written, then near tiles (``dq1``).
+3. ``SPLIT_BAND`` (a config option of both kernels, default off): the band's tiles are run twice
+   as one-product tiles instead of once with both products, each pass keeping one side of the
+   threshold (``keep_side``: ``p = 0`` on the other side, hence ``dS = 0`` there too). dK/dV:
+   near tiles and the band's near pairs (``k1``, ``dk1``, ``dv``), ``dk1`` written, ``k2`` loaded,
+   the band's far pairs and the far tiles (``k2``, ``dk2``, ``dv``); dQ mirrored (``q2``/``dq2``
+   first, then ``q1``/``dq1``). One key (query) tile and two fp32 accumulators are live at a
+   time, as in FA2, at the price of the band's tiles being loaded and multiplied twice.
 
 Rows with ``lse = +inf`` (no visible key) get ``p = 0``.
 """
@@ -41,6 +48,21 @@ def query_classes(start_n, shift, w, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexp
     e1 = tl.maximum(start_n + w - shift, 0) // BLOCK_M * BLOCK_M
     s2 = (tl.maximum(start_n + BLOCK_N - 1 + w - shift, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     return e1, s2
+
+
+@triton.jit
+def keep_side(p, far, MODE: tl.constexpr):
+    """``p`` on this loop's side of the threshold alone (a split band's tile, run once per
+    side): the near pairs in MODE 1, the far pairs in MODE 2; 0 on the other side, so
+    ``ds = p * (dp - delta)`` and the ``p``-weighted sums count every pair exactly once.
+    Callers compare a row vector with a column vector (``rows >= cols + w - shift``) rather
+    than build ``rows + shift - cols`` per element: at 64x128 d128 the per-element form, hoisted
+    out of the loop, doubled the dK/dV kernel's spills (stack 992 B against 536 B)."""
+    if MODE == 1:
+        p = tl.where(far, 0.0, p)
+    else:
+        p = tl.where(far, p, 0.0)
+    return p
 
 
 @triton.jit
@@ -74,8 +96,11 @@ def _dkdv_inner(
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    BAND: tl.constexpr,
 ):
-    """Accumulate the query rows [lo, hi) of one head into this key block's dK1, dK2, dV."""
+    """Accumulate the query rows [lo, hi) of one head into this key block's dK1, dK2, dV
+    (MODE 1: q1 . k1 pairs into dK1, 2: q2 . k2 into dK2, 3: both, selected per pair; BAND with
+    MODE 1/2: only that side's pairs of a band tile count)."""
     for start_m in tl.range(lo, hi, BLOCK_M, num_stages=BAND_STAGES if MODE == 3 else None):
         rows = start_m + offs_m
         q_off = rows[:, None] * stride_qs + offs_d[None, :]
@@ -94,6 +119,8 @@ def _dkdv_inner(
             qk_t = tl.where(far_t, qk2_t, qk1_t)
         lse2 = row_values(l_base, rows, seqlen_q, float("inf"), MASKED) * 1.4426950408889634
         p_t = probs_t(qk_t, lse2, rows, cols, seqlen_q, shift, qk_scale, CAUSAL, MASKED)
+        if BAND:  # a split band: this side's pairs alone (far: rows + shift - cols >= w)
+            p_t = keep_side(p_t, rows[None, :] >= (cols + (w - shift))[:, None], MODE)
         do = load_rows(do_base + q_off, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
         delta = row_values(d_base, rows, seqlen_q, 0.0, MASKED)
@@ -152,6 +179,7 @@ def _dkdv_class(
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    BAND: tl.constexpr,
 ):
     """The query tiles [c_lo, c_hi) of one class, for every query head of the group in order:
     masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q) (triton_fa2's split)."""
@@ -163,19 +191,19 @@ def _dkdv_class(
             dk1, dk2, dv, k1, k2, v, Q1 + q_off, Q2 + q_off, DO + q_off, Lse + l_off,
             Delta + l_off, stride_qs, cols, offs_m, offs_d,
             tl.maximum(c_lo, m_lo), tl.minimum(c_hi, a), seqlen_q, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES, BAND,
         )  # fmt: skip
         dk1, dk2, dv = _dkdv_inner(
             dk1, dk2, dv, k1, k2, v, Q1 + q_off, Q2 + q_off, DO + q_off, Lse + l_off,
             Delta + l_off, stride_qs, cols, offs_m, offs_d,
             tl.maximum(c_lo, a), tl.minimum(c_hi, m_full), seqlen_q, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES, BAND,
         )  # fmt: skip
         dk1, dk2, dv = _dkdv_inner(
             dk1, dk2, dv, k1, k2, v, Q1 + q_off, Q2 + q_off, DO + q_off, Lse + l_off,
             Delta + l_off, stride_qs, cols, offs_m, offs_d,
             tl.maximum(c_lo, b), tl.minimum(c_hi, seqlen_q), seqlen_q, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES, BAND,
         )  # fmt: skip
     return dk1, dk2, dv
 
@@ -221,6 +249,7 @@ def _bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    SPLIT_BAND: tl.constexpr = False,
 ):
     """q1, q2, dO share one layout; k1, k2, v, dk1, dk2, dv another; Lse and Delta a third."""
     pid_n = tl.program_id(0)
@@ -233,7 +262,8 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     k_off = b64 * stride_kb + off_hk * stride_kh
     k_ptrs = cols[:, None] * stride_ks + offs_d[None, :]
-    # k1, v now, k2 after the near tiles (k1 and k2 live together only across the band)
+    # k1, v now, k2 after the near tiles (k1 and k2 live together only across the fused band;
+    # split, k2 replaces k1 once dk1 is written)
     k1 = load_rows(K1 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     k2 = k1  # placeholder for the near loop (MODE 1 never reads k2)
     v = load_rows(V + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
@@ -256,20 +286,23 @@ def _bwd_dkdv_kernel(
     a = tl.maximum(tl.minimum(m_diag, m_full), m_lo)
     b = tl.maximum(a, m_full)
     e1, s2 = query_classes(start_n, shift, w, BLOCK_M, BLOCK_N)
-    # near tiles (q1 . k1), the threshold band (both, selected), far tiles (q2 . k2)
+    # near tiles (q1 . k1), the threshold band (both, selected; or split: its near pairs with
+    # k1, its far pairs with k2 once dk1 is written), far tiles (q2 . k2)
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         0, e1, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC, BAND_STAGES, False,
     )  # fmt: skip
-    k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-    dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
+    if not SPLIT_BAND:
+        k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         e1, s2, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 3, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1 if SPLIT_BAND else 3, DOT_PREC, BAND_STAGES,
+        SPLIT_BAND,
     )  # fmt: skip
     dk_ptrs = DK1 + k_off + k_ptrs
     store_rows(
@@ -281,11 +314,20 @@ def _bwd_dkdv_kernel(
         HEAD_DIM,
         HEAD_DIM_PAD,
     )
+    if SPLIT_BAND:  # k1 and dk1 are dead: the band again, its far pairs
+        k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
+        dk1, dk2, dv = _dkdv_class(
+            dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
+            stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
+            e1, s2, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC, BAND_STAGES, True,
+        )  # fmt: skip
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
         s2, seqlen_q, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC, BAND_STAGES, False,
     )  # fmt: skip
     store_rows(
         DK2 + k_off + k_ptrs,
@@ -337,8 +379,10 @@ def _dq_inner(
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    BAND: tl.constexpr,
 ):
-    """Accumulate the keys [lo, hi) into this query block's dQ1, dQ2."""
+    """Accumulate the keys [lo, hi) into this query block's dQ1, dQ2 (MODE and BAND as in
+    :func:`_dkdv_inner`)."""
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=BAND_STAGES if MODE == 3 else None):
         cols = start_n + offs_n
         kv_off = cols[:, None] * stride_ks + offs_d[None, :]
@@ -348,6 +392,8 @@ def _dq_inner(
         )  # fmt: skip
         v = load_rows(v_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
         p = probs(qk, lse2, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED)
+        if BAND:  # a split band: this side's pairs alone (far: rows + shift - cols >= w)
+            p = keep_side(p, (rows + (shift - w))[:, None] >= cols[None, :], MODE)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
         ds = p * (dp - delta[:, None])
         if MODE == 1:
@@ -391,17 +437,18 @@ def _dq_class(
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    BAND: tl.constexpr,
 ):
     """The key tiles [c_lo, c_hi) of one class: the unmasked ones, then the masked ones."""
     dq1, dq2 = _dq_inner(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, c_lo, tl.minimum(c_hi, n_full), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES, BAND,
     )  # fmt: skip
     dq1, dq2 = _dq_inner(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, tl.maximum(c_lo, n_full), tl.minimum(c_hi, n_end), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES, BAND,
     )  # fmt: skip
     return dq1, dq2
 
@@ -446,6 +493,7 @@ def _bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    SPLIT_BAND: tl.constexpr = False,
 ):
     """q1, q2, dO, dq1, dq2 share one layout; k1, k2, v another; Lse and Delta a third."""
     pid_m = tl.program_id(0)
@@ -462,7 +510,8 @@ def _bwd_dq_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     q_ptrs = rows[:, None] * stride_qs + offs_d[None, :]
-    # q2 now, q1 after the far tiles (both live only across the threshold band)
+    # q2 now, q1 after the far tiles (both live only across the fused band; split, q1 replaces
+    # q2 once dq2 is written)
     q2 = load_rows(Q2 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     q1 = q2  # placeholder for the far loop (MODE 2 never reads q1)
     do = load_rows(DO + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
@@ -478,17 +527,20 @@ def _bwd_dq_kernel(
     k1_base = K1 + k_off
     k2_base = K2 + k_off
     v_base = V + k_off
-    # far tiles (dq2), the threshold band (both), near tiles (dq1)
+    # far tiles (dq2), the threshold band (both; or split: its far pairs with q2, its near pairs
+    # with q1 once dq2 is written), near tiles (dq1)
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, 0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, False,
     )  # fmt: skip
-    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    if not SPLIT_BAND:
+        q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2 if SPLIT_BAND else 3, DOT_PREC, BAND_STAGES,
+        SPLIT_BAND,
     )  # fmt: skip
     store_rows(
         DQ2 + q_off + q_ptrs,
@@ -499,10 +551,17 @@ def _bwd_dq_kernel(
         HEAD_DIM,
         HEAD_DIM_PAD,
     )
+    if SPLIT_BAND:  # q2 and dq2 are dead: the band again, its near pairs
+        q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+        dq1, dq2 = _dq_class(
+            dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows,
+            offs_n, offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, True,
+        )  # fmt: skip
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
         offs_d, s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, False,
     )  # fmt: skip
     store_rows(
         DQ1 + q_off + q_ptrs,

@@ -8,8 +8,10 @@ next to ``v``, so the FA2 Hopper tiles are cut down where they would not fit in 
 - forward: ``q1``, ``q2`` resident, ``k1``/``k2``/``v`` streamed (``2 d (2 BM + 3 BN stages)``
   bytes at 16 bits, the threshold band being the worst loop);
 - dK/dV: ``k1``, ``k2``, ``v`` resident, ``q1``/``q2``/``dO`` streamed; three fp32 accumulators
-  (``dk1``, ``dk2``, ``dv``) but ``dk1`` and ``dk2`` are live together only in the band;
-- dQ: ``q1``, ``q2``, ``dO`` resident, ``k1``/``k2``/``v`` streamed.
+  (``dk1``, ``dk2``, ``dv``) but ``dk1`` and ``dk2`` are live together only in the band (split
+  band: ``k1`` or ``k2`` and ``v`` resident, two accumulators, ``2 d (2 BN + 2 BM stages)``);
+- dQ: ``q1``, ``q2``, ``dO`` resident, ``k1``/``k2``/``v`` streamed (split band: ``q1`` or
+  ``q2`` and ``dO`` resident, ``2 d (2 BM + 2 BN stages)``).
 
 Autotuning keys are ``(HEAD_DIM, CAUSAL, SEQ_BUCKET)`` plus the dtypes; the distance threshold
 is a run-time argument and never recompiles or retunes. Choices are kept across runs by
@@ -18,13 +20,18 @@ triton_fa2's :mod:`~attnbench.kernels.triton_fa2.tuning` (kernels ``piecewise_fw
 expected winner. Environment (read at import):
 
 - ``ATTNBENCH_PIECEWISE_TUNE=0``: keep only the first config that survives pruning (no tuning).
-- ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles ``BMxBNwWsS[bsB]``
-  (e.g. ``128x64w8s3,64x128w8s3bs2``) replacing that kernel's table (for tuning sessions).
+- ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles
+  ``BMxBNwWsS[bsB|sp]`` (e.g. ``128x64w8s3,64x128w8s3bs2,64x128w8s2sp``) replacing that
+  kernel's table (for tuning sessions).
 
 ``BAND_STAGES`` (a fifth table number, ``bsB`` in a tile spec; default the kernel's stages) sets
 the pipeline depth of the threshold band's loop alone: the band streams three tiles per stage
 (k1, k2, v or q1, q2, dO) against two in the one-product loops, so a shallower band lets the
-common loops pipeline deeper in the same shared memory. ``tools/kernel_resources.py`` compiles
+common loops pipeline deeper in the same shared memory. ``SPLIT_BAND`` (``SP`` as the fifth
+table entry, ``sp`` in a tile spec; backward only, default off) runs the band's tiles twice as
+one-product tiles, one side of the threshold each (:mod:`.bwd`): one of ``k1``/``k2`` (``q1``/
+``q2``) resident and two fp32 accumulators live, as in FA2, and the band streams two tiles per
+stage like the other loops (so ``bsB`` does not apply). ``tools/kernel_resources.py`` compiles
 the tables offline for sm_90 (no GPU) and prints Triton's shared memory, registers and spills.
 """
 
@@ -48,7 +55,10 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # memory there (the band loop streams k1, k2 and v). Head dim 64 picked 128x128 w8 s3 (S 16k) and
 # 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
 # Entries with a fifth number run the threshold band with that many pipeline stages (fewer
-# than the one-product loops, so deeper pipelines fit in shared memory); not yet timed on a GPU.
+# than the one-product loops, so deeper pipelines fit in shared memory); entries marked SP run
+# the backward's band split (``SPLIT_BAND``: two one-product passes, FA2's register footprint);
+# neither yet timed on a GPU.
+SP = "sp"
 _FWD = {
     "hopper": [
         (128, 64, 8, 3),
@@ -71,6 +81,10 @@ _BWD_DKDV = {
         (32, 128, 8, 2),
         (64, 64, 4, 2),
         (64, 128, 8, 3, 2),
+        (64, 128, 8, 2, SP),
+        (64, 128, 8, 3, SP),
+        (128, 128, 8, 2, SP),
+        (64, 64, 4, 3, SP),
     ],
     "ampere": [(64, 64, 4, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
     "interpret": [(16, 32, 4, 1)],
@@ -84,50 +98,68 @@ _BWD_DQ = {
         (64, 64, 4, 2),
         (64, 32, 4, 2),
         (128, 64, 8, 3, 2),
+        (128, 64, 8, 2, SP),
+        (128, 64, 8, 3, SP),
+        (64, 64, 4, 3, SP),
+        (128, 128, 8, 2, SP),
     ],
     "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }
 
-_TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)(?:bs(\d+))?$")
+_TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)(?:bs(\d+))?(sp)?$")
 
 
-def parse_tiles(spec: str) -> list[tuple[int, ...]]:
-    """``"128x64w8s3,64x128w8s3bs2"`` -> ``[(128, 64, 8, 3), (64, 128, 8, 3, 2)]`` (``bsN``: the
-    threshold band's pipeline stages, default the kernel's)."""
+def parse_tiles(spec: str) -> list[tuple[int | str, ...]]:
+    """``"128x64w8s3,64x128w8s3bs2,64x128w8s2sp"`` -> ``[(128, 64, 8, 3), (64, 128, 8, 3, 2),
+    (64, 128, 8, 2, "sp")]`` (``bsN``: the threshold band's pipeline stages, default the
+    kernel's; ``sp``: the backward's split band, whose passes pipeline like the other loops, so
+    it takes no ``bsN``)."""
     tiles = []
     for part in spec.replace(" ", "").split(","):
         if not part:
             continue
         m = _TILE.match(part)
         if m is None:
-            raise ValueError(f"bad tile {part!r}: expected BMxBNwWsS[bsB], e.g. 128x64w8s3")
-        tiles.append(tuple(int(x) for x in m.groups() if x is not None))
+            raise ValueError(f"bad tile {part!r}: expected BMxBNwWsS[bsB|sp], e.g. 128x64w8s3")
+        *nums, split = m.groups()
+        if split and nums[4] is not None:
+            raise ValueError(
+                f"bad tile {part!r}: bsB and sp exclude each other (a split band runs as "
+                "one-product loops, pipelined with the kernel's stages)"
+            )
+        tiles.append(tuple(int(x) for x in nums if x is not None) + ((SP,) if split else ()))
     return tiles
 
 
-def _table(table: dict, env: str) -> list[tuple[int, ...]]:
+def _table(table: dict, env: str) -> list[tuple[int | str, ...]]:
     spec = os.environ.get(env, "")
     if spec and not INTERPRET:
         return parse_tiles(spec)
     return table[ARCH]
 
 
-def _make(table, env) -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N, warps, stages[, band stages]) -> Configs; BAND_STAGES defaults to the
-    kernel's stages (every loop pipelined alike)."""
+def _kwargs(t: tuple[int | str, ...], split_ok: bool) -> dict:
+    """(BLOCK_M, BLOCK_N, warps, stages[, band stages | SP]) -> the config's kwargs:
+    BAND_STAGES defaults to the kernel's stages (every loop pipelined alike); SPLIT_BAND=True
+    only on split tiles (the kernels default to False, so the other tiles' kwargs, and the
+    tuning choices stored for them, are unchanged)."""
+    split = t[4:] == (SP,)
+    if split and not split_ok:
+        raise ValueError(f"tile {t}: the forward has no split band (sp is for dkdv and dq)")
+    kw = {"BLOCK_M": t[0], "BLOCK_N": t[1], "BAND_STAGES": t[3] if split or len(t) < 5 else t[4]}
+    return {**kw, "SPLIT_BAND": True} if split else kw
+
+
+def _make(table, env, split_ok: bool = True) -> list[triton.Config]:
     return [
-        triton.Config(
-            {"BLOCK_M": t[0], "BLOCK_N": t[1], "BAND_STAGES": t[4] if len(t) > 4 else t[3]},
-            num_warps=t[2],
-            num_stages=t[3],
-        )
+        triton.Config(_kwargs(t, split_ok), num_warps=t[2], num_stages=t[3])
         for t in _table(table, env)
     ]
 
 
 def fwd_configs() -> list[triton.Config]:
-    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD")
+    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", split_ok=False)
 
 
 def bwd_dkdv_configs() -> list[triton.Config]:
@@ -142,9 +174,14 @@ def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
     """Bytes of shared memory a config needs (16-bit elements): the larger of a one-product
     loop (two tiles streamed per stage) and the band loop (three per band stage). Checked
     against Triton's own count for sm_90 (``triton.compile`` offline): fwd 128x64 s3 at d=128
-    208 KiB (band s3) / 160 KiB (band s2); dK/dV 64x128 s3 bs2 193 KiB; dQ 128x64 s3 bs2 192 KiB."""
+    208 KiB (band s3) / 160 KiB (band s2); dK/dV 64x128 s3 bs2 193 KiB; dQ 128x64 s3 bs2 192 KiB.
+    A split band (SPLIT_BAND) streams two tiles like the other loops and keeps one of k1/k2
+    (q1/q2) resident at a time: dK/dV 64x128 s2 sp 129 KiB, dQ 128x64 s2 sp 128 KiB."""
     bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
     band = max(cfg.kwargs.get("BAND_STAGES", st), 1)
+    if cfg.kwargs.get("SPLIT_BAND", False):  # k1 or k2 + v resident (dq: q1 or q2 + dO)
+        resident, streamed = (bn, bm) if kind == "dkdv" else (bm, bn)
+        return 2 * d * (2 * resident + 2 * streamed * st)
     if kind == "fwd":  # q1, q2 resident; k2 + v, k1 + v, or k1 + k2 + v streamed
         return 2 * d * (2 * bm + max(2 * bn * st, 3 * bn * band))
     if kind == "dkdv":  # k1, k2, v resident; q + dO or q1 + q2 + dO streamed

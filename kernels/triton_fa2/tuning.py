@@ -65,19 +65,28 @@ def config_dict(cfg: Config) -> dict:
 def describe(cfg: Config | None) -> str | None:
     """``128x64 w8 s3`` (the ``BLOCK_*`` kwargs joined by x; warps; stages) of a config; other
     kwargs follow as their initials and value (``BAND_STAGES=2`` -> ``bs2``) when they are not
-    just the number of stages again."""
+    just the number of stages again, a true flag as its name's first two letters
+    (``SPLIT_BAND=True`` -> ``sp``, a false one not at all): without the spaces, a piecewise tile
+    spec (``64x128w8s3bs2``, ``64x128w8s2sp``)."""
     if cfg is None:
         return None
     blocks = [v for k, v in cfg.kwargs.items() if k.startswith("BLOCK")]
     tiles = "x".join(str(v) for v in blocks or cfg.kwargs.values())
     extra = "".join(
-        f" {''.join(w[0] for w in k.lower().split('_'))}{v}"
+        f" {_kwarg_tag(k, v)}"
         for k, v in cfg.kwargs.items()
         if blocks
         and not k.startswith("BLOCK")
         and not (k.endswith("STAGES") and v == cfg.num_stages)
+        and v is not False
     )
     return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}{extra}"
+
+
+def _kwarg_tag(name: str, value) -> str:
+    if value is True:
+        return name[:2].lower()
+    return f"{''.join(w[0] for w in name.lower().split('_'))}{value}"
 
 
 def load(path: Path | None = None) -> dict:
