@@ -55,9 +55,13 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # memory there (the band loop streams k1, k2 and v). Head dim 64 picked 128x128 w8 s3 (S 16k) and
 # 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
 # Entries with a fifth number run the threshold band with that many pipeline stages (fewer
-# than the one-product loops, so deeper pipelines fit in shared memory); entries marked SP run
-# the backward's band split (``SPLIT_BAND``: two one-product passes, FA2's register footprint);
-# neither yet timed on a GPU.
+# than the one-product loops, so deeper pipelines fit in shared memory; not yet timed on a GPU).
+# Entries marked SP run the backward's band split (``SPLIT_BAND``: two one-product passes, FA2's
+# register footprint). H200, 2026-12-02, head dim 128, S 16k (``piecewise_check.py --configs``,
+# per-kernel TFLOP/s): dK/dV 64x128 w8 s2 sp 465 against fused 445 (s3 sp 450, 128x128 sp 169);
+# dQ 128x64 w8 s3 sp 572 against fused 128x64 w8 s2 489: the split tiles go first. At head dim
+# 64 (S 4k/8k) these two split tiles were slower than the fused 128x128 / 64x64 choices (whole
+# backward 211/244 against 222/268 TFLOP/s); the other split tiles are untimed there.
 SP = "sp"
 _FWD = {
     "hopper": [
@@ -75,13 +79,13 @@ _FWD = {
 # dk/dv pass: one program per BLOCK_N keys, looping over BLOCK_M query rows.
 _BWD_DKDV = {
     "hopper": [
+        (64, 128, 8, 2, SP),
         (64, 128, 8, 2),
         (128, 128, 8, 2),
         (64, 64, 4, 3),
         (32, 128, 8, 2),
         (64, 64, 4, 2),
         (64, 128, 8, 3, 2),
-        (64, 128, 8, 2, SP),
         (64, 128, 8, 3, SP),
         (128, 128, 8, 2, SP),
         (64, 64, 4, 3, SP),
@@ -92,6 +96,7 @@ _BWD_DKDV = {
 # dq pass: one program per BLOCK_M query rows, looping over BLOCK_N keys.
 _BWD_DQ = {
     "hopper": [
+        (128, 64, 8, 3, SP),
         (128, 64, 8, 2),
         (64, 64, 4, 3),
         (128, 64, 8, 3),
@@ -99,7 +104,6 @@ _BWD_DQ = {
         (64, 32, 4, 2),
         (128, 64, 8, 3, 2),
         (128, 64, 8, 2, SP),
-        (128, 64, 8, 3, SP),
         (64, 64, 4, 3, SP),
         (128, 128, 8, 2, SP),
     ],
@@ -132,7 +136,10 @@ def parse_tiles(spec: str) -> list[tuple[int | str, ...]]:
     return tiles
 
 
-def _table(table: dict, env: str) -> list[tuple[int | str, ...]]:
+def _table(table: dict, env: str, arch: str | None = None) -> list[tuple[int | str, ...]]:
+    """This GPU's table, or the tiles of ``env`` (tuning sessions); ``arch`` names a table."""
+    if arch is not None:
+        return table[arch]
     spec = os.environ.get(env, "")
     if spec and not INTERPRET:
         return parse_tiles(spec)
@@ -151,23 +158,23 @@ def _kwargs(t: tuple[int | str, ...], split_ok: bool) -> dict:
     return {**kw, "SPLIT_BAND": True} if split else kw
 
 
-def _make(table, env, split_ok: bool = True) -> list[triton.Config]:
+def _make(table, env, split_ok: bool = True, arch: str | None = None) -> list[triton.Config]:
     return [
         triton.Config(_kwargs(t, split_ok), num_warps=t[2], num_stages=t[3])
-        for t in _table(table, env)
+        for t in _table(table, env, arch)
     ]
 
 
-def fwd_configs() -> list[triton.Config]:
-    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", split_ok=False)
+def fwd_configs(arch: str | None = None) -> list[triton.Config]:
+    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", split_ok=False, arch=arch)
 
 
-def bwd_dkdv_configs() -> list[triton.Config]:
-    return _make(_BWD_DKDV, "ATTNBENCH_PIECEWISE_DKDV")
+def bwd_dkdv_configs(arch: str | None = None) -> list[triton.Config]:
+    return _make(_BWD_DKDV, "ATTNBENCH_PIECEWISE_DKDV", arch=arch)
 
 
-def bwd_dq_configs() -> list[triton.Config]:
-    return _make(_BWD_DQ, "ATTNBENCH_PIECEWISE_DQ")
+def bwd_dq_configs(arch: str | None = None) -> list[triton.Config]:
+    return _make(_BWD_DQ, "ATTNBENCH_PIECEWISE_DQ", arch=arch)
 
 
 def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:

@@ -101,23 +101,24 @@ def seq_bucket(seqlen: int) -> int:
     return min(16384, max(256, triton.next_power_of_2(int(seqlen))))
 
 
-def _make(table, names) -> list[triton.Config]:
+def _make(table, names, arch: str | None = None) -> list[triton.Config]:
+    """This GPU's table (or the one ``arch`` names) as Configs."""
     return [
         triton.Config({names[0]: a, names[1]: b}, num_warps=w, num_stages=s)
-        for a, b, w, s in table[ARCH]
+        for a, b, w, s in table[arch or ARCH]
     ]
 
 
-def fwd_configs() -> list[triton.Config]:
-    return _make(_FWD, ("BLOCK_M", "BLOCK_N"))
+def fwd_configs(arch: str | None = None) -> list[triton.Config]:
+    return _make(_FWD, ("BLOCK_M", "BLOCK_N"), arch)
 
 
-def bwd_dkdv_configs() -> list[triton.Config]:
-    return _make(_BWD_DKDV, ("BLOCK_M", "BLOCK_N"))
+def bwd_dkdv_configs(arch: str | None = None) -> list[triton.Config]:
+    return _make(_BWD_DKDV, ("BLOCK_M", "BLOCK_N"), arch)
 
 
-def bwd_dq_configs() -> list[triton.Config]:
-    return _make(_BWD_DQ, ("BLOCK_M", "BLOCK_N"))
+def bwd_dq_configs(arch: str | None = None) -> list[triton.Config]:
+    return _make(_BWD_DQ, ("BLOCK_M", "BLOCK_N"), arch)
 
 
 def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
