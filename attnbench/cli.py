@@ -13,6 +13,7 @@ could not be written (rows written before are kept); 2 usage or config error (no
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -127,19 +128,52 @@ def _common(
     return ctx, cfg, cases, run_modes, backends
 
 
-def _run(ctx: RunContext, loop) -> None:
-    """Run ``loop()``; Ctrl-C and a results file that cannot be written end in one line."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a job scheduler, a device lease running out) during a run."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+def _run(ctx: RunContext, loop, t0: float) -> None:
+    """Run ``loop()``; Ctrl-C, SIGTERM and a results file that cannot be written end in one
+    line that says what was kept and where the wall time went (exit 130, 143, 1)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        previous = None
     try:
         loop()
-    except KeyboardInterrupt:
-        fail(f"interrupted: {_kept(ctx)}", 130)
+    except KeyboardInterrupt as e:
+        term = isinstance(e, Terminated)
+        why = "terminated (SIGTERM)" if term else "interrupted"
+        fail(f"{why}: {_kept(ctx)}  {_accounting(ctx, t0)}", 143 if term else 130)
     except ResultsWriteError as e:
         fail(str(e), 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _kept(ctx: RunContext) -> str:
     w = ctx.writer
     return f"{w.n_written} finished rows kept in {w.path}" if w.written else "no rows written"
+
+
+def _accounting(ctx: RunContext, t0: float) -> str:
+    """(cases done, wall s, s in timing calls, s in first calls: compiles, autotuning, JIT)."""
+    timed = sum(r.get("wall_s") or 0 for r in ctx.rows)
+    # one first call per (case, backend), shared by its mode rows
+    firsts = {(r["case_id"], r["backend"]): r.get("first_call_s") or 0 for r in ctx.rows}
+    first = sum(firsts.values())
+    cases = len({r["case_id"] for r in ctx.rows})
+    return (
+        f"({cases} cases, wall {time.perf_counter() - t0:.1f} s"
+        + (f", of which {timed:.1f} s in timing calls" if timed else "")
+        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT)" if first else "")
+        + ")"
+    )
 
 
 def _finish(ctx: RunContext, table, t0: float) -> None:
@@ -148,17 +182,7 @@ def _finish(ctx: RunContext, table, t0: float) -> None:
     for line in unsupported_reasons(ctx.rows):
         con.print(f"[dim]{line}[/]", highlight=False)
     bad = [r for r in ctx.rows if r["status"] in ("error", "oom", "accuracy_failed")]
-    timed = sum(r.get("wall_s") or 0 for r in ctx.rows)
-    # one first call per (case, backend), shared by its mode rows
-    firsts = {(r["case_id"], r["backend"]): r.get("first_call_s") or 0 for r in ctx.rows}
-    first = sum(firsts.values())
-    con.print(
-        f"{_kept(ctx)}  (wall {time.perf_counter() - t0:.1f} s"
-        + (f", of which {timed:.1f} s in timing calls" if timed else "")
-        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT)" if first else "")
-        + ")",
-        highlight=False,
-    )
+    con.print(f"{_kept(ctx)}  {_accounting(ctx, t0)}", highlight=False, soft_wrap=True)
     if ctx.kind == "perf" and not ctx.device.startswith("cuda"):
         con.print("[dim]peak_mem_mb: measured on CUDA only (empty on the CPU)[/]")
     if bad:
@@ -185,7 +209,7 @@ def accuracy(
     ctx, cfg, cases, _, backends = _common(
         "accuracy", suite, only, skip, device, dtype, out, json_out, where=where
     )
-    _run(ctx, lambda: run_accuracy(cases, backends, ctx))
+    _run(ctx, lambda: run_accuracy(cases, backends, ctx), t0)
     _finish(ctx, accuracy_table(ctx.rows), t0)
 
 
@@ -218,7 +242,7 @@ def perf(
         "perf", sweep, only, skip, device, dtype, out, json_out, modes, where
     )
     ctx.repeat = repeat
-    _run(ctx, lambda: run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms))
+    _run(ctx, lambda: run_perf(cases, backends, run_modes, ctx, cfg.warmup_ms, cfg.rep_ms), t0)
     for line in unrepeatable(ctx.rows):
         ctx.console.print(line, highlight=False)
     _finish(ctx, perf_table(ctx.rows), t0)

@@ -1,6 +1,8 @@
 """End-to-end accuracy and perf runs through the CLI on CPU, results, plots, failures."""
 
 import json
+import os
+import signal
 import time
 
 import pandas as pd
@@ -62,6 +64,17 @@ class Interrupts(Backend):
             raise KeyboardInterrupt
         q, k, v = p.leaves
         return attention_ref(q, k, v, upcast=False, **case_kwargs(case))[0], None
+
+
+class Terminates(Interrupts):
+    """Finishes one case, then ``timeout`` (or a scheduler) sends SIGTERM."""
+
+    name = "test_terminates"
+
+    def forward(self, p, case):
+        if Interrupts.calls >= 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(p, case)
 
 
 def test_accuracy_run_end_to_end(cli, suite, tmp_path):
@@ -289,6 +302,25 @@ def test_interrupted_run_keeps_finished_rows(cli, suite, tmp_path, tmp_backend):
     assert len(df) == 5 + 4 + 5
     assert df.case_id.nunique() == 2
     assert not list(out.glob(".*.tmp"))
+
+
+def test_sigterm_keeps_finished_rows_and_says_where_the_time_went(
+    cli, suite, tmp_path, tmp_backend
+):
+    Interrupts.calls = 0
+    tmp_backend(Terminates())
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "res"
+    res = cli(
+        "accuracy", "--suite", suite, "--device", "cpu", "--out", out,
+        "--only", "naive,test_terminates",
+    )  # fmt: skip
+    assert res.exit_code == 143, res.output
+    assert "terminated (SIGTERM): 14 finished rows kept" in res.output
+    assert "(2 cases, wall " in res.output
+    assert len(pd.read_parquet(out)) == 5 + 4 + 5
+    # the handler is the run's alone: afterwards SIGTERM is what it was before
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_list_and_env(cli):
