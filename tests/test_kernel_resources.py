@@ -33,7 +33,7 @@ def run_tool(*args: str) -> list[str]:
 @pytest.mark.parametrize(
     "package, kind, tiles",
     [
-        ("piecewise", "fwd", "64x64w4s3,128x64w8s3bs2"),
+        ("piecewise", "fwd", "64x64w4s3,128x64w8s3bs2,64x64w4s3sp"),
         ("piecewise", "dq", "64x64w4s2,64x64w4s2sp"),
         ("triton_fa2", "fwd", "64x64w4s3"),
     ],
@@ -57,9 +57,8 @@ def test_estimate_matches_tritons_count(package, kind, tiles):
         (["piecewise", "fwd", "--tiles", "128x64"], "bad tile '128x64'"),
         (["triton_fa2", "dq", "--head-dims", "six"], "invalid literal"),
         (["piecewise", "dkdv", "--tiles", "64x64w4s3bs2sp"], "bsB and sp exclude each other"),
-        (["piecewise", "fwd", "--tiles", "64x64w4s2sp"], "forward has no split band"),
     ],
-    ids=["kernel", "tile", "head-dim", "bs-and-sp", "fwd-split"],
+    ids=["kernel", "tile", "head-dim", "bs-and-sp"],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
     out = subprocess.run(

@@ -144,12 +144,13 @@ def test_fp32_lse_is_rounded_once_and_the_suite_case_passes(case):
 
 @pytest.fixture
 def split_band(monkeypatch):
-    """Both backward kernels run their table's first tile with the threshold band split
-    (``SPLIT_BAND``: two one-product passes) instead of fused; the other tests run it fused."""
-    from attnbench.kernels.piecewise import bwd
+    """The forward and both backward kernels run their table's first tile with the threshold
+    band split (``SPLIT_BAND``: two one-product passes) instead of fused; the other tests run it
+    fused."""
+    from attnbench.kernels.piecewise import bwd, fwd
     from attnbench.kernels.piecewise.configs import ARCH, SP, _make
 
-    for kernel in (bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
+    for kernel in (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
         cfg = kernel.configs[0]
         tile = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages, SP)
         monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}, "UNSET_ENV_VAR"))
@@ -161,26 +162,38 @@ SPLIT_CASES = [
     PCase(1, 2, 2, 130, 67, 64, "fp16", False, 20),  # Sq > Sk, future keys near
     PCase(1, 4, 1, 50, 70, 32, "fp16", False, 7),  # MQA, the threshold inside a tile
     PCase(1, 2, 2, 67, 67, 32, "fp16", False, -20),  # w < 0, some future keys far
+    PCase(1, 2, 1, 130, 67, 32, "fp32", True, 5),  # Sq > Sk causal: rows with no key, GQA
+    PCase(1, 2, 2, 67, 67, 32, "fp16", True, 0),  # w <= 0: the band is empty, only q2.k2
+    PCase(1, 2, 2, 67, 67, 32, "fp32", False, 67),  # w past every distance: only q1.k1
+    # rows 0..19's first visited tile, an unmasked band tile, has no far pair: the far pass
+    # sees only -inf there (m stays -inf, l = 0, no NaN) before the near pass brings scores
+    PCase(1, 2, 2, 64, 64, 32, "fp16", False, 20),
 ]
 
 
 @pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (set without a GPU)")
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.id)
 def test_split_band_matches_fused_and_reference(case, request):
-    """The split band's gradients pass the reference's grading and equal the fused band's up to
-    the order dv sums its tiles in (dq1, dk1, dq2, dk2 see the same products in the same order)."""
-    from attnbench.kernels.piecewise import bwd
+    """The split band's out, lse and gradients pass the reference's grading and equal the fused
+    band's up to rounding: the forward sums the band's pairs in another order (far pairs of
+    every band tile, then near pairs), dv sums its tiles in another order, and the gradients
+    rebuild P from the split forward's lse (dq1, dk1, dq2, dk2 see the same products)."""
+    from attnbench.kernels.piecewise import bwd, fwd
     from attnbench.kernels.triton_fa2.tuning import describe
 
+    kernels = (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel)
     fused = _grade(case, "cpu")
-    assert "sp" not in describe(bwd._bwd_dkdv_kernel.best_config).split()
+    for kernel in kernels:
+        assert "sp" not in describe(kernel.best_config).split(), describe(kernel.best_config)
     request.getfixturevalue("split_band")
     split = _grade(case, "cpu")
-    for kernel in (bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
+    for kernel in kernels:
         assert describe(kernel.best_config).endswith(" sp"), describe(kernel.best_config)
     tol = 1e-5 if case.dtype == "fp32" else 1e-3
-    for t in GRADS:
+    for t in ("out", "lse", *GRADS):
         torch.testing.assert_close(split[t], fused[t], atol=tol, rtol=tol, msg=t)
+    if case.causal and case.sq > case.sk:  # rows with no key: out 0, lse +inf, as fused
+        assert torch.isinf(split["lse"]).any() and not split["out"].isnan().any()
 
 
 def _device():
@@ -285,6 +298,19 @@ def test_tile_specs_parse():
         parse_tiles("64x128w8s3spbs2")
 
 
+@pytest.mark.parametrize("env", ["FWD", "DKDV", "DQ"])
+def test_tile_env_accepts_split_tiles_for_every_kernel(env, monkeypatch):
+    """``ATTNBENCH_PIECEWISE_FWD`` takes ``sp`` tiles like the backward's (it was refused)."""
+    from attnbench.kernels.piecewise import configs
+
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    monkeypatch.setenv(f"ATTNBENCH_PIECEWISE_{env}", "128x64w8s3sp,64x64w4s3")
+    make = {"FWD": configs.fwd_configs, "DKDV": configs.bwd_dkdv_configs}
+    split, fused = make.get(env, configs.bwd_dq_configs)()
+    assert split.kwargs == {"BLOCK_M": 128, "BLOCK_N": 64, "BAND_STAGES": 3, "SPLIT_BAND": True}
+    assert (split.num_warps, split.num_stages) == (8, 3) and "SPLIT_BAND" not in fused.kwargs
+
+
 def test_band_stages_default_to_the_kernels_and_are_described():
     from attnbench.kernels.piecewise.configs import ARCH, _make
     from attnbench.kernels.triton_fa2.tuning import describe
@@ -295,16 +321,24 @@ def test_band_stages_default_to_the_kernels_and_are_described():
     assert "SPLIT_BAND" not in same.kwargs  # the kernels' default: the fused band
 
 
-def test_split_band_tiles_are_described_and_backward_only():
-    from attnbench.kernels.piecewise.configs import ARCH, SP, _make, parse_tiles
+def test_split_band_tiles_are_described_for_every_kernel():
+    from attnbench.kernels.piecewise.configs import (
+        ARCH,
+        SP,
+        _make,
+        bwd_dkdv_configs,
+        bwd_dq_configs,
+        fwd_configs,
+        parse_tiles,
+    )
     from attnbench.kernels.triton_fa2.tuning import describe
 
     (split,) = _make({ARCH: [(64, 128, 8, 3, SP)]}, "UNSET_ENV_VAR")
     assert split.kwargs == {"BLOCK_M": 64, "BLOCK_N": 128, "BAND_STAGES": 3, "SPLIT_BAND": True}
     assert describe(split) == "64x128 w8 s3 sp"
     assert parse_tiles(describe(split).replace(" ", "")) == [(64, 128, 8, 3, SP)]
-    with pytest.raises(ValueError, match="forward has no split band"):
-        _make({ARCH: [(64, 128, 8, 3, SP)]}, "UNSET_ENV_VAR", split_ok=False)
+    for configs in (fwd_configs, bwd_dkdv_configs, bwd_dq_configs):  # sp: forward too
+        assert any(c.kwargs.get("SPLIT_BAND") for c in configs("hopper")), configs
 
 
 @pytest.mark.parametrize(
@@ -319,6 +353,10 @@ def test_split_band_tiles_are_described_and_backward_only():
         ("dkdv", (64, 128, 8, 2, "sp"), 129),  # split band: k1 or k2 resident, two streamed
         ("dq", (128, 64, 8, 2, "sp"), 128),
         ("dkdv", (64, 128, 8, 3, "sp"), 161),
+        ("fwd", (128, 64, 8, 3, "sp"), 128),  # split band: q1 or q2 resident, k + v streamed
+        ("fwd", (128, 128, 8, 3, "sp"), 224),
+        ("fwd", (128, 64, 8, 4, "sp"), 160),
+        ("fwd", (64, 64, 4, 3, "sp"), 112),
     ],
     ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x),
 )

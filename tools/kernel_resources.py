@@ -12,10 +12,10 @@ One line per (kernel, head dim, config): Triton's shared-memory count against th
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
 stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
-``bsB``, or ``sp`` for the backward's split band). bf16, causal, every pointer and stride 16-divisible (what the GPU launch sees for
-contiguous tensors), so the counts match what the autotuner compiles there. ``--ptx`` adds a
-hash of the PTX instructions (debug info and labels dropped): a refactor that leaves every hash
-unchanged cannot change what runs on the GPU.
+``bsB``, or ``sp`` for the split band). bf16, causal, every pointer and stride 16-divisible
+(what the GPU launch sees for contiguous tensors), so the counts match what the autotuner
+compiles there. ``--ptx`` adds a hash of the PTX instructions (debug info and labels dropped):
+a refactor that leaves every hash unchanged cannot change what runs on the GPU.
 """
 
 from __future__ import annotations
@@ -45,15 +45,12 @@ def packages():
     def pw_make(tiles):
         return pc._make({pc.ARCH: tiles}, "ATTNBENCH_UNSET")
 
-    def pw_fwd_make(tiles):
-        return pc._make({pc.ARCH: tiles}, "ATTNBENCH_UNSET", split_ok=False)
-
     def fa2_make(tiles):
         return tc._make({tc.ARCH: tiles}, ("BLOCK_M", "BLOCK_N"))
 
     return {
         "piecewise": {
-            "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_fwd_make),
+            "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_make),
             "dkdv": (piecewise.bwd._bwd_dkdv_kernel, pc, pc._BWD_DKDV, pw_make),
             "dq": (piecewise.bwd._bwd_dq_kernel, pc, pc._BWD_DQ, pw_make),
         },

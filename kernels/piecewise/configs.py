@@ -6,7 +6,8 @@ piecewise tile holds two query tiles (``q1``, ``q2``) and streams two key tiles 
 next to ``v``, so the FA2 Hopper tiles are cut down where they would not fit in shared memory:
 
 - forward: ``q1``, ``q2`` resident, ``k1``/``k2``/``v`` streamed (``2 d (2 BM + 3 BN stages)``
-  bytes at 16 bits, the threshold band being the worst loop);
+  bytes at 16 bits, the threshold band being the worst loop; split band: ``q1`` or ``q2``
+  resident, ``2 d (BM + 2 BN stages)``);
 - dK/dV: ``k1``, ``k2``, ``v`` resident, ``q1``/``q2``/``dO`` streamed; three fp32 accumulators
   (``dk1``, ``dk2``, ``dv``) but ``dk1`` and ``dk2`` are live together only in the band (split
   band: ``k1`` or ``k2`` and ``v`` resident, two accumulators, ``2 d (2 BN + 2 BM stages)``);
@@ -28,11 +29,12 @@ expected winner. Environment (read at import):
 the pipeline depth of the threshold band's loop alone: the band streams three tiles per stage
 (k1, k2, v or q1, q2, dO) against two in the one-product loops, so a shallower band lets the
 common loops pipeline deeper in the same shared memory. ``SPLIT_BAND`` (``SP`` as the fifth
-table entry, ``sp`` in a tile spec; backward only, default off) runs the band's tiles twice as
-one-product tiles, one side of the threshold each (:mod:`.bwd`): one of ``k1``/``k2`` (``q1``/
-``q2``) resident and two fp32 accumulators live, as in FA2, and the band streams two tiles per
-stage like the other loops (so ``bsB`` does not apply). ``tools/kernel_resources.py`` compiles
-the tables offline for sm_90 (no GPU) and prints Triton's shared memory, registers and spills.
+table entry, ``sp`` in a tile spec; all three kernels, default off) runs the band's tiles twice
+as one-product tiles, one side of the threshold each (:mod:`.fwd`, :mod:`.bwd`): one of ``q1``/
+``q2`` (``k1``/``k2``) resident and, backward, two fp32 accumulators live, as in FA2, and the
+band streams two tiles per stage like the other loops (so ``bsB`` does not apply).
+``tools/kernel_resources.py`` compiles the tables offline for sm_90 (no GPU) and prints
+Triton's shared memory, registers and spills.
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
 # Entries with a fifth number run the threshold band with that many pipeline stages (fewer
 # than the one-product loops, so deeper pipelines fit in shared memory; not yet timed on a GPU).
-# Entries marked SP run the backward's band split (``SPLIT_BAND``: two one-product passes, FA2's
-# register footprint). H200, 2026-12-02, head dim 128, S 16k (``piecewise_check.py --configs``,
-# per-kernel TFLOP/s): dK/dV 64x128 w8 s2 sp 465 against fused 445 (s3 sp 450, 128x128 sp 169);
+# Entries marked SP run the band split (``SPLIT_BAND``: two one-product passes, FA2's register
+# footprint in the backward). Forward split tiles (last, not yet timed on a GPU): one query tile
+# in shared memory (d128 128x64 s3: 128 KiB against 208), but the two extra loops cost
+# registers (255 and a 32 B stack against the fused 230 and none; sm_90, offline). Backward:
+# H200, 2026-12-02, head dim 128, S 16k (``piecewise_check.py --configs``, per-kernel TFLOP/s):
+# dK/dV 64x128 w8 s2 sp 465 against fused 445 (s3 sp 450, 128x128 sp 169);
 # dQ 128x64 w8 s3 sp 572 against fused 128x64 w8 s2 489: the split tiles go first. At head dim
 # 64 (S 4k/8k) these two split tiles were slower than the fused 128x128 / 64x64 choices (whole
 # backward 211/244 against 222/268 TFLOP/s); the other split tiles are untimed there.
@@ -72,6 +77,10 @@ _FWD = {
         (128, 128, 8, 2),
         (128, 64, 8, 4, 2),
         (128, 64, 8, 3, 2),
+        (128, 64, 8, 3, SP),
+        (128, 128, 8, 3, SP),
+        (128, 64, 8, 4, SP),
+        (64, 64, 4, 3, SP),
     ],
     "ampere": [(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
@@ -117,8 +126,8 @@ _TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)(?:bs(\d+))?(sp)?$")
 def parse_tiles(spec: str) -> list[tuple[int | str, ...]]:
     """``"128x64w8s3,64x128w8s3bs2,64x128w8s2sp"`` -> ``[(128, 64, 8, 3), (64, 128, 8, 3, 2),
     (64, 128, 8, 2, "sp")]`` (``bsN``: the threshold band's pipeline stages, default the
-    kernel's; ``sp``: the backward's split band, whose passes pipeline like the other loops, so
-    it takes no ``bsN``)."""
+    kernel's; ``sp``: the split band, whose passes pipeline like the other loops, so it takes no
+    ``bsN``)."""
     tiles = []
     for part in spec.replace(" ", "").split(","):
         if not part:
@@ -146,27 +155,24 @@ def _table(table: dict, env: str, arch: str | None = None) -> list[tuple[int | s
     return table[ARCH]
 
 
-def _kwargs(t: tuple[int | str, ...], split_ok: bool) -> dict:
+def _kwargs(t: tuple[int | str, ...]) -> dict:
     """(BLOCK_M, BLOCK_N, warps, stages[, band stages | SP]) -> the config's kwargs:
     BAND_STAGES defaults to the kernel's stages (every loop pipelined alike); SPLIT_BAND=True
     only on split tiles (the kernels default to False, so the other tiles' kwargs, and the
     tuning choices stored for them, are unchanged)."""
     split = t[4:] == (SP,)
-    if split and not split_ok:
-        raise ValueError(f"tile {t}: the forward has no split band (sp is for dkdv and dq)")
     kw = {"BLOCK_M": t[0], "BLOCK_N": t[1], "BAND_STAGES": t[3] if split or len(t) < 5 else t[4]}
     return {**kw, "SPLIT_BAND": True} if split else kw
 
 
-def _make(table, env, split_ok: bool = True, arch: str | None = None) -> list[triton.Config]:
+def _make(table, env, arch: str | None = None) -> list[triton.Config]:
     return [
-        triton.Config(_kwargs(t, split_ok), num_warps=t[2], num_stages=t[3])
-        for t in _table(table, env, arch)
+        triton.Config(_kwargs(t), num_warps=t[2], num_stages=t[3]) for t in _table(table, env, arch)
     ]
 
 
 def fwd_configs(arch: str | None = None) -> list[triton.Config]:
-    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", split_ok=False, arch=arch)
+    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", arch=arch)
 
 
 def bwd_dkdv_configs(arch: str | None = None) -> list[triton.Config]:
@@ -183,10 +189,14 @@ def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
     against Triton's own count for sm_90 (``triton.compile`` offline): fwd 128x64 s3 at d=128
     208 KiB (band s3) / 160 KiB (band s2); dK/dV 64x128 s3 bs2 193 KiB; dQ 128x64 s3 bs2 192 KiB.
     A split band (SPLIT_BAND) streams two tiles like the other loops and keeps one of k1/k2
-    (q1/q2) resident at a time: dK/dV 64x128 s2 sp 129 KiB, dQ 128x64 s2 sp 128 KiB."""
+    (q1/q2) resident at a time: dK/dV 64x128 s2 sp 129 KiB, dQ 128x64 s2 sp 128 KiB; the
+    forward's split keeps one query tile and no dO: fwd 128x64 s3 sp 128 KiB, 128x128 s3 sp
+    224 KiB."""
     bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
     band = max(cfg.kwargs.get("BAND_STAGES", st), 1)
     if cfg.kwargs.get("SPLIT_BAND", False):  # k1 or k2 + v resident (dq: q1 or q2 + dO)
+        if kind == "fwd":  # q1 or q2 resident; k + v streamed
+            return 2 * d * (bm + 2 * bn * st)
         resident, streamed = (bn, bm) if kind == "dkdv" else (bm, bn)
         return 2 * d * (2 * resident + 2 * streamed * st)
     if kind == "fwd":  # q1, q2 resident; k2 + v, k1 + v, or k1 + k2 + v streamed

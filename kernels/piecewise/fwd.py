@@ -25,6 +25,12 @@ each specialised at compile time). Tiles above the causal diagonal are never vis
 run-time argument (clamped by the host to ``[1 - seqlen_q, seqlen_k]``, where every threshold
 outside gives the same scores), so a new threshold never recompiles.
 
+``SPLIT_BAND`` (a config option, default off; as in :mod:`.bwd`): the band's tiles are run twice
+as one-product tiles, after the far tiles with ``q2`` (MODE 2, near pairs' scores set to -inf)
+and, once ``q1`` replaces ``q2``, with ``q1`` (MODE 1, far pairs -inf) before the near tiles: one
+query tile resident and two key tiles streamed per stage (k and v), FA2's shared memory, into
+the same online softmax, at the price of the band's tiles being loaded and multiplied twice.
+
 Rows that see no key (causal with ``seqlen_q > seqlen_k``) give ``out = 0`` and ``lse = +inf``
 (the project's convention, :mod:`attnbench.reference`).
 """
@@ -108,6 +114,18 @@ def scores(
 
 
 @triton.jit
+def keep_side(qk, far, MODE: tl.constexpr):
+    """Scores of this loop's side of the threshold alone (a split band's tile, run once per
+    side): the near pairs in MODE 1, the far pairs in MODE 2; -inf on the other side (exp 0,
+    and the running max ignores them), so every pair is counted exactly once."""
+    if MODE == 1:
+        qk = tl.where(far, float("-inf"), qk)
+    else:
+        qk = tl.where(far, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
 def _fwd_inner(
     acc,
     l_i,
@@ -135,7 +153,10 @@ def _fwd_inner(
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    BAND: tl.constexpr,
 ):
+    """The key tiles [lo, hi) into the online softmax (MODE as in :func:`scores`; BAND with
+    MODE 1/2: only that side's pairs of a split band's tile count)."""
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=BAND_STAGES if MODE == 3 else None):
         cols = start_n + offs_n
         kv_off = cols[:, None] * stride_ks + offs_d[None, :]
@@ -143,8 +164,12 @@ def _fwd_inner(
             q1, q2, k1_base, k2_base, kv_off, rows, cols, seqlen_k, offs_d, shift, w,
             HEAD_DIM, HEAD_DIM_PAD, MASKED, MODE, DOT_PREC,
         )  # fmt: skip
+        if BAND:
+            # a split band: the other side's pairs get -inf, then the masked softmax step (its
+            # rows with nothing visible yet keep m = -inf, l = 0, acc = 0 and give no NaN)
+            qk = keep_side(qk, (rows + (shift - w))[:, None] >= cols[None, :], MODE)
         p, alpha, l_i, m_new = softmax_step(
-            qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED
+            qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL, MASKED or BAND
         )
         v = load_rows(v_base + kv_off, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, MASKED)
         acc = acc * alpha[:, None]
@@ -182,17 +207,18 @@ def _fwd_class(
     MODE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    BAND: tl.constexpr,
 ):
     """The key tiles [c_lo, c_hi) of one class: the unmasked ones, then the masked ones."""
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         c_lo, tl.minimum(c_hi, n_full), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, False, MODE, DOT_PREC, BAND_STAGES, BAND,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         tl.maximum(c_lo, n_full), tl.minimum(c_hi, n_end), seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, True, MODE, DOT_PREC, BAND_STAGES, BAND,
     )  # fmt: skip
     return acc, l_i, m_i
 
@@ -233,6 +259,7 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BAND_STAGES: tl.constexpr,
+    SPLIT_BAND: tl.constexpr = False,
 ):
     """q1, q2, out share one layout (strides ``stride_q*``); k1, k2, v share another."""
     pid_m = tl.program_id(0)
@@ -250,7 +277,8 @@ def _fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     q_ptrs = rows[:, None] * stride_qs + offs_d[None, :]
-    # q2 now, q1 after the far tiles: both are live only across the threshold band
+    # q2 now, q1 after the far tiles: both are live only across the fused band (split, q1
+    # replaces q2 after the band's far pairs)
     q2 = load_rows(Q2 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     q1 = q2  # placeholder for the far loop (MODE 2 never reads q1)
 
@@ -264,22 +292,30 @@ def _fwd_kernel(
     k1_base = K1 + k_off
     k2_base = K2 + k_off
     v_base = V + k_off
-    # far tiles (q2 . k2), the threshold band (both, selected), near tiles (q1 . k1)
+    # far tiles (q2 . k2), the threshold band (both, selected; or split: its far pairs with q2,
+    # then its near pairs with q1), near tiles (q1 . k1)
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, False,
     )  # fmt: skip
+    if SPLIT_BAND:
+        acc, l_i, m_i = _fwd_class(
+            acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+            e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, True,
+        )  # fmt: skip
     q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 3, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1 if SPLIT_BAND else 3, DOT_PREC, BAND_STAGES,
+        SPLIT_BAND,
     )  # fmt: skip
     acc, l_i, m_i = _fwd_class(
         acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
         s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, False,
     )  # fmt: skip
 
     out, lse = finish_rows(acc, l_i, m_i, Out.dtype.element_ty == tl.float32)
