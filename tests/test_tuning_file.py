@@ -30,9 +30,10 @@ def _entries():
             yield env, kernel, choices
 
 
-@pytest.mark.parametrize(
-    "env,kernel,choices", list(_entries()), ids=lambda v: v if isinstance(v, str) else ""
-)
+ENTRIES = list(_entries())
+
+
+@pytest.mark.parametrize("env,kernel,choices", ENTRIES, ids=[k for _, k, _ in ENTRIES])
 def test_every_stored_choice_is_a_hopper_candidate(env, kernel, choices):
     assert kernel in TABLES, f"{kernel}: no such tuned kernel"
     candidates = {json.dumps(config_dict(c), sort_keys=True) for c in TABLES[kernel]("hopper")}
