@@ -144,16 +144,21 @@ def test_fp32_lse_is_rounded_once_and_the_suite_case_passes(case):
 
 @pytest.fixture
 def split_band(monkeypatch):
-    """The forward and both backward kernels run their table's first tile with the threshold
-    band split (``SPLIT_BAND``: two one-product passes) instead of fused; the other tests run it
-    fused."""
+    """``split_band(variant)``: the forward and both backward kernels run their table's first
+    tile with the threshold band split (``SPLIT_BAND``: two one-product passes; ``SP2``, the
+    backward's merged split, leaves the forward split as ``SP``) instead of fused; the other
+    tests run it fused."""
     from attnbench.kernels.piecewise import bwd, fwd
     from attnbench.kernels.piecewise.configs import ARCH, SP, _make
 
-    for kernel in (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
-        cfg = kernel.configs[0]
-        tile = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages, SP)
-        monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}, "UNSET_ENV_VAR"))
+    def apply(variant):
+        for kernel in (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
+            cfg = kernel.configs[0]
+            tile = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
+            tile += (SP if kernel is fwd._fwd_kernel else variant,)
+            monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}, "UNSET_ENV_VAR"))
+
+    return apply
 
 
 SPLIT_CASES = [
@@ -172,23 +177,27 @@ SPLIT_CASES = [
 
 
 @pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (set without a GPU)")
+@pytest.mark.parametrize("variant", ["sp", "sp2"])
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.id)
-def test_split_band_matches_fused_and_reference(case, request):
+def test_split_band_matches_fused_and_reference(case, variant, split_band):
     """The split band's out, lse and gradients pass the reference's grading and equal the fused
     band's up to rounding: the forward sums the band's pairs in another order (far pairs of
     every band tile, then near pairs), dv sums its tiles in another order, and the gradients
-    rebuild P from the split forward's lse (dq1, dk1, dq2, dk2 see the same products)."""
+    rebuild P from the split forward's lse (dq1, dk1, dq2, dk2 see the same products). ``sp2``
+    (the backward's merged split: each side's pairs over its pure tiles and the band in one
+    class, the other side masked to 0) sums the same products in yet another order."""
     from attnbench.kernels.piecewise import bwd, fwd
     from attnbench.kernels.triton_fa2.tuning import describe
 
     kernels = (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel)
     fused = _grade(case, "cpu")
     for kernel in kernels:
-        assert "sp" not in describe(kernel.best_config).split(), describe(kernel.best_config)
-    request.getfixturevalue("split_band")
+        assert "sp" not in describe(kernel.best_config), describe(kernel.best_config)
+    split_band(variant)
     split = _grade(case, "cpu")
     for kernel in kernels:
-        assert describe(kernel.best_config).endswith(" sp"), describe(kernel.best_config)
+        tag = "sp" if kernel is fwd._fwd_kernel else variant
+        assert describe(kernel.best_config).endswith(f" {tag}"), describe(kernel.best_config)
     tol = 1e-5 if case.dtype == "fp32" else 1e-3
     for t in ("out", "lse", *GRADS):
         torch.testing.assert_close(split[t], fused[t], atol=tol, rtol=tol, msg=t)
@@ -290,12 +299,15 @@ def test_tile_specs_parse():
     assert parse_tiles("128x64w8s3, 64x64w4s2") == [(128, 64, 8, 3), (64, 64, 4, 2)]
     assert parse_tiles("64x128w8s3bs2") == [(64, 128, 8, 3, 2)]
     assert parse_tiles("64x128w8s2sp,64x64w4s3") == [(64, 128, 8, 2, "sp"), (64, 64, 4, 3)]
+    assert parse_tiles("64x128w8s2sp2") == [(64, 128, 8, 2, "sp2")]
     with pytest.raises(ValueError, match="BMxBNwWsS"):
         parse_tiles("128x64w8")
     with pytest.raises(ValueError, match="bsB and sp exclude each other"):
         parse_tiles("64x128w8s3bs2sp")
     with pytest.raises(ValueError, match="BMxBNwWsS"):
         parse_tiles("64x128w8s3spbs2")
+    with pytest.raises(ValueError, match="bsB and sp exclude each other"):
+        parse_tiles("64x128w8s3bs2sp2")
 
 
 @pytest.mark.parametrize("env", ["FWD", "DKDV", "DQ"])
@@ -325,6 +337,7 @@ def test_split_band_tiles_are_described_for_every_kernel():
     from attnbench.kernels.piecewise.configs import (
         ARCH,
         SP,
+        SP2,
         _make,
         bwd_dkdv_configs,
         bwd_dq_configs,
@@ -339,6 +352,23 @@ def test_split_band_tiles_are_described_for_every_kernel():
     assert parse_tiles(describe(split).replace(" ", "")) == [(64, 128, 8, 3, SP)]
     for configs in (fwd_configs, bwd_dkdv_configs, bwd_dq_configs):  # sp: forward too
         assert any(c.kwargs.get("SPLIT_BAND") for c in configs("hopper")), configs
+    (merged,) = _make({ARCH: [(64, 128, 8, 2, SP2)]}, "UNSET_ENV_VAR")
+    assert merged.kwargs == {"BLOCK_M": 64, "BLOCK_N": 128, "BAND_STAGES": 2, "SPLIT_BAND": 2}
+    assert describe(merged) == "64x128 w8 s2 sp2"
+    assert parse_tiles(describe(merged).replace(" ", "")) == [(64, 128, 8, 2, SP2)]
+    for configs in (bwd_dkdv_configs, bwd_dq_configs):  # sp2: backward only
+        assert any(c.kwargs.get("SPLIT_BAND") == 2 for c in configs("hopper")), configs
+
+
+def test_merged_split_is_refused_for_the_forward(monkeypatch):
+    from attnbench.kernels.piecewise import configs
+
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    monkeypatch.setenv("ATTNBENCH_PIECEWISE_FWD", "128x64w8s3sp2")
+    with pytest.raises(ValueError, match="backward only"):
+        configs.fwd_configs()
+    monkeypatch.setenv("ATTNBENCH_PIECEWISE_DQ", "128x64w8s3sp2")
+    assert configs.bwd_dq_configs()[0].kwargs["SPLIT_BAND"] == 2
 
 
 @pytest.mark.parametrize(
@@ -357,6 +387,10 @@ def test_split_band_tiles_are_described_for_every_kernel():
         ("fwd", (128, 128, 8, 3, "sp"), 224),
         ("fwd", (128, 64, 8, 4, "sp"), 160),
         ("fwd", (64, 64, 4, 3, "sp"), 112),
+        ("dkdv", (64, 128, 8, 2, "sp2"), 129),  # merged split: resident and streamed as sp
+        ("dkdv", (128, 128, 8, 2, "sp2"), 193),
+        ("dq", (128, 64, 8, 3, "sp2"), 160),
+        ("dq", (64, 64, 4, 3, "sp2"), 128),
     ],
     ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple) else str(x),
 )

@@ -12,10 +12,11 @@ One line per (kernel, head dim, config): Triton's shared-memory count against th
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
 stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
-``bsB``, or ``sp`` for the split band). bf16, causal, every pointer and stride 16-divisible
-(what the GPU launch sees for contiguous tensors), so the counts match what the autotuner
-compiles there. ``--ptx`` adds a hash of the PTX instructions (debug info and labels dropped):
-a refactor that leaves every hash unchanged cannot change what runs on the GPU.
+``bsB``, ``sp`` for the split band or ``sp2`` for the backward's merged split). bf16, causal,
+every pointer and stride 16-divisible (what the GPU launch sees for contiguous tensors), so the
+counts match what the autotuner compiles there. ``--ptx`` adds a hash of the PTX instructions
+(debug info and labels dropped): a refactor that leaves every hash unchanged cannot change what
+runs on the GPU.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("package", choices=["piecewise", "triton_fa2"])
     ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq")
     ap.add_argument("--head-dims", default="64,128")
-    ap.add_argument("--tiles", default="", help="BMxBNwWsS[bsB|sp],... instead of the Hopper table")
+    ap.add_argument(
+        "--tiles", default="", help="BMxBNwWsS[bsB|sp|sp2],... instead of the Hopper table"
+    )
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
     ap.add_argument("--ptx", action="store_true", help="also print a hash of the PTX instructions")
     a = ap.parse_args(argv)

@@ -25,6 +25,12 @@ Two passes and no atomics (bit-identical gradients run to run), as in triton_fa2
    the band's far pairs and the far tiles (``k2``, ``dk2``, ``dv``); dQ mirrored (``q2``/``dq2``
    first, then ``q1``/``dq1``). One key (query) tile and two fp32 accumulators are live at a
    time, as in FA2, at the price of the band's tiles being loaded and multiplied twice.
+   ``SPLIT_BAND=2`` (merged split): each pass is one class, the pure tiles of its side and the
+   band together with the band's mask on every tile (a no-op on the pure ones): dK/dV near and
+   band keeping the near pairs, then band and far keeping the far pairs (dQ: far and band, then
+   band and near). Each class is 3 pipelined loops per head (:func:`_dkdv_class`), and in
+   Triton 3.6 every loop costs registers: 6 loops against the split's 12 (dK/dV 64x128 w8 s2
+   at head dim 128, sm_90: 320 B of spill stack against 536).
 
 Rows with ``lse = +inf`` (no visible key) get ``p = 0``.
 """
@@ -100,7 +106,8 @@ def _dkdv_inner(
 ):
     """Accumulate the query rows [lo, hi) of one head into this key block's dK1, dK2, dV
     (MODE 1: q1 . k1 pairs into dK1, 2: q2 . k2 into dK2, 3: both, selected per pair; BAND with
-    MODE 1/2: only that side's pairs of a band tile count)."""
+    MODE 1/2: only that side's pairs of each tile count: the split band's tiles, or every tile
+    of a merged split's class)."""
     for start_m in tl.range(lo, hi, BLOCK_M, num_stages=BAND_STAGES if MODE == 3 else None):
         rows = start_m + offs_m
         q_off = rows[:, None] * stride_qs + offs_d[None, :]
@@ -251,7 +258,8 @@ def _bwd_dkdv_kernel(
     BAND_STAGES: tl.constexpr,
     SPLIT_BAND: tl.constexpr = False,
 ):
-    """q1, q2, dO share one layout; k1, k2, v, dk1, dk2, dv another; Lse and Delta a third."""
+    """q1, q2, dO share one layout; k1, k2, v, dk1, dk2, dv another; Lse and Delta a third.
+    SPLIT_BAND: False fused band, True split, 2 merged split (module docstring)."""
     pid_n = tl.program_id(0)
     off_hk = tl.program_id(1)
     off_b = tl.program_id(2)
@@ -286,24 +294,27 @@ def _bwd_dkdv_kernel(
     a = tl.maximum(tl.minimum(m_diag, m_full), m_lo)
     b = tl.maximum(a, m_full)
     e1, s2 = query_classes(start_n, shift, w, BLOCK_M, BLOCK_N)
+    MERGED: tl.constexpr = SPLIT_BAND == 2
     # near tiles (q1 . k1), the threshold band (both, selected; or split: its near pairs with
-    # k1, its far pairs with k2 once dk1 is written), far tiles (q2 . k2)
+    # k1, its far pairs with k2 once dk1 is written), far tiles (q2 . k2); merged split: near
+    # tiles and band as one class keeping the near pairs, then band and far tiles keeping far
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
-        0, e1, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC, BAND_STAGES, False,
+        0, s2 if MERGED else e1, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1, DOT_PREC, BAND_STAGES, MERGED,
     )  # fmt: skip
     if not SPLIT_BAND:
         k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
         dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
-    dk1, dk2, dv = _dkdv_class(
-        dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
-        stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
-        e1, s2, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1 if SPLIT_BAND else 3, DOT_PREC, BAND_STAGES,
-        SPLIT_BAND,
-    )  # fmt: skip
+    if not MERGED:
+        dk1, dk2, dv = _dkdv_class(
+            dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
+            stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
+            e1, s2, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 1 if SPLIT_BAND else 3, DOT_PREC,
+            BAND_STAGES, SPLIT_BAND,
+        )  # fmt: skip
     dk_ptrs = DK1 + k_off + k_ptrs
     store_rows(
         dk_ptrs,
@@ -314,9 +325,10 @@ def _bwd_dkdv_kernel(
         HEAD_DIM,
         HEAD_DIM_PAD,
     )
-    if SPLIT_BAND:  # k1 and dk1 are dead: the band again, its far pairs
+    if SPLIT_BAND:  # k1 and dk1 are dead: k2 for the far pairs (split: the band again first)
         k2 = load_rows(K2 + k_off + k_ptrs, cols, seqlen_k, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
         dk2 = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
+    if SPLIT_BAND == 1:
         dk1, dk2, dv = _dkdv_class(
             dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
             stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
@@ -326,8 +338,8 @@ def _bwd_dkdv_kernel(
     dk1, dk2, dv = _dkdv_class(
         dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse, Delta, b64, off_hk, group,
         stride_qb, stride_qs, stride_qh, stride_lb, stride_lh, cols, offs_m, offs_d,
-        s2, seqlen_q, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC, BAND_STAGES, False,
+        e1 if MERGED else s2, seqlen_q, m_lo, a, m_full, b, seqlen_q, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_M, CAUSAL, 2, DOT_PREC, BAND_STAGES, MERGED,
     )  # fmt: skip
     store_rows(
         DK2 + k_off + k_ptrs,
@@ -495,7 +507,8 @@ def _bwd_dq_kernel(
     BAND_STAGES: tl.constexpr,
     SPLIT_BAND: tl.constexpr = False,
 ):
-    """q1, q2, dO, dq1, dq2 share one layout; k1, k2, v another; Lse and Delta a third."""
+    """q1, q2, dO, dq1, dq2 share one layout; k1, k2, v another; Lse and Delta a third.
+    SPLIT_BAND as in :func:`_bwd_dkdv_kernel`."""
     pid_m = tl.program_id(0)
     off_h = tl.program_id(1)
     off_b = tl.program_id(2)
@@ -524,24 +537,27 @@ def _bwd_dq_kernel(
     shift = seqlen_k - seqlen_q
     n_full, n_end = key_ranges(start_m, seqlen_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
     e2, s1 = key_classes(start_m, shift, w, BLOCK_M, BLOCK_N)
+    MERGED: tl.constexpr = SPLIT_BAND == 2
     k1_base = K1 + k_off
     k2_base = K2 + k_off
     v_base = V + k_off
     # far tiles (dq2), the threshold band (both; or split: its far pairs with q2, its near pairs
-    # with q1 once dq2 is written), near tiles (dq1)
+    # with q1 once dq2 is written), near tiles (dq1); merged split: far tiles and band as one
+    # class keeping the far pairs, then band and near tiles keeping the near pairs
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
-        offs_d, 0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, False,
+        offs_d, 0, s1 if MERGED else e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, MERGED,
     )  # fmt: skip
     if not SPLIT_BAND:
         q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-    dq1, dq2 = _dq_class(
-        dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
-        offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2 if SPLIT_BAND else 3, DOT_PREC, BAND_STAGES,
-        SPLIT_BAND,
-    )  # fmt: skip
+    if not MERGED:
+        dq1, dq2 = _dq_class(
+            dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows,
+            offs_n, offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
+            HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2 if SPLIT_BAND else 3, DOT_PREC,
+            BAND_STAGES, SPLIT_BAND,
+        )  # fmt: skip
     store_rows(
         DQ2 + q_off + q_ptrs,
         (dq2 * sm_scale).to(DQ2.dtype.element_ty),
@@ -551,8 +567,9 @@ def _bwd_dq_kernel(
         HEAD_DIM,
         HEAD_DIM_PAD,
     )
-    if SPLIT_BAND:  # q2 and dq2 are dead: the band again, its near pairs
+    if SPLIT_BAND:  # q2 and dq2 are dead: q1 for the near pairs (split: the band again first)
         q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    if SPLIT_BAND == 1:
         dq1, dq2 = _dq_class(
             dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows,
             offs_n, offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
@@ -560,8 +577,8 @@ def _bwd_dq_kernel(
         )  # fmt: skip
     dq1, dq2 = _dq_class(
         dq1, dq2, q1, q2, do, lse2, delta, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
-        offs_d, s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, False,
+        offs_d, e2 if MERGED else s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, MERGED,
     )  # fmt: skip
     store_rows(
         DQ1 + q_off + q_ptrs,

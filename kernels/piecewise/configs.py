@@ -22,8 +22,8 @@ expected winner. Environment (read at import):
 
 - ``ATTNBENCH_PIECEWISE_TUNE=0``: keep only the first config that survives pruning (no tuning).
 - ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles
-  ``BMxBNwWsS[bsB|sp]`` (e.g. ``128x64w8s3,64x128w8s3bs2,64x128w8s2sp``) replacing that
-  kernel's table (for tuning sessions).
+  ``BMxBNwWsS[bsB|sp|sp2]`` (e.g. ``128x64w8s3,64x128w8s3bs2,64x128w8s2sp``) replacing that
+  kernel's table (for tuning sessions; ``sp2`` backward only).
 
 ``BAND_STAGES`` (a fifth table number, ``bsB`` in a tile spec; default the kernel's stages) sets
 the pipeline depth of the threshold band's loop alone: the band streams three tiles per stage
@@ -33,6 +33,11 @@ table entry, ``sp`` in a tile spec; all three kernels, default off) runs the ban
 as one-product tiles, one side of the threshold each (:mod:`.fwd`, :mod:`.bwd`): one of ``q1``/
 ``q2`` (``k1``/``k2``) resident and, backward, two fp32 accumulators live, as in FA2, and the
 band streams two tiles per stage like the other loops (so ``bsB`` does not apply).
+``SPLIT_BAND=2`` (``SP2``, ``sp2``; backward only) is the merged split: the same two passes,
+each as one query (key) class, the band and the pure tiles of its side together, the band's
+mask applied to every tile of it: half the pipelined loops of ``sp`` (6 against 12 in dK/dV),
+hence fewer registers and spills (sm_90, offline), at the price of a compare and select on
+every tile and the band's tiles loaded twice as in ``sp``.
 ``tools/kernel_resources.py`` compiles the tables offline for sm_90 (no GPU) and prints
 Triton's shared memory, registers and spills.
 """
@@ -67,7 +72,14 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # dQ 128x64 w8 s3 sp 572 against fused 128x64 w8 s2 489: the split tiles go first. At head dim
 # 64 (S 4k/8k) these two split tiles were slower than the fused 128x128 / 64x64 choices (whole
 # backward 211/244 against 222/268 TFLOP/s); the other split tiles are untimed there.
+# Entries marked SP2 (last, not yet timed on a GPU) run the merged split (``SPLIT_BAND=2``): 6
+# pipelined loops in dK/dV against sp's 12. sm_90 offline, head dim 128: dK/dV 64x128 w8 s2
+# 255 regs + 320 B stack (sp 536 B), 128x128 s2 1136 B (sp 2024); dQ 128x64 w8 s3 215 regs
+# (sp 249), 64x64 w4 s3 227 regs, no stack (sp 48 B). Head dim 64: dK/dV 64x128 w8 s2 no
+# stack (sp 120 B); dQ 128x64 w8 s3 159 regs (sp 199).
 SP = "sp"
+SP2 = "sp2"  # the backward's merged split band
+SP2 = "sp2"
 _FWD = {
     "hopper": [
         (128, 64, 8, 3),
@@ -98,6 +110,9 @@ _BWD_DKDV = {
         (64, 128, 8, 3, SP),
         (128, 128, 8, 2, SP),
         (64, 64, 4, 3, SP),
+        (64, 128, 8, 2, SP2),
+        (64, 128, 8, 3, SP2),
+        (128, 128, 8, 2, SP2),
     ],
     "ampere": [(64, 64, 4, 2), (32, 128, 8, 2), (32, 64, 4, 2)],
     "interpret": [(16, 32, 4, 1)],
@@ -115,33 +130,36 @@ _BWD_DQ = {
         (128, 64, 8, 2, SP),
         (64, 64, 4, 3, SP),
         (128, 128, 8, 2, SP),
+        (128, 64, 8, 3, SP2),
+        (128, 64, 8, 2, SP2),
+        (64, 64, 4, 3, SP2),
     ],
     "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
 }
 
-_TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)(?:bs(\d+))?(sp)?$")
+_TILE = re.compile(r"^(\d+)x(\d+)w(\d+)s(\d+)(?:bs(\d+))?(sp2?)?$")
 
 
 def parse_tiles(spec: str) -> list[tuple[int | str, ...]]:
     """``"128x64w8s3,64x128w8s3bs2,64x128w8s2sp"`` -> ``[(128, 64, 8, 3), (64, 128, 8, 3, 2),
     (64, 128, 8, 2, "sp")]`` (``bsN``: the threshold band's pipeline stages, default the
     kernel's; ``sp``: the split band, whose passes pipeline like the other loops, so it takes no
-    ``bsN``)."""
+    ``bsN``; ``sp2``: the backward's merged split band, likewise)."""
     tiles = []
     for part in spec.replace(" ", "").split(","):
         if not part:
             continue
         m = _TILE.match(part)
         if m is None:
-            raise ValueError(f"bad tile {part!r}: expected BMxBNwWsS[bsB|sp], e.g. 128x64w8s3")
+            raise ValueError(f"bad tile {part!r}: expected BMxBNwWsS[bsB|sp|sp2], e.g. 128x64w8s3")
         *nums, split = m.groups()
         if split and nums[4] is not None:
             raise ValueError(
                 f"bad tile {part!r}: bsB and sp exclude each other (a split band runs as "
                 "one-product loops, pipelined with the kernel's stages)"
             )
-        tiles.append(tuple(int(x) for x in nums if x is not None) + ((SP,) if split else ()))
+        tiles.append(tuple(int(x) for x in nums if x is not None) + ((split,) if split else ()))
     return tiles
 
 
@@ -158,11 +176,11 @@ def _table(table: dict, env: str, arch: str | None = None) -> list[tuple[int | s
 def _kwargs(t: tuple[int | str, ...]) -> dict:
     """(BLOCK_M, BLOCK_N, warps, stages[, band stages | SP]) -> the config's kwargs:
     BAND_STAGES defaults to the kernel's stages (every loop pipelined alike); SPLIT_BAND=True
-    only on split tiles (the kernels default to False, so the other tiles' kwargs, and the
-    tuning choices stored for them, are unchanged)."""
-    split = t[4:] == (SP,)
+    only on split tiles, 2 on merged split ones (the kernels default to False, so the other
+    tiles' kwargs, and the tuning choices stored for them, are unchanged)."""
+    split = t[4:] in ((SP,), (SP2,))
     kw = {"BLOCK_M": t[0], "BLOCK_N": t[1], "BAND_STAGES": t[3] if split or len(t) < 5 else t[4]}
-    return {**kw, "SPLIT_BAND": True} if split else kw
+    return {**kw, "SPLIT_BAND": True if t[4] == SP else 2} if split else kw
 
 
 def _make(table, env, arch: str | None = None) -> list[triton.Config]:
@@ -172,7 +190,10 @@ def _make(table, env, arch: str | None = None) -> list[triton.Config]:
 
 
 def fwd_configs(arch: str | None = None) -> list[triton.Config]:
-    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", arch=arch)
+    cfgs = _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", arch=arch)
+    if any(c.kwargs.get("SPLIT_BAND") == 2 for c in cfgs):
+        raise ValueError("sp2 (the merged split band) is backward only; the forward takes sp")
+    return cfgs
 
 
 def bwd_dkdv_configs(arch: str | None = None) -> list[triton.Config]:
@@ -188,10 +209,10 @@ def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
     loop (two tiles streamed per stage) and the band loop (three per band stage). Checked
     against Triton's own count for sm_90 (``triton.compile`` offline): fwd 128x64 s3 at d=128
     208 KiB (band s3) / 160 KiB (band s2); dK/dV 64x128 s3 bs2 193 KiB; dQ 128x64 s3 bs2 192 KiB.
-    A split band (SPLIT_BAND) streams two tiles like the other loops and keeps one of k1/k2
-    (q1/q2) resident at a time: dK/dV 64x128 s2 sp 129 KiB, dQ 128x64 s2 sp 128 KiB; the
-    forward's split keeps one query tile and no dO: fwd 128x64 s3 sp 128 KiB, 128x128 s3 sp
-    224 KiB."""
+    A split band (SPLIT_BAND, ``sp`` or ``sp2``) streams two tiles like the other loops and
+    keeps one of k1/k2 (q1/q2) resident at a time: dK/dV 64x128 s2 sp 129 KiB, dQ 128x64 s2 sp
+    128 KiB; the forward's split keeps one query tile and no dO: fwd 128x64 s3 sp 128 KiB,
+    128x128 s3 sp 224 KiB."""
     bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
     band = max(cfg.kwargs.get("BAND_STAGES", st), 1)
     if cfg.kwargs.get("SPLIT_BAND", False):  # k1 or k2 + v resident (dq: q1 or q2 + dO)

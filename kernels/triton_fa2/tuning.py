@@ -66,8 +66,9 @@ def describe(cfg: Config | None) -> str | None:
     """``128x64 w8 s3`` (the ``BLOCK_*`` kwargs joined by x; warps; stages) of a config; other
     kwargs follow as their initials and value (``BAND_STAGES=2`` -> ``bs2``) when they are not
     just the number of stages again, a true flag as its name's first two letters
-    (``SPLIT_BAND=True`` -> ``sp``, a false one not at all): without the spaces, a piecewise tile
-    spec (``64x128w8s3bs2``, ``64x128w8s2sp``)."""
+    (``SPLIT_BAND=True`` -> ``sp``, a false one not at all) and a flag's numbered variant as
+    those letters and the number (``SPLIT_BAND=2`` -> ``sp2``): without the spaces, a piecewise
+    tile spec (``64x128w8s3bs2``, ``64x128w8s2sp``, ``64x128w8s2sp2``)."""
     if cfg is None:
         return None
     blocks = [v for k, v in cfg.kwargs.items() if k.startswith("BLOCK")]
@@ -83,9 +84,14 @@ def describe(cfg: Config | None) -> str | None:
     return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}{extra}"
 
 
+FLAGS = ("SPLIT_BAND",)  # kwargs that are flags with numbered variants (piecewise's sp / sp2)
+
+
 def _kwarg_tag(name: str, value) -> str:
     if value is True:
         return name[:2].lower()
+    if name in FLAGS:
+        return f"{name[:2].lower()}{value}"
     return f"{''.join(w[0] for w in name.lower().split('_'))}{value}"
 
 
