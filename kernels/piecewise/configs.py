@@ -79,7 +79,6 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # stack (sp 120 B); dQ 128x64 w8 s3 159 regs (sp 199).
 SP = "sp"
 SP2 = "sp2"  # the backward's merged split band
-SP2 = "sp2"
 _FWD = {
     "hopper": [
         (128, 64, 8, 3),
