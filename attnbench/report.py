@@ -150,6 +150,14 @@ def unrepeatable(rows: list[dict], tolerance: float = 0.02) -> list[str]:
 _NOT_HERE = re.compile(r"^(\S+) does not run on (\w+) \(runs on: (.+)\)$")
 
 
+def status_text(status: str, message: str | None) -> str:
+    """``status: message``, once: unsupported reasons already start with ``unsupported:``."""
+    message = (message or "").strip()
+    if message.startswith(f"{status}:") or message.startswith(f"{status} "):
+        return message
+    return f"{status}: {message}".strip().rstrip(":")
+
+
 def unsupported_reasons(rows: list[dict]) -> list[str]:
     """One line per backend and distinct reason, for the end of a run; the backends that do
     not run on this device at all share one line."""
@@ -198,7 +206,7 @@ def failed_cases(rows: list[dict]) -> list[str]:
         elif r["status"] == "accuracy_failed":
             what = r.get("message") or "accuracy failed"
         else:
-            what = f"{r['status']}: {r.get('message') or ''}".strip()
+            what = status_text(r["status"], r.get("message"))
         lines.append(f"  {be}  {case}" + (f"  {mode}" if mode else "") + f"  {what}")
     return lines
 

@@ -17,7 +17,7 @@ from .case import Case
 from .check import check_backend, failure_message, report_lines, verdict
 from .env import environment
 from .problems import problem_of
-from .report import case_line
+from .report import case_line, status_text
 from .results import ResultsWriter, now_utc
 from .state import CaseState
 from .timing import bench, first_call_s, mode_fn, timing_columns
@@ -133,7 +133,7 @@ def run_accuracy(cases: list[Case], backends: list[Backend], ctx: RunContext) ->
                 except Exception as e:  # one failing case never stops the run
                     status, msg = classify(e, be)
                     ctx.emit([ctx.row(case, be.name, mode, status=status, message=msg)])
-                    con.print(f"[yellow]{be.name} {case.id}: {status}: {msg}[/]")
+                    con.print(f"[yellow]{be.name} {case.id}: {status_text(status, msg)}[/]")
                     _cleanup(ctx.device)
                     prog.advance(task)
                     continue

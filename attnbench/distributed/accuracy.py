@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..case import Case
 from ..check import failure_message
+from ..report import status_text
 from ..runner import classify
 from ..state import CaseState
 from .check import compare, report_lines, run_distributed, single_of
@@ -73,7 +74,7 @@ def _accuracy_rows(run: DistRun, case: Case, backend: str, strategy: str, per_ra
                     message=f"rank {r}: {msg}",
                 )
             )
-            failed.append(f"rank {r}: {status}: {msg}")
+            failed.append(f"rank {r}: {status_text(status, msg)}")
             continue
         for e in errs:
             note = f"vs non-distributed: max {e.diff_max:.3g} mean {e.diff_mean:.3g}"

@@ -11,6 +11,7 @@ import torch
 
 from ..case import Case, case_flops
 from ..check import grade, verdict
+from ..report import status_text
 from ..runner import classify
 from ..state import CaseState
 from ..timing import bench, mode_fn, timing_columns
@@ -76,7 +77,9 @@ def single_device_ms(run: DistRun, state: CaseState, kernel: LocalKernel, label:
                 rows += more
             except Exception as e:  # the full-sequence baseline still stands
                 status, msg = classify(e)
-                run.print(f"[yellow]{label}: single-device run at S/P: {status}: {msg}[/]")
+                run.print(
+                    f"[yellow]{label}: single-device run at S/P: {status_text(status, msg)}[/]"
+                )
             sub_state.release()
         run.emit(rows)
         out = {m: (ms, share.get(m)) for m, ms in full.items()}

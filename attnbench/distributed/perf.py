@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..case import Case, case_flops
 from ..check import verdict
+from ..report import status_text
 from ..runner import classify
 from ..state import CaseState
 from ..timing import mode_fn, timing_columns
@@ -69,7 +70,7 @@ def run_perf(run: DistRun) -> None:
                     single_of(state, kernel)
             except Exception as e:
                 status, msg = classify(e)
-                run.print(f"[yellow]{label}: rank {env.rank}: {status}: {msg}[/]")
+                run.print(f"[yellow]{label}: rank {env.rank}: {status_text(status, msg)}[/]")
             with run.wd.phase(f"{label}: agreeing to start"):
                 if not run.all_ok(status == "ok"):
                     msg = "the non-distributed run failed on some rank"
