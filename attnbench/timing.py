@@ -8,7 +8,10 @@ changes that make short kernels repeatable:
 - a spin (``torch.cuda._sleep``) is enqueued after the L2 flush and before each rep's start event,
   sized from the measured host enqueue time of ``fn``: while the GPU spins, Python enqueues the
   whole of ``fn``, so the GPU never waits on the host between the events (do_bench times the
-  host's launch latency along with a 20 us kernel);
+  host's launch latency along with a 20 us kernel). One lead spin before the reps puts the host
+  ahead; each rep then spins only for what its own GPU time does not cover, so a kernel slower
+  than its launches keeps the host ahead and spins not at all (a 10 ms kernel with 2 ms of
+  Python launches no longer idles 3 ms per rep);
 - the rep count comes from the time of ``fn`` alone (do_bench's estimate includes the flush) and
   is at least ``min_reps``.
 
@@ -143,10 +146,12 @@ def plan_reps(
     return n_warmup, n_rep
 
 
-def spin_ms(host_ms: float) -> float:
-    """Spin before each rep's start event: 1.5 x the host's enqueue time of fn plus 20 us,
-    capped at ``SPIN_CAP_MS``."""
-    return min(SPIN_CAP_MS, 1.5 * max(host_ms, 0.0) + 0.02)
+def spin_ms(host_ms: float, gpu_ms: float = 0.0) -> float:
+    """Spin before each rep's start event: 1.5 x the host's enqueue time of fn plus 20 us, less
+    the GPU time ``gpu_ms`` of fn itself (while the GPU runs rep i, the host enqueues rep i+1;
+    once ahead, it stays ahead when fn's GPU time covers its launches), capped at
+    ``SPIN_CAP_MS``. ``gpu_ms=0``: the lead spin before the first rep."""
+    return max(0.0, min(SPIN_CAP_MS, 1.5 * max(host_ms, 0.0) + 0.02) - max(gpu_ms, 0.0))
 
 
 _CYCLES_PER_MS: dict[int, float] = {}
@@ -202,28 +207,31 @@ def gpu_times(
         reset_grads(leaves)
         fn()
     host_ms = (time.perf_counter() - t0) * 1e3 / 3
-    spin = int(cycles * spin_ms(host_ms))
+    lead = int(cycles * spin_ms(host_ms))
     torch.cuda.synchronize(device)
 
-    def reps(n: int) -> list[float]:
+    def reps(n: int, spin: int) -> list[float]:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        torch.cuda._sleep(lead)  # the host gets ahead of the GPU here
         for i in range(n):
             reset_grads(leaves)
             flush()
-            torch.cuda._sleep(spin)
+            if spin:
+                torch.cuda._sleep(spin)
             starts[i].record()
             fn()
             ends[i].record()
         torch.cuda.synchronize(device)
         return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
-    est_ms = quantiles(reps(5), (0.5,))[0]
+    est_ms = quantiles(reps(5, lead), (0.5,))[0]  # every rep spins as if the first
     n_warmup, n_rep = plan_reps(est_ms, warmup_ms, rep_ms, min_reps, max_reps)
     for _ in range(n_warmup):
         reset_grads(leaves)
         fn()
-    return reps(n_rep)
+    torch.cuda.synchronize(device)
+    return reps(n_rep, int(cycles * spin_ms(host_ms, est_ms)))
 
 
 def autotune_bench(kernel_call, quantiles=QUANTILES):

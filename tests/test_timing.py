@@ -51,6 +51,17 @@ def test_spin_covers_the_host_and_is_capped():
     assert timing.spin_ms(1e3) == timing.SPIN_CAP_MS
 
 
+@pytest.mark.parametrize(
+    "host_ms, gpu_ms, want",
+    [(1.0, 0.0, 1.52), (1.0, 0.5, 1.02), (1.0, 1.52, 0.0), (2.0, 10.0, 0.0), (1e3, 1.0, 4.0)],
+    ids=["lead", "short-kernel", "covered", "long-kernel", "capped"],
+)
+def test_spin_less_the_kernel_time(host_ms, gpu_ms, want):
+    # a rep spins only for the host time its own kernel does not cover: a kernel slower than
+    # its launches keeps the host ahead after the lead spin, and spins not at all
+    assert timing.spin_ms(host_ms, gpu_ms) == pytest.approx(want)
+
+
 def test_cpu_bench_counts_reps_and_resets_grads():
     x = torch.randn(64, 64, requires_grad=True)
     calls = []
