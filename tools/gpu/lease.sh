@@ -4,10 +4,13 @@
 #
 #   bash tools/gpu/lease.sh [setup options] -- 'COMMAND' ['COMMAND' ...]
 #
-# Each COMMAND is one shell line, run in order with its own log ($OUT/logs/NN.log) and exit
-# code; plain `[VAR=value ...] [timeout N] attnbench perf|accuracy|dist ...` lines (no pipe, no ;,
-# no &) without --out get `--out $R` ($R = $OUT/results, exported, as are $OUT and $L, for lines
-# that run several jobs). Example
+# Each COMMAND is one shell line, run in order with its own log ($L/NN.log) and exit code; plain
+# `[VAR=value ...] [timeout N] attnbench perf|accuracy|dist ...` lines (no pipe, no ;, no &)
+# without --out get `--out $R`. $R (results) and $L (logs) live in /tmp/lease and are exported,
+# as is $OUT, for lines that run several jobs. The device tool returns at most 8 files from
+# $OUT, so $R and $L come back as one archive, $OUT/lease.tgz, repacked every 20 s and at the end
+# (a call cut at its limit keeps what was written up to 20 s before); unpack it here with
+# `tar xzf FILES_AT/lease.tgz -C DIR`. Example
 # (the single-GPU checks of issue 11):
 #
 #   bash tools/gpu/lease.sh -- \
@@ -29,7 +32,7 @@
 #                    (bash ../shared/device/fa4.sh download; carry .fa4a); call 2 must follow
 #   --fa4            FlashAttention-4, call 2 (carry .fa4b) and later calls: install, PYTHONPATH
 #   --tuning FILE    keep Triton tuning choices across device sessions: ATTNBENCH_TUNING_CACHE=FILE,
-#                    copied back to $OUT/tuning.json at the end (copy it over FILE here to keep
+#                    copied back to $OUT/tuning.json with each pack (copy it over FILE here to keep
 #                    it). tools/gpu/tuning-h200.json holds the H200's choices (torch 2.11, triton
 #                    3.6) for triton_fa2 and the piecewise kernels: it saves minutes of autotuning
 #                    per call; `attnbench perf --retune` or piecewise_check.py --configs re-tune
@@ -39,9 +42,17 @@
 # Multi-GPU: `attnbench dist ... --nproc N` lines run torchrun themselves.
 set -u
 export OUT=${OUT:-/tmp/out}
-export R=$OUT/results
-export L=$OUT/logs
-mkdir -p "$R" "$L"
+W=/tmp/lease  # this call's results and logs (a warm machine's last call's are dropped)
+rm -rf "$W"
+export R=$W/results
+export L=$W/logs
+mkdir -p "$R" "$L" "$OUT"
+pack() {
+  tar czf "$OUT/lease.tgz.part" -C "$W" results logs 2>/dev/null && mv -f "$OUT/lease.tgz.part" "$OUT/lease.tgz"
+  if [ -f "${ATTNBENCH_TUNING_CACHE:-}" ]; then cp "$ATTNBENCH_TUNING_CACHE" "$OUT/tuning.json"; fi
+}
+(while sleep 20; do pack; done) &
+packer=$!
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 t0=$(date +%s)
@@ -108,7 +119,6 @@ for cmd in "$@"; do
   echo "rc=$?" | tee -a "$log"
 done
 
-if [ -n "$tuning" ] && [ -f "$ATTNBENCH_TUNING_CACHE" ]; then cp "$ATTNBENCH_TUNING_CACHE" "$OUT/tuning.json"; fi
 
 # ---- short tables last --------------------------------------------------------------------
 n=0
@@ -123,4 +133,6 @@ if ls "$R"/*.parquet >/dev/null 2>&1; then
   python3 tools/gpu/summarize.py "$R" 2>&1 | head -n 60
   if [[ "$*" == *"attnbench dist"* ]]; then python3 tools/gpu/dist_summary.py "$R" 2>&1 | head -n 60; fi
 fi
+kill "$packer" 2>/dev/null
+pack
 el done
