@@ -146,16 +146,15 @@ def test_fp32_lse_is_rounded_once_and_the_suite_case_passes(case):
 def split_band(monkeypatch):
     """``split_band(variant)``: the forward and both backward kernels run their table's first
     tile with the threshold band split (``SPLIT_BAND``: two one-product passes; ``SP2``, the
-    backward's merged split, leaves the forward split as ``SP``) instead of fused; the other
-    tests run it fused."""
+    merged split, each pass one class) instead of fused; the other tests run it fused."""
     from attnbench.kernels.piecewise import bwd, fwd
-    from attnbench.kernels.piecewise.configs import ARCH, SP, _make
+    from attnbench.kernels.piecewise.configs import ARCH, _make
 
     def apply(variant):
         for kernel in (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel):
             cfg = kernel.configs[0]
             tile = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
-            tile += (SP if kernel is fwd._fwd_kernel else variant,)
+            tile += (variant,)
             monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}, "UNSET_ENV_VAR"))
 
     return apply
@@ -184,8 +183,9 @@ def test_split_band_matches_fused_and_reference(case, variant, split_band):
     band's up to rounding: the forward sums the band's pairs in another order (far pairs of
     every band tile, then near pairs), dv sums its tiles in another order, and the gradients
     rebuild P from the split forward's lse (dq1, dk1, dq2, dk2 see the same products). ``sp2``
-    (the backward's merged split: each side's pairs over its pure tiles and the band in one
-    class, the other side masked to 0) sums the same products in yet another order."""
+    (the merged split: each side's pairs over its pure tiles and the band in one class, the
+    other side masked to -inf forward, 0 backward) sums the same products in yet another
+    order."""
     from attnbench.kernels.piecewise import bwd, fwd
     from attnbench.kernels.triton_fa2.tuning import describe
 
@@ -196,8 +196,7 @@ def test_split_band_matches_fused_and_reference(case, variant, split_band):
     split_band(variant)
     split = _grade(case, "cpu")
     for kernel in kernels:
-        tag = "sp" if kernel is fwd._fwd_kernel else variant
-        assert describe(kernel.best_config).endswith(f" {tag}"), describe(kernel.best_config)
+        assert describe(kernel.best_config).endswith(f" {variant}"), describe(kernel.best_config)
     tol = 1e-5 if case.dtype == "fp32" else 1e-3
     for t in ("out", "lse", *GRADS):
         torch.testing.assert_close(split[t], fused[t], atol=tol, rtol=tol, msg=t)
@@ -356,19 +355,20 @@ def test_split_band_tiles_are_described_for_every_kernel():
     assert merged.kwargs == {"BLOCK_M": 64, "BLOCK_N": 128, "BAND_STAGES": 2, "SPLIT_BAND": 2}
     assert describe(merged) == "64x128 w8 s2 sp2"
     assert parse_tiles(describe(merged).replace(" ", "")) == [(64, 128, 8, 2, SP2)]
-    for configs in (bwd_dkdv_configs, bwd_dq_configs):  # sp2: backward only
+    for configs in (fwd_configs, bwd_dkdv_configs, bwd_dq_configs):  # sp2: all three
         assert any(c.kwargs.get("SPLIT_BAND") == 2 for c in configs("hopper")), configs
 
 
-def test_merged_split_is_refused_for_the_forward(monkeypatch):
+def test_merged_split_tile_specs_reach_every_kernel(monkeypatch):
     from attnbench.kernels.piecewise import configs
 
     monkeypatch.setattr(configs, "INTERPRET", False)
-    monkeypatch.setenv("ATTNBENCH_PIECEWISE_FWD", "128x64w8s3sp2")
-    with pytest.raises(ValueError, match="backward only"):
-        configs.fwd_configs()
-    monkeypatch.setenv("ATTNBENCH_PIECEWISE_DQ", "128x64w8s3sp2")
-    assert configs.bwd_dq_configs()[0].kwargs["SPLIT_BAND"] == 2
+    for env, make in (
+        ("ATTNBENCH_PIECEWISE_FWD", configs.fwd_configs),
+        ("ATTNBENCH_PIECEWISE_DQ", configs.bwd_dq_configs),
+    ):
+        monkeypatch.setenv(env, "128x64w8s3sp2")
+        assert make()[0].kwargs["SPLIT_BAND"] == 2
 
 
 @pytest.mark.parametrize(

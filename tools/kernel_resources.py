@@ -12,7 +12,7 @@ One line per (kernel, head dim, config): Triton's shared-memory count against th
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
 stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
-``bsB``, ``sp`` for the split band or ``sp2`` for the backward's merged split). bf16, causal,
+``bsB``, ``sp`` for the split band or ``sp2`` for the merged split). bf16, causal,
 every pointer and stride 16-divisible (what the GPU launch sees for contiguous tensors), so the
 counts match what the autotuner compiles there. ``--ptx`` adds a hash of the PTX instructions
 (debug info and labels dropped): a refactor that leaves every hash unchanged cannot change what

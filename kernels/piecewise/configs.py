@@ -23,7 +23,7 @@ expected winner. Environment (read at import):
 - ``ATTNBENCH_PIECEWISE_TUNE=0``: keep only the first config that survives pruning (no tuning).
 - ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles
   ``BMxBNwWsS[bsB|sp|sp2]`` (e.g. ``128x64w8s3,64x128w8s3bs2,64x128w8s2sp``) replacing that
-  kernel's table (for tuning sessions; ``sp2`` backward only).
+  kernel's table (for tuning sessions).
 
 ``BAND_STAGES`` (a fifth table number, ``bsB`` in a tile spec; default the kernel's stages) sets
 the pipeline depth of the threshold band's loop alone: the band streams three tiles per stage
@@ -33,9 +33,10 @@ table entry, ``sp`` in a tile spec; all three kernels, default off) runs the ban
 as one-product tiles, one side of the threshold each (:mod:`.fwd`, :mod:`.bwd`): one of ``q1``/
 ``q2`` (``k1``/``k2``) resident and, backward, two fp32 accumulators live, as in FA2, and the
 band streams two tiles per stage like the other loops (so ``bsB`` does not apply).
-``SPLIT_BAND=2`` (``SP2``, ``sp2``; backward only) is the merged split: the same two passes,
-each as one query (key) class, the band and the pure tiles of its side together, the band's
-mask applied to every tile of it: half the pipelined loops of ``sp`` (6 against 12 in dK/dV),
+``SPLIT_BAND=2`` (``SP2``, ``sp2``; all three kernels) is the merged split: the same two
+passes, each as one key (query) class, the band and the pure tiles of its side together, the band's
+mask applied to every tile of it: half the pipelined loops of ``sp`` (6 against 12 in dK/dV,
+4 against 8 forward),
 hence fewer registers and spills (sm_90, offline), at the price of a compare and select on
 every tile and the band's tiles loaded twice as in ``sp``.
 ``tools/kernel_resources.py`` compiles the tables offline for sm_90 (no GPU) and prints
@@ -77,8 +78,15 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # 255 regs + 320 B stack (sp 536 B), 128x128 s2 1136 B (sp 2024); dQ 128x64 w8 s3 215 regs
 # (sp 249), 64x64 w4 s3 227 regs, no stack (sp 48 B). Head dim 64: dK/dV 64x128 w8 s2 no
 # stack (sp 120 B); dQ 128x64 w8 s3 159 regs (sp 199).
+# H200, 2026-12-02 (bf16 causal, w = S/2, S 2k-16k): dK/dV sp2 64x128 w8 s2 won at head dim 128
+# S 2k-4k and head dim 64 S 2k-8k (sp at 128/8k-16k, fused 128x128 at 64/16k); dQ sp 128x64 w8
+# s3 won at head dim 128 (575 TFLOP/s at 16k, fused 458) and fused 64x64 w4 s3 at head dim 64.
+# Forward SP2 entries (last, not yet timed): 4 pipelined loops against the fused 6; sm_90
+# offline, head dim 64: 64x64 w4 s3 154 regs and 56 KiB against fused 181 and 88 (triton_fa2
+# 127, 56), so 3 programs per SM instead of 2; head dim 128: 128x64 w8 s3 239 regs, no stack,
+# 128 KiB against fused 230 and 208.
 SP = "sp"
-SP2 = "sp2"  # the backward's merged split band
+SP2 = "sp2"  # the merged split band
 _FWD = {
     "hopper": [
         (128, 64, 8, 3),
@@ -92,6 +100,8 @@ _FWD = {
         (128, 128, 8, 3, SP),
         (128, 64, 8, 4, SP),
         (64, 64, 4, 3, SP),
+        (64, 64, 4, 3, SP2),
+        (128, 64, 8, 3, SP2),
     ],
     "ampere": [(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
@@ -144,7 +154,7 @@ def parse_tiles(spec: str) -> list[tuple[int | str, ...]]:
     """``"128x64w8s3,64x128w8s3bs2,64x128w8s2sp"`` -> ``[(128, 64, 8, 3), (64, 128, 8, 3, 2),
     (64, 128, 8, 2, "sp")]`` (``bsN``: the threshold band's pipeline stages, default the
     kernel's; ``sp``: the split band, whose passes pipeline like the other loops, so it takes no
-    ``bsN``; ``sp2``: the backward's merged split band, likewise)."""
+    ``bsN``; ``sp2``: the merged split band, likewise)."""
     tiles = []
     for part in spec.replace(" ", "").split(","):
         if not part:
@@ -189,10 +199,7 @@ def _make(table, env, arch: str | None = None) -> list[triton.Config]:
 
 
 def fwd_configs(arch: str | None = None) -> list[triton.Config]:
-    cfgs = _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", arch=arch)
-    if any(c.kwargs.get("SPLIT_BAND") == 2 for c in cfgs):
-        raise ValueError("sp2 (the merged split band) is backward only; the forward takes sp")
-    return cfgs
+    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", arch=arch)
 
 
 def bwd_dkdv_configs(arch: str | None = None) -> list[triton.Config]:
