@@ -29,6 +29,8 @@ import torch
 QUANTILES = (0.5, 0.2, 0.8)
 MIN_REPS = 100  # reps per timing at least, however long rep_ms says
 MAX_REPS = 2000  # and at most (bounds the wall time of a 10 us kernel)
+MAX_TIMED_MS = 2000.0  # past MIN_REPS, a slow fn (> 20 ms) gets reps for this much GPU time
+LONG_MIN_REPS = 10  # but never fewer (a 300 ms FlagAttention backward at S 32k: 10 reps)
 SPIN_CAP_MS = 5.0  # longest spin per rep (a fn that synchronises gains nothing from more)
 
 
@@ -134,7 +136,9 @@ def plan_reps(
     max_reps: int = MAX_REPS,
 ) -> tuple[int, int]:
     """(warm-up calls, timed reps) for a fn whose own GPU time is ``est_ms``: enough reps to
-    fill ``rep_ms`` of kernel time, at least ``min_reps``, at most ``max_reps``."""
+    fill ``rep_ms`` of kernel time, at least ``min_reps``, at most ``max_reps``; a fn so slow
+    that ``min_reps`` would take more than ``MAX_TIMED_MS`` gets that much kernel time in reps,
+    at least ``LONG_MIN_REPS`` (its launch jitter is far below its run-to-run spread)."""
     if warmup_ms < 0 or rep_ms <= 0 or min_reps < 1 or max_reps < min_reps:
         raise ValueError(
             f"bad timing arguments: warmup_ms={warmup_ms}, rep_ms={rep_ms}, "
@@ -143,6 +147,8 @@ def plan_reps(
     est = max(est_ms, 1e-4)
     n_warmup = max(1, min(max_reps, math.ceil(warmup_ms / est)))
     n_rep = max(min_reps, min(max_reps, math.ceil(rep_ms / est)))
+    if n_rep * est > MAX_TIMED_MS:
+        n_rep = min(n_rep, max(LONG_MIN_REPS, math.ceil(MAX_TIMED_MS / est)))
     return n_warmup, n_rep
 
 

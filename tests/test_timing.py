@@ -19,8 +19,8 @@ cases:
 
 @pytest.mark.parametrize(
     "est_ms, n_rep",
-    [(0.02, 2000), (0.5, 200), (2.0, 100), (50.0, 100)],
-    ids=["20us-capped", "0.5ms", "2ms-min", "50ms-min"],
+    [(0.02, 2000), (0.5, 200), (2.0, 100), (20.0, 100), (50.0, 40), (300.0, 10)],
+    ids=["20us-capped", "0.5ms", "2ms-min", "20ms-min", "50ms-2s", "300ms-floor"],
 )
 def test_plan_reps_fills_rep_time_with_a_floor_and_a_cap(est_ms, n_rep):
     n_warm, n = timing.plan_reps(est_ms, warmup_ms=25, rep_ms=100)
