@@ -49,10 +49,11 @@ def test_fa4_flex_basic_suite_fa4(cli, tmp_path, backend):
     assert (df[df.alibi].status == "unsupported").all()
 
 
-def test_fa4_flex_basic_suite_flex(cli, tmp_path):
-    only = "flex,flex_fa4" if fa4.fa4_module() is not None else "flex"
-    df = _basic(cli, tmp_path, only)
-    ok = df[(df.status == "ok") & (df.backend == "flex")]
+@pytest.mark.parametrize("backend", ["flex", pytest.param("flex_fa4", marks=needs_fa4)])
+def test_fa4_flex_basic_suite_flex(cli, tmp_path, backend):
+    df = _basic(cli, tmp_path, backend)
+    ok = df[df.status == "ok"]
+    assert set(ok.backend) == {backend}
     assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
     assert ok.varlen.any() and ok.alibi.any() and (ok.softcap > 0).any() and ok.causal.any()
     empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
