@@ -105,7 +105,12 @@ WHERE = typer.Option(
     "--where",
     help='only the cases where every condition holds, e.g. "seqlen>=2048,head_dim=64|128,causal=true"',
 )
-OUT = typer.Option(Path("results"), "--out", help="results folder")
+OUT = typer.Option(
+    Path("results"),
+    "--out",
+    envvar="ATTNBENCH_OUT",
+    help="results folder (default: $ATTNBENCH_OUT, else results)",
+)
 # metavar="": a plain flag in --help (typer with click 8.2+ shows "<bool>", which takes no value)
 JSON = typer.Option(
     False, "--json", help="rows as JSON lines on stdout, the rest on stderr", metavar=""

@@ -116,6 +116,15 @@ def test_accuracy_run_end_to_end(cli, suite, tmp_path):
     assert df.torch_version.eq(torch.__version__).all() and df.timestamp.notna().all()
 
 
+def test_out_defaults_to_attnbench_out(cli, suite, tmp_path, monkeypatch):
+    # a wrapper (tools/gpu/lease.sh) sends every run's rows to one folder without editing lines
+    out = tmp_path / "from-env"
+    monkeypatch.setenv("ATTNBENCH_OUT", str(out))
+    res = cli("accuracy", "--suite", suite, "--device", "cpu", "--only", "naive")
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_parquet(out).backend) == {"naive"}
+
+
 def test_wrong_kernel_fails_and_its_speed_is_withheld(cli, suite, tmp_path, tmp_backend):
     tmp_backend(SameBatchKV())
     out = tmp_path / "res"

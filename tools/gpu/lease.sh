@@ -4,10 +4,10 @@
 #
 #   bash tools/gpu/lease.sh [setup options] -- 'COMMAND' ['COMMAND' ...]
 #
-# Each COMMAND is one shell line, run in order with its own log ($L/NN.log) and exit code; plain
-# `[VAR=value ...] [timeout N] attnbench perf|accuracy|dist ...` lines (no pipe, no ;, no &)
-# without --out get `--out $R`. $R (results) and $L (logs) live in /tmp/lease and are exported,
-# as is $OUT, for lines that run several jobs. The device tool returns at most 8 files from
+# Each COMMAND is one shell line, run in order with its own log ($L/NN.log) and exit code; every
+# attnbench run in it writes to $R unless given --out (ATTNBENCH_OUT=$R is exported). $R
+# (results) and $L (logs) live in /tmp/lease and are exported, as is $OUT, for lines that run
+# several jobs. The device tool returns at most 8 files from
 # $OUT, so $R and $L come back as one archive, $OUT/lease.tgz, repacked every 20 s and at the end
 # (a call cut at its limit keeps what was written up to 20 s before); unpack it here with
 # `tar xzf FILES_AT/lease.tgz -C DIR`. Example
@@ -46,6 +46,7 @@ W=/tmp/lease  # this call's results and logs (a warm machine's last call's are d
 rm -rf "$W"
 export R=$W/results
 export L=$W/logs
+export ATTNBENCH_OUT=$R  # the default --out of every attnbench run
 mkdir -p "$R" "$L" "$OUT"
 pack() {
   tar czf "$OUT/lease.tgz.part" -C "$W" results logs 2>/dev/null && mv -f "$OUT/lease.tgz.part" "$OUT/lease.tgz"
@@ -109,16 +110,11 @@ n=0
 for cmd in "$@"; do
   n=$((n + 1))
   log=$(printf '%s/%02d.log' "$L" "$n")
-  if [[ $cmd =~ ^([A-Za-z_][A-Za-z0-9_]*=[^\ ]*\ )*(timeout\ [0-9]+\ )?attnbench\ (perf|accuracy|dist) ]] && [[ $cmd != *--out* ]] \
-    && [[ $cmd != *[\;\|\&]* ]]; then
-    cmd="$cmd --out $R"
-  fi
   el "$n: $cmd"
   echo "\$ $cmd" >"$log"
   bash -c "$cmd" >>"$log" 2>&1
   echo "rc=$?" | tee -a "$log"
 done
-
 
 # ---- short tables last --------------------------------------------------------------------
 n=0
