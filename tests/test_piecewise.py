@@ -277,6 +277,28 @@ def test_flex_two_pass_forward_on_cpu(case):
     assert all(e.accuracy_ok for e in errs), errs
 
 
+def test_flex_thresholds_share_compiled_passes():
+    """The threshold is data in the block masks' mask_mod, not a guard: compiled FlexAttention
+    (forward, which the CPU compiles) builds its graphs for the first threshold and reuses them
+    for the next ones of the same shape, each matching eager flex."""
+    from torch._dynamo.utils import counters
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attnbench.backends.piecewise_flex import block_masks
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
+    q, k, v = (torch.randn(1, 2, 128, 32) for _ in range(3))
+    graphs = []
+    for w in (8, 40, 100):
+        for mask in block_masks(128, 128, w, True, "cpu"):
+            out = compiled(q, k, v, block_mask=mask)
+            torch.testing.assert_close(out, flex_attention(q, k, v, block_mask=mask))
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] > 0 and graphs[-1] == graphs[0], graphs
+
+
 def test_merge_by_lse_is_exact_and_keeps_empty_rows_zero():
     from attnbench.backends.piecewise_flex import merge_by_lse
 
