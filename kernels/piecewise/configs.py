@@ -34,11 +34,10 @@ as one-product tiles, one side of the threshold each (:mod:`.fwd`, :mod:`.bwd`):
 ``q2`` (``k1``/``k2``) resident and, backward, two fp32 accumulators live, as in FA2, and the
 band streams two tiles per stage like the other loops (so ``bsB`` does not apply).
 ``SPLIT_BAND=2`` (``SP2``, ``sp2``; all three kernels) is the merged split: the same two
-passes, each as one key (query) class, the band and the pure tiles of its side together, the band's
-mask applied to every tile of it: half the pipelined loops of ``sp`` (6 against 12 in dK/dV,
-4 against 8 forward),
-hence fewer registers and spills (sm_90, offline), at the price of a compare and select on
-every tile and the band's tiles loaded twice as in ``sp``.
+passes, each as one key (query) class, the band and the pure tiles of its side together, the
+band's mask applied to every tile of it: half the pipelined loops of ``sp`` (6 against 12 in
+dK/dV, 4 against 8 forward), hence fewer registers and spills (sm_90, offline), at the price
+of a compare and select on every tile and the band's tiles loaded twice as in ``sp``.
 ``tools/kernel_resources.py`` compiles the tables offline for sm_90 (no GPU) and prints
 Triton's shared memory, registers and spills.
 """
