@@ -298,44 +298,33 @@ def _fwd_kernel(
     v_base = V + k_off
     # far tiles (q2 . k2), the threshold band (both, selected; or split: its far pairs with q2,
     # then its near pairs with q1), near tiles (q1 . k1)
-    if SPLIT_BAND == 2:
-        # merged split: [0, s1) with q2 keeping the far pairs, then [e2, n_end) with q1 keeping
-        # the near ones (every tile of a pass masked by its side: a compare and select each)
+    # merged split: [0, s1) with q2 keeping the far pairs, then [e2, n_end) with q1 keeping the
+    # near ones (every tile of a pass masked by its side: a compare and select each)
+    MERGED: tl.constexpr = SPLIT_BAND == 2
+    acc, l_i, m_i = _fwd_class(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        0, s1 if MERGED else e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, MERGED,
+    )  # fmt: skip
+    if SPLIT_BAND == 1:
         acc, l_i, m_i = _fwd_class(
             acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
-            0, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
+            e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
             HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, True,
         )  # fmt: skip
-        q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
-        acc, l_i, m_i = _fwd_class(
-            acc, l_i, m_i, q1, q1, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
-            e2, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, True,
-        )  # fmt: skip
-    else:
-        acc, l_i, m_i = _fwd_class(
-            acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
-            0, e2, n_full, n_end, seqlen_k, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, False,
-        )  # fmt: skip
-        if SPLIT_BAND:
-            acc, l_i, m_i = _fwd_class(
-                acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n,
-                offs_d, e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
-                HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 2, DOT_PREC, BAND_STAGES, True,
-            )  # fmt: skip
-        q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    q1 = load_rows(Q1 + q_off + q_ptrs, rows, seqlen_q, offs_d, HEAD_DIM, HEAD_DIM_PAD, True)
+    if not MERGED:
         acc, l_i, m_i = _fwd_class(
             acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
             e2, s1, n_full, n_end, seqlen_k, shift, w, qk_scale,
             HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1 if SPLIT_BAND else 3, DOT_PREC,
             BAND_STAGES, SPLIT_BAND,
         )  # fmt: skip
-        acc, l_i, m_i = _fwd_class(
-            acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
-            s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
-            HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, False,
-        )  # fmt: skip
+    acc, l_i, m_i = _fwd_class(
+        acc, l_i, m_i, q1, q2, k1_base, k2_base, v_base, stride_ks, rows, offs_n, offs_d,
+        e2 if MERGED else s1, n_end, n_full, n_end, seqlen_k, shift, w, qk_scale,
+        HEAD_DIM, HEAD_DIM_PAD, BLOCK_N, CAUSAL, 1, DOT_PREC, BAND_STAGES, MERGED,
+    )  # fmt: skip
 
     out, lse = finish_rows(acc, l_i, m_i, Out.dtype.element_ty == tl.float32)
     store_rows(
