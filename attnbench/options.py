@@ -82,6 +82,8 @@ def check_out_dir(out: Path, flag: str = "--out") -> Path:
     """``--out`` as a folder this process can write into (made if missing), checked before
     anything is computed; exits 2 with one line otherwise (a file, a read-only or full disk)."""
     out = Path(out)
+    if flag == "--out" and os.environ.get("ATTNBENCH_OUT") == str(out):
+        flag = "--out (from $ATTNBENCH_OUT)"
     if out.exists() and not out.is_dir():
         fail(f"{flag} {out}: is a file, not a folder")
     try:

@@ -123,6 +123,10 @@ def test_out_defaults_to_attnbench_out(cli, suite, tmp_path, monkeypatch):
     res = cli("accuracy", "--suite", suite, "--device", "cpu", "--only", "naive")
     assert res.exit_code == 0, res.output
     assert set(pd.read_parquet(out).backend) == {"naive"}
+    monkeypatch.setenv("ATTNBENCH_OUT", str(tmp_path / "res.parquet"))
+    (tmp_path / "res.parquet").write_bytes(b"")
+    res = cli("accuracy", "--suite", suite, "--device", "cpu", "--only", "naive")
+    assert res.exit_code == 2 and "from $ATTNBENCH_OUT" in res.output, res.output
 
 
 def test_wrong_kernel_fails_and_its_speed_is_withheld(cli, suite, tmp_path, tmp_backend):
