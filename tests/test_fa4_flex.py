@@ -204,6 +204,38 @@ def test_compiled_flex_forward_on_cpu(case):
     assert errs[0].accuracy_ok and errs[0].max_abs_err > 0
 
 
+def test_dynamic_flex_reuses_one_graph_across_lengths():
+    # flex on CUDA compiles with automatic dynamic shapes: the seqlen sweep compiles once per
+    # (dtype, head dim, mask), then once more with symbolic lengths, instead of once per case.
+    # The mechanism, on the CPU (lengths of 2+ mask blocks of 128: dynamo specializes sizes 0, 1)
+    from torch._dynamo.utils import counters
+
+    fa = flex.flex_api()
+    attend = flex.compiled_flex(dynamic=None)
+    graphs = []
+    for s in (256, 512, 768, 1024):
+        q, k, v = torch.randn(3, 2, 2, s, 32).unbind(0)
+        bm = fa.create_block_mask(lambda b, h, i, j: j <= i, None, None, s, s, device="cpu")
+        out, _ = attend(q, k, v, None, bm, None, False, None, False)
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[2] == graphs[3]  # 768 and 1024 reuse the graph compiled at 512
+    assert REGISTRY["flex"].dynamic(q) is False  # the CPU keeps fixed shapes
+    assert REGISTRY["flex_fa4"].dynamic(q) is False
+
+
+@pytest.mark.parametrize(
+    "sq,sk,divisible", [(256, 1024, True), (1537, 512, False), (512, 200, False)]
+)
+def test_flex_states_is_divisible_on_cuda_only(sq, sk, divisible):
+    def t(s, dev):  # only .device and .shape are read
+        return type("T", (), {"device": torch.device(dev), "shape": (1, 2, s, 8)})()
+
+    assert flex.divisible_option(t(sq, "cpu"), t(sk, "cpu")) is None  # CPU lowering: no option
+    assert flex.divisible_option(t(sq, "cuda"), t(sk, "cuda")) == {"IS_DIVISIBLE": divisible}
+
+
 def test_one_compiled_flex_never_falls_back_to_eager():
     fn = flex.compiled_flex()
     assert fn is flex.compiled_flex()  # one compiled function for every case

@@ -15,7 +15,14 @@ give out = 0, lse = -inf.
 
 One compiled function serves every case: dynamo's recompile limit is raised and hitting it fails
 loudly, so a sweep never silently falls back to the eager path (50-100x slower). Compiles happen
-on the first call of each case (``first_call_s``). On CPU FlexAttention compiles forward only and
+on the first call of a case (``first_call_s``). ``flex`` compiles with dynamo's automatic dynamic
+shapes: a second shape of the same (dtype, head dim, mask, score mod) recompiles once with
+symbolic batch and lengths, and every later shape reuses that graph (the seqlen sweep compiles
+about 16 times instead of 48; each compile is 3-5 s on the H200). A symbolic length would turn
+off Inductor's ``IS_DIVISIBLE`` (lengths that are multiples of 128: no bounds masks), so it is
+passed as a kernel option, which the graph is guarded on: a length that is not a multiple of 128
+never reuses a graph compiled without masks. ``flex_fa4`` keeps fixed shapes (its compiles are
+about 1 s, mostly FA4's JIT), and so does the CPU (see :meth:`Flex.dynamic`). On CPU FlexAttention compiles forward only and
 without the lse (torch 2.13: no backward, no ``return_lse`` there), so CPU cases are graded on out.
 Refusals from the compiler (``NotImplementedError`` inside a lowering) become ``unsupported`` rows
 with their message.
@@ -123,8 +130,9 @@ def flex_call(differentiable_lse: bool = False):
 
 
 @functools.cache
-def compiled_flex(differentiable_lse: bool = False):
-    """The one compiled :func:`flex_call` (fixed shapes: one graph per case shape).
+def compiled_flex(differentiable_lse: bool = False, dynamic: bool | None = False):
+    """The one compiled :func:`flex_call` per setting; ``dynamic=False``: one graph per case
+    shape, ``None``: dynamo's automatic dynamic shapes (see the module docstring).
 
     The timer replays one backward with ``retain_graph=True`` (attnbench.timing); AOTAutograd's
     donated buffers forbid that (on the H200, piecewise_flex's bwd rows errored with "compiled
@@ -133,7 +141,16 @@ def compiled_flex(differentiable_lse: bool = False):
     import torch._functorch.config as functorch_cfg
 
     functorch_cfg.donated_buffer = False
-    return torch.compile(flex_call(differentiable_lse), dynamic=False, fullgraph=True)
+    return torch.compile(flex_call(differentiable_lse), dynamic=dynamic, fullgraph=True)
+
+
+def divisible_option(q: torch.Tensor, k: torch.Tensor) -> dict | None:
+    """``{"IS_DIVISIBLE": ...}`` for Inductor's CUDA flex kernels: what it decides itself from
+    fixed lengths (both multiples of 128), stated so that a graph with symbolic lengths keeps it
+    (and is guarded on it). None on CPU, whose lowering takes no such option."""
+    if q.device.type != "cuda":
+        return None
+    return {"IS_DIVISIBLE": q.shape[-2] % 128 == 0 and k.shape[-2] % 128 == 0}
 
 
 def flex_limits(case, device, mode) -> str | None:
@@ -239,18 +256,24 @@ class Flex(Backend):
         leaves = p.leaves
         if not a["want_lse"]:  # CPU: inference only (inputs that require grad are refused)
             leaves = tuple(t.detach() for t in leaves)
-        out, lse = compiled_flex()(
+        out, lse = compiled_flex(dynamic=self.dynamic(leaves[0]))(
             *leaves,
             a["score_mod"],
             a["block_mask"],
             case.scale,
             case.gqa,
-            self.kernel_options,
+            self.kernel_options or divisible_option(leaves[0], leaves[1]),
             a["want_lse"],
         )
         if lse is not None and case.varlen:
             lse = lse[0]  # (1, H, T) -> the reference's (H, total_q)
         return from_flex_layout(out, case.varlen), lse
+
+    def dynamic(self, q: torch.Tensor) -> bool | None:
+        """None (automatic dynamic shapes) for Inductor's CUDA kernels; False (fixed shapes) for
+        FA4's, whose compiles are short, and on CPU, where torch 2.13's C++ flex template fails to
+        compile some symbolic-length graphs (``cur_qSplitSize0`` not declared)."""
+        return None if q.device.type == "cuda" and not self.flash else False
 
     def grads(self, p):
         return tuple(from_flex_layout(t.grad, p.args["varlen"]) for t in p.leaves)
