@@ -206,21 +206,27 @@ def test_compiled_flex_forward_on_cpu(case):
 
 def test_dynamic_flex_reuses_one_graph_across_lengths():
     # flex on CUDA compiles with automatic dynamic shapes: the seqlen sweep compiles once per
-    # (dtype, head dim, mask), then once more with symbolic lengths, instead of once per case.
+    # (dtype, head dim, mask), then once more with symbolic lengths, instead of once per case;
+    # a fixed-shape compile in between (flex_fa4 after flex in every sweep case) must not undo it.
     # The mechanism, on the CPU (lengths of 2+ mask blocks of 128: dynamo specializes sizes 0, 1)
     from torch._dynamo.utils import counters
 
     fa = flex.flex_api()
-    attend = flex.compiled_flex(dynamic=None)
-    graphs = []
-    for s in (256, 512, 768, 1024):
+    dynamic, fixed = flex.compiled_flex(dynamic=None), flex.compiled_flex(dynamic=False)
+    new_graphs = []
+    for s in (256, 512, 768):
         q, k, v = torch.randn(3, 2, 2, s, 32).unbind(0)
-        bm = fa.create_block_mask(lambda b, h, i, j: j <= i, None, None, s, s, device="cpu")
-        out, _ = attend(q, k, v, None, bm, None, False, None, False)
-        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-        graphs.append(counters["stats"]["unique_graphs"])
-    assert graphs[1] == graphs[2] == graphs[3]  # 768 and 1024 reuse the graph compiled at 512
+        causal = fa.create_block_mask(lambda b, h, i, j: j <= i, None, None, s, s, device="cpu")
+        before = counters["stats"]["unique_graphs"]
+        for bm in (None, causal):  # two graphs per length: no mask, causal mask
+            out, _ = dynamic(q, k, v, None, bm, None, False, None, False)
+            fixed(q, k, v, None, bm, None, False, None, False)
+            ref = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=bm is not None
+            )
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert new_graphs == [4, 4, 2]  # 768 reuses both graphs compiled at 512 (2: the fixed ones)
     assert REGISTRY["flex"].dynamic(q) is False  # the CPU keeps fixed shapes
     assert REGISTRY["flex_fa4"].dynamic(q) is False
 

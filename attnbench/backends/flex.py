@@ -55,6 +55,7 @@ import functools
 import inspect
 import math
 import re
+import types
 
 import torch
 
@@ -136,12 +137,23 @@ def compiled_flex(differentiable_lse: bool = False, dynamic: bool | None = False
 
     The timer replays one backward with ``retain_graph=True`` (attnbench.timing); AOTAutograd's
     donated buffers forbid that (on the H200, piecewise_flex's bwd rows errored with "compiled
-    with non-empty donated buffers"), so donation is off for the compiled flex graphs."""
+    with non-empty donated buffers"), so donation is off for the compiled flex graphs.
+
+    Each setting compiles its own copy of the code: dynamo keeps one cache and one record of the
+    sizes seen (what automatic dynamic shapes decide from) per code object, and a fixed-shape
+    compile of shared code between two calls (flex_fa4 runs after flex in every case of a sweep)
+    made every ``flex`` case compile again (the H200 sweep of 2026-12-02: 79 compiles for 41
+    cases)."""
     raise_recompile_limit()
     import torch._functorch.config as functorch_cfg
 
     functorch_cfg.donated_buffer = False
-    return torch.compile(flex_call(differentiable_lse), dynamic=dynamic, fullgraph=True)
+    fn = flex_call(differentiable_lse)
+    name = f"attend_{'lse' if differentiable_lse else 'nolse'}_{dynamic}"
+    fn = types.FunctionType(
+        fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__, fn.__closure__
+    )
+    return torch.compile(fn, dynamic=dynamic, fullgraph=True)
 
 
 def divisible_option(q: torch.Tensor, k: torch.Tensor) -> dict | None:
