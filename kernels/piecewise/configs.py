@@ -80,10 +80,14 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # H200, 2026-12-02 (bf16 causal, w = S/2, S 2k-16k): dK/dV sp2 64x128 w8 s2 won at head dim 128
 # S 2k-4k and head dim 64 S 2k-8k (sp at 128/8k-16k, fused 128x128 at 64/16k); dQ sp 128x64 w8
 # s3 won at head dim 128 (575 TFLOP/s at 16k, fused 458) and fused 64x64 w4 s3 at head dim 64.
-# Forward SP2 entries (last, not yet timed): 4 pipelined loops against the fused 6; sm_90
-# offline, head dim 64: 64x64 w4 s3 154 regs and 56 KiB against fused 181 and 88 (triton_fa2
-# 127, 56), so 3 programs per SM instead of 2; head dim 128: 128x64 w8 s3 239 regs, no stack,
-# 128 KiB against fused 230 and 208.
+# Forward SP2 (selectable with ATTNBENCH_PIECEWISE_FWD=...sp2, not in the table): 4 pipelined
+# loops against the fused 6; sm_90 offline, head dim 64: 64x64 w4 s3 154 regs and 56 KiB against
+# fused 181 and 88 (triton_fa2 127, 56), so 3 programs per SM instead of 2; head dim 128: 128x64
+# w8 s3 239 regs, no stack, 128 KiB against fused 230 and 208. Timed on the H200 (2026-12-02,
+# bf16 causal, w = S/2, forward TFLOP/s) it lost at all 8 shapes, so it left the table: head
+# dim 64, 64x64 w4 s3 sp2 203-233 against the fused winners' 257-359; head dim 128, 243-284
+# (64x64) and 213-257 (128x64) against 324-440. The threshold band's blocks run in both passes
+# and each pass loads its own query tile; the offline occupancy gain did not show as speed.
 SP = "sp"
 SP2 = "sp2"  # the merged split band
 _FWD = {
@@ -99,8 +103,6 @@ _FWD = {
         (128, 128, 8, 3, SP),
         (128, 64, 8, 4, SP),
         (64, 64, 4, 3, SP),
-        (64, 64, 4, 3, SP2),
-        (128, 64, 8, 3, SP2),
     ],
     "ampere": [(128, 64, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
     "interpret": [(32, 16, 4, 1)],
