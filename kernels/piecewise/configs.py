@@ -85,8 +85,8 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # fused 181 and 88 (triton_fa2 127, 56), so 3 programs per SM instead of 2; head dim 128: 128x64
 # w8 s3 239 regs, no stack, 128 KiB against fused 230 and 208. Timed on the H200 (2026-12-02,
 # bf16 causal, w = S/2, forward TFLOP/s) it lost at all 8 shapes, so it left the table: head
-# dim 64, 64x64 w4 s3 sp2 203-233 against the fused winners' 257-359; head dim 128, 243-284
-# (64x64) and 213-257 (128x64) against 324-440. The threshold band's blocks run in both passes
+# dim 64, 64x64 sp2 203-233 and 128x64 sp2 153-189 against the fused winners' 257-359; head dim
+# 128, 64x64 sp2 243-293 and 128x64 sp2 213-272 against 324-476. The threshold band's blocks run in both passes
 # and each pass loads its own query tile; the offline occupancy gain did not show as speed.
 SP = "sp"
 SP2 = "sp2"  # the merged split band
