@@ -231,6 +231,17 @@ def test_dynamic_flex_reuses_one_graph_across_lengths():
     assert REGISTRY["flex_fa4"].dynamic(q) is False
 
 
+@pytest.mark.parametrize("env,want", [(None, None), ("1", None), ("0", False)])
+def test_flex_dynamic_shapes_on_cuda_unless_turned_off(monkeypatch, env, want):
+    if env is None:
+        monkeypatch.delenv("ATTNBENCH_FLEX_DYNAMIC", raising=False)
+    else:
+        monkeypatch.setenv("ATTNBENCH_FLEX_DYNAMIC", env)
+    cuda_q = type("T", (), {"device": torch.device("cuda")})()  # only .device is read
+    assert REGISTRY["flex"].dynamic(cuda_q) is want
+    assert REGISTRY["flex_fa4"].dynamic(cuda_q) is False  # FA4's kernels: fixed shapes
+
+
 @pytest.mark.parametrize(
     "sq,sk,divisible", [(256, 1024, True), (1537, 512, False), (512, 200, False)]
 )

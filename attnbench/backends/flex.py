@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import re
 import types
 
@@ -282,10 +283,13 @@ class Flex(Backend):
         return from_flex_layout(out, case.varlen), lse
 
     def dynamic(self, q: torch.Tensor) -> bool | None:
-        """None (automatic dynamic shapes) for Inductor's CUDA kernels; False (fixed shapes) for
+        """None (automatic dynamic shapes) for Inductor's CUDA kernels unless
+        ``ATTNBENCH_FLEX_DYNAMIC=0`` (a graph per shape, to compare); False (fixed shapes) for
         FA4's, whose compiles are short, and on CPU, where torch 2.13's C++ flex template fails to
         compile some symbolic-length graphs (``cur_qSplitSize0`` not declared)."""
-        return None if q.device.type == "cuda" and not self.flash else False
+        if self.flash or q.device.type != "cuda":
+            return False
+        return False if os.environ.get("ATTNBENCH_FLEX_DYNAMIC", "1") == "0" else None
 
     def grads(self, p):
         return tuple(from_flex_layout(t.grad, p.args["varlen"]) for t in p.leaves)
