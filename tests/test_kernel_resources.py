@@ -76,3 +76,12 @@ def test_ptx_hash_is_printed_and_stable():
     first = run_tool("piecewise", "dq", "--head-dims", "64", "--tiles", "64x64w4s2", "--ptx")
     again = run_tool("piecewise", "dq", "--head-dims", "64", "--tiles", "64x64w4s2", "--ptx")
     assert re.search(r"ptx [0-9a-f]{12}$", first[0]) and first == again
+
+
+def test_wgmma_serialization_is_reported():
+    """--wgmma: ptxas serializes the fused piecewise dK/dV 128x128 tile at head dim 64 (255
+    registers, 1 KiB of spills; the H200's S 16k choice) but not the merged-split 64x128 one."""
+    lines = run_tool(
+        "piecewise", "dkdv", "--head-dims", "64", "--tiles", "128x128w8s2,64x128w8s2sp2", "--wgmma"
+    )
+    assert lines[0].endswith("wgmma serialized") and lines[1].endswith("wgmma ok"), lines

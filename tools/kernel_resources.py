@@ -16,7 +16,10 @@ stack frame in bytes (non-zero: register spills). The tables are the packages' H
 every pointer and stride 16-divisible (what the GPU launch sees for contiguous tensors), so the
 counts match what the autotuner compiles there. ``--ptx`` adds a hash of the PTX instructions
 (debug info and labels dropped): a refactor that leaves every hash unchanged cannot change what
-runs on the GPU.
+runs on the GPU. ``--wgmma`` re-runs ptxas on the PTX (sm_90a, ``-v``) and prints ``wgmma
+serialized`` when ptxas reports that it serializes the kernel's ``wgmma.mma_async`` for lack of
+registers (its C7510-C7519 "Potential Performance Loss" notes, silent when Triton compiles): a
+tile that spills may still keep its tensor-core pipeline, one with this note does not.
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ def packages():
     }
 
 
-def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90):
-    """(shared bytes, registers, stack bytes) of ``kernel`` under ``cfg``, bf16, causal."""
+def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90, wgmma=False):
+    """(shared bytes, registers, stack bytes, PTX hash, ptxas performance notes or None) of
+    ``kernel`` under ``cfg``, bf16, causal."""
     fn = getattr(kernel, "fn", kernel)
     # constexpr defaults first (SPLIT_BAND=False), then what the launch and the config set
     consts = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
@@ -92,7 +96,24 @@ def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90):
     opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     regs, stack = cubin_resources(compiled.asm["cubin"])
-    return compiled.metadata.shared, regs, stack, ptx_hash(compiled.asm["ptx"])
+    notes = ptxas_notes(compiled.asm["ptx"], arch) if wgmma else None
+    return compiled.metadata.shared, regs, stack, ptx_hash(compiled.asm["ptx"]), notes
+
+
+def ptxas_notes(ptx: str, arch: int = 90) -> list[str]:
+    """ptxas's "Potential Performance Loss" notes (codes C75xx) for ``ptx``, e.g. "(C7512)
+    ... wgmma.mma_async instructions are serialized due to insufficient register resources"."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run(
+            [tool, "-v", f"--gpu-name=sm_{arch}a", src, "-o", src + ".o"],
+            capture_output=True,
+            text=True,
+        )
+    return re.findall(r"\(C75\d\d\)[^\n]*", out.stdout + out.stderr)
 
 
 def ptx_hash(ptx: str) -> str:
@@ -121,6 +142,10 @@ def cubin_resources(cubin: bytes) -> tuple[int | None, int | None]:
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
+def wgmma_state(notes: list[str]) -> str:
+    return "serialized" if any("serialized" in n for n in notes) else "ok"
+
+
 def main(argv=None) -> int:
     from attnbench.kernels.piecewise.configs import parse_tiles
     from attnbench.kernels.triton_fa2.tuning import describe
@@ -134,6 +159,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
     ap.add_argument("--ptx", action="store_true", help="also print a hash of the PTX instructions")
+    ap.add_argument(
+        "--wgmma", action="store_true", help="also say when ptxas serializes the wgmma (slower)"
+    )
     a = ap.parse_args(argv)
     pkg = packages()[a.package]
     kinds = a.kinds.split(",")
@@ -159,7 +187,9 @@ def main(argv=None) -> int:
             for cfg in configs[kind]:
                 est = mod._smem_estimate(cfg, d, kind)
                 try:
-                    shared, regs, stack, ptx = compile_config(kernel, cfg, d, a.arch)
+                    shared, regs, stack, ptx, notes = compile_config(
+                        kernel, cfg, d, a.arch, wgmma=a.wgmma
+                    )
                 except Exception as e:  # one config failing to compile does not stop the list
                     print(f"{kind:4} d{d:<4}{describe(cfg):18} error: {type(e).__name__}: {e}")
                     continue
@@ -167,7 +197,8 @@ def main(argv=None) -> int:
                 print(
                     f"{kind:4} d{d:<4}{describe(cfg):18} shared {shared / 1024:5.0f} KiB "
                     f"(estimate {est / 1024:.0f}) {fits}  regs {regs}  stack {stack} B"
-                    + (f"  ptx {ptx}" if a.ptx else ""),
+                    + (f"  ptx {ptx}" if a.ptx else "")
+                    + (f"  wgmma {wgmma_state(notes)}" if a.wgmma else ""),
                     flush=True,
                 )
     return 0
