@@ -167,11 +167,17 @@ def _accounting(ctx: RunContext, t0: float) -> str:
     # one first call per (case, backend), shared by its mode rows
     firsts = {(r["case_id"], r["backend"]): r.get("first_call_s") or 0 for r in ctx.rows}
     first = sum(firsts.values())
+    per_backend: dict[str, float] = {}
+    for (_, backend), s in firsts.items():
+        per_backend[backend] = per_backend.get(backend, 0.0) + s
+    split = ", ".join(
+        f"{b} {s:.1f}" for b, s in sorted(per_backend.items(), key=lambda x: -x[1]) if s >= 0.05
+    )
     cases = len({r["case_id"] for r in ctx.rows})
     return (
         f"({cases} cases, wall {time.perf_counter() - t0:.1f} s"
         + (f", of which {timed:.1f} s in timing calls" if timed else "")
-        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT)" if first else "")
+        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT: {split})" if first else "")
         + ")"
     )
 
