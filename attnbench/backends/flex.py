@@ -15,15 +15,19 @@ give out = 0, lse = -inf.
 
 One compiled function serves every case: dynamo's recompile limit is raised and hitting it fails
 loudly, so a sweep never silently falls back to the eager path (50-100x slower). Compiles happen
-on the first call of a case (``first_call_s``). ``flex`` compiles with dynamo's automatic dynamic
-shapes: a second shape of the same (dtype, head dim, mask, score mod) recompiles once with
-symbolic batch and lengths, and every later shape reuses that graph (the seqlen sweep compiles
-about 16 times instead of 48; each compile is 3-5 s on the H200). A symbolic length would turn
-off Inductor's ``IS_DIVISIBLE`` (lengths that are multiples of 128: no bounds masks), so it is
-passed as a kernel option, which the graph is guarded on: a length that is not a multiple of 128
-never reuses a graph compiled without masks. ``flex_fa4`` keeps fixed shapes (its compiles are
-about 1 s, mostly FA4's JIT), and so does the CPU (see :meth:`Flex.dynamic`). On CPU FlexAttention compiles forward only and
-without the lse (torch 2.13: no backward, no ``return_lse`` there), so CPU cases are graded on out.
+on the first call of a case (``first_call_s``).
+
+``flex`` compiles with dynamo's automatic dynamic shapes (``torch.compile``'s default,
+``dynamic=None``: what a user of FlexAttention gets). A second shape of the same (dtype, head
+dim, mask, score mod) recompiles once with symbolic batch and lengths, and later shapes reuse
+that graph; dynamo still specializes sizes 1 (batch 1 at S 16k in the seqlen sweep), so the sweep
+compiles about 3 times per (dtype, mask, head dim) instead of 6, each 3-5 s on the H200. A
+symbolic length would turn off Inductor's ``IS_DIVISIBLE`` (both lengths multiples of 128: no
+bounds masks), so it is passed as a kernel option, which the graph is guarded on: a length that
+is not a multiple of 128 never reuses a graph compiled without masks. ``flex_fa4`` keeps fixed
+shapes (its compiles are about 1 s, mostly FA4's JIT), and so does the CPU (see
+:meth:`Flex.dynamic`). On CPU FlexAttention compiles forward only and without the lse (torch
+2.13: no backward, no ``return_lse`` there), so CPU cases are graded on out.
 Refusals from the compiler (``NotImplementedError`` inside a lowering) become ``unsupported`` rows
 with their message.
 
