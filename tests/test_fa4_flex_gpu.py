@@ -74,3 +74,28 @@ def test_fa4_flex_perf_first_calls(cli, tmp_path):
     # a compile is seconds, a timed call milliseconds: the compile never lands in the timing
     flex_rows = ok[ok.backend == "flex"]
     assert (flex_rows.first_call_s * 1e3 > flex_rows.latency_ms).all()
+
+
+LENGTHS = """
+name: flex_lengths
+rep_ms: 20
+cases:
+  - {tokens: 8192, model_dim: 1024, seqlen: [512, 1024, 2048, 4096], head_dim: 64, dtype: bf16, causal: true}
+"""
+
+
+def test_flex_compiles_once_across_lengths(cli, tmp_path):
+    # automatic dynamic shapes: S 512 compiles, S 1k compiles with symbolic lengths, S 2k and 4k
+    # reuse that graph, with flex_fa4's fixed-shape compiles of the same code in between
+    f = tmp_path / "s.yaml"
+    f.write_text(LENGTHS)
+    out = tmp_path / "r"
+    only = "flex" + (",flex_fa4" if fa4.fa4_module() is not None else "")
+    res = cli("perf", "--sweep", f, "--out", out, "--only", only, "--modes", "fwd,bwd")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out)
+    ok = df[(df.status == "ok") & (df.backend == "flex")]
+    assert ok.accuracy_ok.all() and ok.seqlen_q.nunique() == 4
+    first = ok.groupby("seqlen_q").first_call_s.first()
+    assert first[512] > 1 and first[1024] > 1, first  # compiles: seconds
+    assert first[2048] < 0.5 and first[4096] < 0.5, first  # no compile: a call
