@@ -85,8 +85,8 @@ cases:
 
 
 def test_flex_compiles_once_across_lengths(cli, tmp_path):
-    # automatic dynamic shapes: S 512 compiles, S 1k compiles with symbolic lengths, S 2k and 4k
-    # reuse that graph, with flex_fa4's fixed-shape compiles of the same code in between
+    # automatic dynamic shapes: at most S 512 and S 1k compile (the second with symbolic lengths);
+    # S 2k and 4k reuse that graph, with flex_fa4's fixed-shape compiles in between
     f = tmp_path / "s.yaml"
     f.write_text(LENGTHS)
     out = tmp_path / "r"
@@ -97,5 +97,5 @@ def test_flex_compiles_once_across_lengths(cli, tmp_path):
     ok = df[(df.status == "ok") & (df.backend == "flex")]
     assert ok.accuracy_ok.all() and ok.seqlen_q.nunique() == 4
     first = ok.groupby("seqlen_q").first_call_s.first()
-    assert first[512] > 1 and first[1024] > 1, first  # compiles: seconds
-    assert first[2048] < 0.5 and first[4096] < 0.5, first  # no compile: a call
+    # S 512 and 1k may compile (seconds) or reuse what earlier tests of this process compiled
+    assert first[2048] < 0.5 and first[4096] < 0.5, first  # no compile: one call
