@@ -173,11 +173,12 @@ def _accounting(ctx: RunContext, t0: float) -> str:
     split = ", ".join(
         f"{b} {s:.1f}" for b, s in sorted(per_backend.items(), key=lambda x: -x[1]) if s >= 0.05
     )
+    split = f": {split}" if split else ""
     cases = len({r["case_id"] for r in ctx.rows})
     return (
         f"({cases} cases, wall {time.perf_counter() - t0:.1f} s"
         + (f", of which {timed:.1f} s in timing calls" if timed else "")
-        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT: {split})" if first else "")
+        + (f", {first:.1f} s in first calls (compiles, autotuning, JIT{split})" if first else "")
         + ")"
     )
 

@@ -60,14 +60,19 @@ def test_fa4_flex_basic_suite_flex(cli, tmp_path, backend):
     assert len(empty) > 0 and empty.accuracy_ok.all()
 
 
-def test_fa4_flex_perf_first_calls(cli, tmp_path):
+def _perf(cli, tmp_path, sweep: str, only: str):
+    """``attnbench perf`` (fwd, bwd) of the YAML text ``sweep``: (CLI result, its rows)."""
     f = tmp_path / "s.yaml"
-    f.write_text(SWEEP)
+    f.write_text(sweep)
     out = tmp_path / "r"
-    only = "flex,sdpa_flash" + (",fa4,flex_fa4" if fa4.fa4_module() is not None else "")
     res = cli("perf", "--sweep", f, "--out", out, "--only", only, "--modes", "fwd,bwd")
+    return res, pd.read_parquet(out)
+
+
+def test_fa4_flex_perf_first_calls(cli, tmp_path):
+    only = "flex,sdpa_flash" + (",fa4,flex_fa4" if fa4.fa4_module() is not None else "")
+    res, df = _perf(cli, tmp_path, SWEEP, only)
     assert "in first calls" in res.output
-    df = pd.read_parquet(out)
     ok = df[df.status == "ok"]
     assert ok.accuracy_ok.all() and (ok.tflops > 10).all() and (ok.first_call_s > 0).all()
     assert "flex" in set(ok.backend)
@@ -87,13 +92,9 @@ cases:
 def test_flex_compiles_once_across_lengths(cli, tmp_path):
     # automatic dynamic shapes: at most S 512 and S 1k compile (the second with symbolic lengths);
     # S 2k and 4k reuse that graph, with flex_fa4's fixed-shape compiles in between
-    f = tmp_path / "s.yaml"
-    f.write_text(LENGTHS)
-    out = tmp_path / "r"
     only = "flex" + (",flex_fa4" if fa4.fa4_module() is not None else "")
-    res = cli("perf", "--sweep", f, "--out", out, "--only", only, "--modes", "fwd,bwd")
+    res, df = _perf(cli, tmp_path, LENGTHS, only)
     assert res.exit_code == 0, res.output
-    df = pd.read_parquet(out)
     ok = df[(df.status == "ok") & (df.backend == "flex")]
     assert ok.accuracy_ok.all() and ok.seqlen_q.nunique() == 4
     first = ok.groupby("seqlen_q").first_call_s.first()

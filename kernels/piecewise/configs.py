@@ -72,8 +72,8 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # dQ 128x64 w8 s3 sp 572 against fused 128x64 w8 s2 489: the split tiles go first. At head dim
 # 64 (S 4k/8k) these two split tiles were slower than the fused 128x128 / 64x64 choices (whole
 # backward 211/244 against 222/268 TFLOP/s); the other split tiles are untimed there.
-# Entries marked SP2 (last, not yet timed on a GPU) run the merged split (``SPLIT_BAND=2``): 6
-# pipelined loops in dK/dV against sp's 12. sm_90 offline, head dim 128: dK/dV 64x128 w8 s2
+# Entries marked SP2 (last) run the merged split (``SPLIT_BAND=2``): 6 pipelined loops in dK/dV
+# against sp's 12. sm_90 offline, head dim 128: dK/dV 64x128 w8 s2
 # 255 regs + 320 B stack (sp 536 B), 128x128 s2 1136 B (sp 2024); dQ 128x64 w8 s3 215 regs
 # (sp 249), 64x64 w4 s3 227 regs, no stack (sp 48 B). Head dim 64: dK/dV 64x128 w8 s2 no
 # stack (sp 120 B); dQ 128x64 w8 s3 159 regs (sp 199).
@@ -86,8 +86,10 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # w8 s3 239 regs, no stack, 128 KiB against fused 230 and 208. Timed on the H200 (2026-12-02,
 # bf16 causal, w = S/2, forward TFLOP/s) it lost at all 8 shapes, so it left the table: head
 # dim 64, 64x64 sp2 203-233 and 128x64 sp2 153-189 against the fused winners' 257-359; head dim
-# 128, 64x64 sp2 243-293 and 128x64 sp2 213-272 against 324-476. The threshold band's blocks run in both passes
-# and each pass loads its own query tile; the offline occupancy gain did not show as speed.
+# 128, 64x64 sp2 243-293 and 128x64 sp2 213-272 against 324-476. The threshold band's blocks
+# run in both passes and each pass loads its own query tile; the offline occupancy gain did not
+# show as speed. Of the backward SP2 entries, dK/dV 128x128 w8 s2 and dQ 128x64 w8 s2 are
+# still untimed (the others ran in the 2026-12-02 tuning checks).
 SP = "sp"
 SP2 = "sp2"  # the merged split band
 _FWD = {
