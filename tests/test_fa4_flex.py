@@ -231,8 +231,40 @@ def test_dynamic_flex_reuses_one_graph_across_lengths():
     assert REGISTRY["flex_fa4"].dynamic(q) is False
 
 
-@pytest.mark.parametrize("env,want", [(None, None), ("1", None), ("0", False)])
-def test_flex_dynamic_shapes_on_cuda_unless_turned_off(monkeypatch, env, want):
+def test_dynamic_flex_traces_alibi_after_softcap(monkeypatch):
+    # The H200 basic suite under ATTNBENCH_FLEX_DYNAMIC=1: the softcap case then the ALiBi case
+    # (cap 30.0, then 0.0) made the closure's cap a symbolic float, and the ALiBi score mod's
+    # `if cap:` failed to trace ("RuntimeError when making fake tensor call"). Floats stay
+    # constants now. On the CPU: inputs that require grad (the GPU's joint-graph trace), torch's
+    # CPU-backward refusal lifted and no Inductor (dynamo's trace is where it failed).
+    import functools
+
+    fa_mod = __import__("torch.nn.attention.flex_attention", fromlist=["_validate_device"])
+    monkeypatch.setattr(fa_mod, "_validate_device", lambda *a, **k: None)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    flex.compiled_flex.cache_clear()
+    try:
+        fn = flex.compiled_flex(dynamic=None)
+        for case in (
+            Case(2, 4, 4, 64, 64, 32, "fp32", softcap=30.0),
+            Case(2, 4, 4, 64, 64, 32, "fp32", alibi=True),
+        ):
+            inp = make_inputs(case, "cpu")
+            q, k, v = (
+                flex.to_flex_layout(t, False).requires_grad_() for t in (inp.q, inp.k, inp.v)
+            )
+            mod = flex_mods.score_mod_for(case, inp.alibi_slopes)
+            out, _ = fn(q, k, v, mod, None, case.scale, False, None, True)
+            ref = make_truth(inp, case, grads=False).ref.out
+            torch.testing.assert_close(
+                out.detach().transpose(1, 2).double(), ref, atol=1e-4, rtol=0
+            )
+    finally:
+        flex.compiled_flex.cache_clear()
+
+
+@pytest.mark.parametrize("env,want", [(None, False), ("0", False), ("1", None)])
+def test_flex_dynamic_shapes_on_cuda_only_when_asked(monkeypatch, env, want):
     if env is None:
         monkeypatch.delenv("ATTNBENCH_FLEX_DYNAMIC", raising=False)
     else:

@@ -17,16 +17,23 @@ One compiled function serves every case: dynamo's recompile limit is raised and 
 loudly, so a sweep never silently falls back to the eager path (50-100x slower). Compiles happen
 on the first call of a case (``first_call_s``).
 
-``flex`` compiles with dynamo's automatic dynamic shapes (``torch.compile``'s default,
-``dynamic=None``: what a user of FlexAttention gets). A second shape of the same (dtype, head
-dim, mask, score mod) recompiles once with symbolic batch and lengths, and later shapes reuse
-that graph; dynamo still specializes sizes 1 (batch 1 at S 16k in the seqlen sweep), so the sweep
-compiles about 3 times per (dtype, mask, head dim) instead of 6, each 3-5 s on the H200. A
-symbolic length would turn off Inductor's ``IS_DIVISIBLE`` (both lengths multiples of 128: no
-bounds masks), so it is passed as a kernel option, which the graph is guarded on: a length that
-is not a multiple of 128 never reuses a graph compiled without masks. ``flex_fa4`` keeps fixed
-shapes (its compiles are about 1 s, mostly FA4's JIT), and so does the CPU (see
-:meth:`Flex.dynamic`). On CPU FlexAttention compiles forward only and without the lse (torch
+Both backends compile with fixed shapes (``dynamic=False``: a graph per case shape), as
+PyTorch's own FlexAttention benchmarks, attention-gym and tritonbench do: on the H200
+(2026-12-02) ``flex``'s graphs with symbolic lengths ran 3-7% slower in the backward and up to
+7% in the forward than fixed-shape ones at the same shape, which would have understated
+FlexAttention. ``ATTNBENCH_FLEX_DYNAMIC=1`` turns on dynamo's automatic dynamic shapes for
+``flex`` on CUDA (``dynamic=None``, :meth:`Flex.dynamic`): a second shape of the same (dtype,
+head dim, mask, score mod) recompiles once with symbolic batch and lengths, and later shapes
+reuse that graph (dynamo still specializes size 1: batch 1 at S 16k in the seqlen sweep). It
+halved flex's first calls in the seqlen sweep (97 s instead of 194 s), for those slower rows.
+A symbolic length would turn off Inductor's ``IS_DIVISIBLE`` (both lengths multiples of 128: no
+bounds masks), so it is passed as a kernel option, which the graph is guarded on. Python floats
+(the softmax scale, the softcap) stay constants in every graph (``specialize_float``): left to
+automatic dynamic, a softcap that differs between cases became a symbolic float, and the
+``if cap:`` of an ALiBi-only score mod then failed to trace ("RuntimeError when making fake
+tensor call", the basic suite's ALiBi cases on the H200). ``flex_fa4`` always keeps fixed shapes
+(FA4's lowering does not take symbolic ones), and so does the CPU (see :meth:`Flex.dynamic`).
+On CPU FlexAttention compiles forward only and without the lse (torch
 2.13: no backward, no ``return_lse`` there), so CPU cases are graded on out.
 Refusals from the compiler (``NotImplementedError`` inside a lowering) become ``unsupported`` rows
 with their message.
@@ -108,6 +115,7 @@ def raise_recompile_limit() -> None:
             setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
     if hasattr(cfg, "fail_on_recompile_limit_hit"):
         cfg.fail_on_recompile_limit_hit = True
+    cfg.specialize_float = True  # floats stay constants (see the module docstring)
 
 
 def flex_call(differentiable_lse: bool = False):
@@ -287,13 +295,13 @@ class Flex(Backend):
         return from_flex_layout(out, case.varlen), lse
 
     def dynamic(self, q: torch.Tensor) -> bool | None:
-        """None (automatic dynamic shapes) for Inductor's CUDA kernels unless
-        ``ATTNBENCH_FLEX_DYNAMIC=0`` (a graph per shape, to compare); False (fixed shapes) for
-        FA4's, whose compiles are short, and on CPU, where torch 2.13's C++ flex template fails to
-        compile some symbolic-length graphs (``cur_qSplitSize0`` not declared)."""
+        """False (fixed shapes) unless ``ATTNBENCH_FLEX_DYNAMIC=1``, which gives None (automatic
+        dynamic shapes) to Inductor's CUDA kernels only: FA4's lowering takes no symbolic shapes,
+        and torch 2.13's C++ flex template failed to compile a symbolic-length graph on the CPU
+        (``cur_qSplitSize0`` not declared)."""
         if self.flash or q.device.type != "cuda":
             return False
-        return False if os.environ.get("ATTNBENCH_FLEX_DYNAMIC", "1") == "0" else None
+        return None if os.environ.get("ATTNBENCH_FLEX_DYNAMIC", "0") == "1" else False
 
     def grads(self, p):
         return tuple(from_flex_layout(t.grad, p.args["varlen"]) for t in p.leaves)
