@@ -18,7 +18,7 @@ loudly, so a sweep never silently falls back to the eager path (50-100x slower).
 on the first call of a case (``first_call_s``).
 
 Both backends compile with fixed shapes (``dynamic=False``: a graph per case shape), as
-PyTorch's own FlexAttention benchmarks, attention-gym and tritonbench do: on the H200
+tritonbench's ``flex_attention`` operator does (``--dynamic`` to opt in): on the H200
 (2026-12-02) ``flex``'s graphs with symbolic lengths ran 3-7% slower in the backward and up to
 7% in the forward than fixed-shape ones at the same shape, which would have understated
 FlexAttention. ``ATTNBENCH_FLEX_DYNAMIC=1`` turns on dynamo's automatic dynamic shapes for

@@ -88,8 +88,10 @@ TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
 # dim 64, 64x64 sp2 203-233 and 128x64 sp2 153-189 against the fused winners' 257-359; head dim
 # 128, 64x64 sp2 243-293 and 128x64 sp2 213-272 against 324-476. The threshold band's blocks
 # run in both passes and each pass loads its own query tile; the offline occupancy gain did not
-# show as speed. Of the backward SP2 entries, dK/dV 128x128 w8 s2 and dQ 128x64 w8 s2 are
-# still untimed (the others ran in the 2026-12-02 tuning checks).
+# show as speed. Head dim 64 dK/dV, H200, 2026-12-02 (fourth session), S 16k / 8k, TFLOP/s:
+# fused 128x128 w8 s2 359 / 315, 128x128 sp2 316 / 291, 128x128 sp 326 / 281, fused 32x128 286 /
+# 275, 64x128 sp2 335 / 317: the tiles whose wgmma ptxas does not serialize lost, so the table
+# stands. dQ 128x64 w8 s2 sp2 is still untimed.
 SP = "sp"
 SP2 = "sp2"  # the merged split band
 _FWD = {
