@@ -6,7 +6,8 @@ Comma-separated conditions on case fields (``attnbench.case.Case`` and its probl
 e.g. ``dist_threshold``), all of which must hold: ``field=a|b`` (any of), ``field!=a``,
 ``field>=n``, ``field<=n``, ``field>n``, ``field<n``. ``seqlen`` means ``seqlen_q``; values are
 compared as the field's type (``true``/``false`` for booleans, dtype names as written in
-configs). An unknown field or a value of the wrong type is a one-line error (exit 2).
+configs). The derived flags ``varlen``, ``gqa`` and ``windowed`` (result columns too) filter
+like boolean fields. An unknown field or a value of the wrong type is a one-line error (exit 2).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, fields
 from .case import DTYPE_ALIASES, Case
 
 ALIASES = {"seqlen": "seqlen_q", "heads": "heads_q"}
+DERIVED = {"varlen": bool, "gqa": bool, "windowed": bool}  # Case properties
 OPS = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -75,6 +77,7 @@ def parse_where(text: str | None, case_types: list[type[Case]]) -> list[Conditio
     if not text:
         return []
     types = {f.name: f.type for t in case_types for f in fields(t)}
+    types |= {n: k for n, k in DERIVED.items() if all(hasattr(t, n) for t in case_types)}
     conds = []
     for part in text.split(","):
         if not part.strip():

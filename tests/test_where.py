@@ -14,6 +14,9 @@ CASES = [
     for d in (64, 128)
     for dt in ("bf16", "fp16")
     for causal in (False, True)
+] + [
+    Case(4, 8, 2, 300, 300, 128, "bf16", True, seqlens=(1, 299)),
+    Case(2, 4, 4, 1024, 1024, 64, "bf16", window_left=128, window_right=0),
 ]
 
 
@@ -30,8 +33,19 @@ def ids(cases):
         ("dtype!=fp16, seqlen_k<=512", lambda c: c.dtype == "bf16" and c.seqlen_k <= 512),
         ("causal=0", lambda c: not c.causal),
         ("", lambda c: True),
+        ("varlen=true,head_dim=128", lambda c: c.seqlens is not None),
+        ("gqa=false,windowed=true", lambda c: c.window_left == 128),
     ],
-    ids=["ge", "lt-and-bool", "any-of-and-alias", "ne-and-spaces", "bool-0", "empty"],
+    ids=[
+        "ge",
+        "lt-and-bool",
+        "any-of-and-alias",
+        "ne-and-spaces",
+        "bool-0",
+        "empty",
+        "varlen",
+        "gqa-windowed",
+    ],
 )
 def test_conditions_select_the_cases(text, expect):
     assert ids(keep(CASES, parse_where(text, [Case]))) == {c.id for c in CASES if expect(c)}
