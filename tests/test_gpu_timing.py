@@ -62,3 +62,30 @@ def tuning_entries(path) -> int:
 
     data = json.loads(path.read_text())
     return sum(len(v) for env in data.values() for v in env.values())
+
+
+def test_tuning_compiles_its_candidates_in_parallel_first(cli, tmp_path, monkeypatch):
+    # a shape no other GPU test tunes (the tuner's choices also live in the process's memory)
+    from attnbench.kernels.triton_fa2 import tuning
+
+    monkeypatch.setenv("ATTNBENCH_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.delenv(tuning.ENV_PRECOMPILE, raising=False)
+    seen, real = [], tuning.precompile
+
+    def spy(fn, args, kwargs, configs):
+        n = real(fn, args, kwargs, configs)
+        seen.append((len(configs), n))
+        return n
+
+    monkeypatch.setattr(tuning, "precompile", spy)
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "name: g\nrep_ms: 20\ncases:\n"
+        "  - {batch: 1, heads_q: 4, seqlen: 1536, head_dim: 64, dtype: fp16, causal: false}\n"
+    )
+    out = tmp_path / "r"
+    res = cli("perf", "--sweep", f, "--out", out, "--only", "triton_fa2", "--modes", "fwd,bwd")
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(out)
+    assert (df.status == "ok").all() and df.accuracy_ok.all() and len(df) == 2
+    assert seen and all(n == c > 1 for c, n in seen), seen  # every candidate compiled up front

@@ -153,6 +153,82 @@ def test_only_contested_choices_are_kept(tuner, monkeypatch, n_timed):
     assert stored == ({(64, "torch.float32"): configs[0]} if n_timed > 1 else {})
 
 
+def test_precompile_compiles_every_candidate_in_parallel_threads():
+    """Each candidate is submitted as a warmup (no launch) under Triton's AsyncCompileMode, in
+    parallel; one that fails to submit is skipped; all are finished when it returns."""
+    import time
+
+    import triton
+    from attnbench.kernels.triton_fa2 import tuning
+    from triton.runtime._async_compile import active_mode
+
+    class FakeKernel:  # stands for a JITFunction: run(warmup=True) submits a compile
+        def __init__(self):
+            self.warmups, self.compiled = [], []
+
+        def run(self, *args, **kw):
+            mode = active_mode.get()
+            assert mode is not None and kw["warmup"] is True and kw["grid"] == (1,)
+            if kw["BLOCK"] == 64:
+                raise RuntimeError("bad candidate")
+            self.warmups.append((args, kw["BLOCK"], kw["num_warps"]))
+            compile_fn = lambda b=kw["BLOCK"]: time.sleep(0.3) or b  # noqa: E731
+            return mode.submit(("k", kw["BLOCK"]), compile_fn, self.compiled.append)
+
+    configs = [triton.Config({"BLOCK": b}, num_warps=4) for b in (16, 32, 64, 128)]
+    fn, x = FakeKernel(), torch.zeros(4)
+    t = time.perf_counter()
+    n = tuning.precompile(fn, [x], {"grid": (1,), "warmup": False, "N": 8}, configs, workers=3)
+    took = time.perf_counter() - t
+    assert n == 3 and sorted(fn.compiled) == [16, 32, 128]  # all finished, 64 skipped
+    assert [w[1:] for w in fn.warmups] == [(16, 4), (32, 4), (128, 4)] and fn.warmups[0][0] == (x,)
+    assert took < 0.75, took  # three 0.3 s compiles side by side, not 0.9 s one after another
+    assert active_mode.get() is None
+
+
+@pytest.mark.parametrize(
+    "n_configs,warmup,env,want",
+    [
+        (2, False, None, True),
+        (1, False, None, False),
+        (2, True, None, False),
+        (2, False, "0", False),
+    ],
+    ids=["tuning-launch", "lone-config", "warmup-call", "turned-off"],
+)
+def test_autotuner_precompiles_before_tuning(tuner, monkeypatch, n_configs, warmup, env, want):
+    tuning, _, configs = tuner
+    calls = []
+    from attnbench.kernels.triton_fa2 import configs as fa2_configs
+
+    monkeypatch.setattr(tuning.torch.cuda, "is_available", lambda: True)  # as on a GPU
+    monkeypatch.setattr(fa2_configs, "INTERPRET", False)  # the suite runs Triton interpreted
+    if env is None:
+        monkeypatch.delenv(tuning.ENV_PRECOMPILE, raising=False)
+    else:
+        monkeypatch.setenv(tuning.ENV_PRECOMPILE, env)
+    monkeypatch.setattr(tuning, "precompile", lambda fn, a, kw, c: calls.append((a, c)))
+    at = tuning.autotune("test_k", configs[:n_configs], ["N"], prune=lambda c, n, **kw: c)(
+        _tuner_kernel(tuning)
+    )
+    x = torch.zeros(4)
+    at.nargs = {"X": x}
+    got = at.prune_configs({"grid": (1,), "warmup": warmup, "N": 64})
+    assert got == configs[:n_configs]
+    assert calls == ([([x], configs)] if want else [])
+
+
+def _tuner_kernel(tuning):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def k(X, N: tl.constexpr, BLOCK: tl.constexpr):
+        pass
+
+    return k
+
+
 def test_tuning_cache_survives_a_corrupt_file(tuner):
     tuning, _, configs = tuner
     tuning.cache_path().parent.mkdir(parents=True)

@@ -15,6 +15,14 @@ A stored choice is reused only while it is still one of the kernel's candidates.
 - ``ATTNBENCH_RETUNE=1`` (``attnbench perf --retune``) ignores stored choices, tunes again and
   overwrites them.
 
+Before a new tuning key is timed, its candidates are compiled in parallel threads
+(:func:`precompile`, Triton's ``AsyncCompileMode``); the timing then finds them compiled. Triton's
+own autotuner compiles each candidate at its first timed call, one after the other: the piecewise
+kernels' 11-13 candidates per kernel took 133-165 s per new (head dim, causal, dtype) on the
+H200 (2026-12-02). Offline, ``triton.compile`` of four piecewise dK/dV candidates for sm_90 took
+41 s one after the other and 20 s in two threads on a 2-core machine (the compiler and ptxas
+release the GIL). ``ATTNBENCH_PRECOMPILE=0`` turns it off.
+
 Triton's own ``cache_results=True`` (triton 3.6) stores timings in Triton's kernel cache keyed by
 the compile target (``cuda:90`` for both H100 and H200) and not by torch version; it cannot be
 forced to re-tune short of deleting the compiled kernels too, so it is not used here.
@@ -31,6 +39,7 @@ from triton.runtime.autotuner import Autotuner, Config
 
 ENV_FILE = "ATTNBENCH_TUNING_CACHE"
 ENV_RETUNE = "ATTNBENCH_RETUNE"
+ENV_PRECOMPILE = "ATTNBENCH_PRECOMPILE"
 
 
 def cache_path() -> Path:
@@ -128,6 +137,37 @@ def stored_choices(env: str, kernel: str, candidates: list[Config], path=None) -
     return out
 
 
+def precompile(fn, args, kwargs: dict, configs: list[Config], workers: int | None = None) -> int:
+    """Compile ``fn`` (a ``JITFunction`` or ``Heuristics``) under each of ``configs`` for these
+    launch arguments, in ``workers`` threads, without launching it: ``run(warmup=True)`` under
+    Triton's ``AsyncCompileMode``, whose exit waits for every compile and puts the kernels in the
+    JIT cache under the keys the timed launches look up. A candidate that fails (out of
+    resources, a compile error) is skipped: its timed launch fails as it would have. Returns the
+    number of candidates submitted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from triton import AsyncCompileMode
+
+    workers = workers or max(1, min(len(configs), os.cpu_count() or 1))
+    submitted = 0
+    with ThreadPoolExecutor(workers) as pool, AsyncCompileMode(pool, ignore_errors=True):
+        for cfg in configs:
+            try:
+                fn.run(*args, **{**kwargs, **cfg.all_kwargs(), "warmup": True})
+                submitted += 1
+            except Exception:  # noqa: BLE001  (the timed launch reports it)
+                continue
+    return submitted
+
+
+def precompile_on() -> bool:
+    from .configs import INTERPRET
+
+    return (
+        os.environ.get(ENV_PRECOMPILE, "1") != "0" and not INTERPRET and torch.cuda.is_available()
+    )
+
+
 class PersistentAutotuner(Autotuner):
     """``triton.autotune``'s Autotuner, with its choices restored from and saved to the file."""
 
@@ -153,6 +193,17 @@ class PersistentAutotuner(Autotuner):
             except OSError:  # a read-only home: tuning still works, it is just not kept
                 pass
         return ret
+
+    def prune_configs(self, kwargs):
+        """Triton's pruning; then, for a launch about to be tuned, the survivors compiled in
+        parallel (:func:`precompile`)."""
+        configs = super().prune_configs(kwargs)
+        if len(configs) > 1 and kwargs.get("warmup") is False and precompile_on():
+            try:
+                precompile(self.fn, list(self.nargs.values()), kwargs, configs)
+            except Exception:  # noqa: BLE001  (the timing compiles each candidate, as before)
+                pass
+        return configs
 
 
 def _bench(kernel_call, quantiles=None):
