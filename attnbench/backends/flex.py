@@ -170,9 +170,10 @@ def compiled_flex(differentiable_lse: bool = False, dynamic: bool | None = False
 
 
 def divisible_option(q: torch.Tensor, k: torch.Tensor) -> dict | None:
-    """``{"IS_DIVISIBLE": ...}`` for Inductor's CUDA flex kernels: what it decides itself from
-    fixed lengths (both multiples of 128), stated so that a graph with symbolic lengths keeps it
-    (and is guarded on it). None on CPU, whose lowering takes no such option."""
+    """``{"IS_DIVISIBLE": ...}`` for Inductor's CUDA flex kernels under dynamic shapes: what it
+    decides itself from fixed lengths (both multiples of 128), stated so that a graph with
+    symbolic lengths keeps it (and is guarded on it); fixed-shape graphs get no option, as
+    before. None on CPU, whose lowering takes no such option."""
     if q.device.type != "cuda":
         return None
     return {"IS_DIVISIBLE": q.shape[-2] % 128 == 0 and k.shape[-2] % 128 == 0}
@@ -281,13 +282,17 @@ class Flex(Backend):
         leaves = p.leaves
         if not a["want_lse"]:  # CPU: inference only (inputs that require grad are refused)
             leaves = tuple(t.detach() for t in leaves)
-        out, lse = compiled_flex(dynamic=self.dynamic(leaves[0]))(
+        dynamic = self.dynamic(leaves[0])
+        options = self.kernel_options
+        if dynamic is None:  # symbolic lengths: state what fixed ones let Inductor decide
+            options = divisible_option(leaves[0], leaves[1])
+        out, lse = compiled_flex(dynamic=dynamic)(
             *leaves,
             a["score_mod"],
             a["block_mask"],
             case.scale,
             case.gqa,
-            self.kernel_options or divisible_option(leaves[0], leaves[1]),
+            options,
             a["want_lse"],
         )
         if lse is not None and case.varlen:

@@ -18,7 +18,7 @@ A stored choice is reused only while it is still one of the kernel's candidates.
 Before a new tuning key is timed, its candidates are compiled in parallel threads
 (:func:`precompile`, Triton's ``AsyncCompileMode``); the timing then finds them compiled. Triton's
 own autotuner compiles each candidate at its first timed call, one after the other: the piecewise
-kernels' 11-13 candidates per kernel took 133-165 s per new (head dim, causal, dtype) on the
+kernels' candidates (up to 11-13 per kernel) took 133-165 s per new (head dim, causal, dtype) on the
 H200 (2026-12-02). Offline, ``triton.compile`` of four piecewise dK/dV candidates for sm_90 took
 41 s one after the other and 20 s in two threads on a 2-core machine (the compiler and ptxas
 release the GIL). ``ATTNBENCH_PRECOMPILE=0`` turns it off.
