@@ -23,9 +23,10 @@ cases:
 """
 
 
-def _basic(cli, tmp_path, only: str) -> pd.DataFrame:
+def _basic(cli, tmp_path, only: str, where: str | None = None) -> pd.DataFrame:
     out = tmp_path / "r"
-    res = cli("accuracy", "--suite", "basic", "--out", out, "--only", only)
+    args = ["accuracy", "--suite", "basic", "--out", out, "--only", only]
+    res = cli(*args, *(["--where", where] if where else []))
     df = pd.read_parquet(out)
     bad = df[df.status.isin(["error", "oom", "accuracy_failed"])]
     assert bad.empty, bad[["backend", "case_id", "tensor", "status", "message"]].to_string()
@@ -33,38 +34,6 @@ def _basic(cli, tmp_path, only: str) -> pd.DataFrame:
     uns = df[df.status == "unsupported"]
     assert uns.message.str.len().gt(0).all()
     return df
-
-
-@needs_fa4
-@pytest.mark.parametrize("backend", ["fa4", "fa4_varlen"])
-def test_fa4_flex_basic_suite_fa4(cli, tmp_path, backend):
-    df = _basic(cli, tmp_path, backend)
-    ok = df[df.status == "ok"]
-    assert set(ok.backend) == {backend}
-    assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
-    assert df.flash_attn_4_version.notna().all()
-    # rows with no visible key: FA4 writes lse = -inf, graded exact (the reference has +inf)
-    empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
-    assert len(empty) > 0 and empty.accuracy_ok.all()
-    assert (df[df.alibi].status == "unsupported").all()
-
-
-@pytest.mark.parametrize(
-    "backend,dynamic",
-    [("flex", "0"), ("flex", "1"), pytest.param("flex_fa4", "0", marks=needs_fa4)],
-    ids=["flex", "flex-dynamic", "flex_fa4"],
-)
-def test_fa4_flex_basic_suite_flex(cli, tmp_path, monkeypatch, backend, dynamic):
-    # flex-dynamic: ATTNBENCH_FLEX_DYNAMIC=1 (symbolic shapes); on the H200 its ALiBi cases
-    # once failed to trace after the softcap case (a symbolic softcap float)
-    monkeypatch.setenv("ATTNBENCH_FLEX_DYNAMIC", dynamic)
-    df = _basic(cli, tmp_path, backend)
-    ok = df[df.status == "ok"]
-    assert set(ok.backend) == {backend}
-    assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
-    assert ok.varlen.any() and ok.alibi.any() and (ok.softcap > 0).any() and ok.causal.any()
-    empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
-    assert len(empty) > 0 and empty.accuracy_ok.all()
 
 
 def _perf(cli, tmp_path, sweep: str, only: str):
@@ -108,3 +77,43 @@ def test_flex_compiles_once_across_lengths(cli, tmp_path, monkeypatch):
     first = ok.groupby("seqlen_q").first_call_s.first()
     # S 512 and 1k may compile (seconds) or reuse what earlier tests of this process compiled
     assert first[2048] < 0.5 and first[4096] < 0.5, first  # no compile: one call
+
+
+# the whole basic suite, a few minutes per backend: last, so the quick tests run first
+@needs_fa4
+@pytest.mark.parametrize("backend", ["fa4", "fa4_varlen"])
+def test_fa4_flex_basic_suite_fa4(cli, tmp_path, backend):
+    df = _basic(cli, tmp_path, backend)
+    ok = df[df.status == "ok"]
+    assert set(ok.backend) == {backend}
+    assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
+    assert df.flash_attn_4_version.notna().all()
+    # rows with no visible key: FA4 writes lse = -inf, graded exact (the reference has +inf)
+    empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
+    assert len(empty) > 0 and empty.accuracy_ok.all()
+    assert (df[df.alibi].status == "unsupported").all()
+
+
+@pytest.mark.parametrize(
+    "backend", ["flex", pytest.param("flex_fa4", marks=needs_fa4)], ids=["flex", "flex_fa4"]
+)
+def test_fa4_flex_basic_suite_flex(cli, tmp_path, monkeypatch, backend):
+    monkeypatch.setenv("ATTNBENCH_FLEX_DYNAMIC", "0")
+    df = _basic(cli, tmp_path, backend)
+    ok = df[df.status == "ok"]
+    assert set(ok.backend) == {backend}
+    assert {"out", "lse", "dq", "dk", "dv"} <= set(ok.tensor)
+    assert ok.varlen.any() and ok.alibi.any() and (ok.softcap > 0).any() and ok.causal.any()
+    empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
+    assert len(empty) > 0 and empty.accuracy_ok.all()
+
+
+def test_flex_dynamic_traces_alibi_after_softcap(cli, tmp_path, monkeypatch):
+    # ATTNBENCH_FLEX_DYNAMIC=1 (symbolic shapes) on the basic suite's B2-H4-S1024 cases, where
+    # the softcap case comes before the ALiBi ones: on the H200 those once failed to trace
+    # (the softcap float had turned symbolic). A subset: the whole suite takes minutes.
+    monkeypatch.setenv("ATTNBENCH_FLEX_DYNAMIC", "1")
+    df = _basic(cli, tmp_path, "flex", where="heads_q=4,seqlen=1024")
+    ok = df[df.status == "ok"]
+    assert ok.alibi.any() and (ok.softcap > 0).any()
+    assert ok[ok.alibi].case_id.nunique() == 2 and ok.accuracy_ok.all()

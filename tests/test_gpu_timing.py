@@ -31,6 +31,7 @@ def test_short_kernel_gets_enough_reps_and_a_tight_spread():
 
 def test_perf_rows_carry_ceiling_telemetry_and_kernel_config(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNBENCH_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.setenv("ATTNBENCH_TRITON_FA2_TUNE", "1")  # conftest turns tuning off
     f = tmp_path / "s.yaml"
     f.write_text(
         "name: g\nrep_ms: 20\ncases:\n"
@@ -69,6 +70,7 @@ def test_tuning_compiles_its_candidates_in_parallel_first(cli, tmp_path, monkeyp
     from attnbench.kernels.triton_fa2 import tuning
 
     monkeypatch.setenv("ATTNBENCH_TUNING_CACHE", str(tmp_path / "tuning.json"))
+    monkeypatch.setenv("ATTNBENCH_TRITON_FA2_TUNE", "1")  # conftest turns tuning off
     monkeypatch.delenv(tuning.ENV_PRECOMPILE, raising=False)
     seen, real = [], tuning.precompile
 

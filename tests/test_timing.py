@@ -218,6 +218,36 @@ def test_autotuner_precompiles_before_tuning(tuner, monkeypatch, n_configs, warm
     assert calls == ([([x], configs)] if want else [])
 
 
+def test_autotuner_forgets_lone_choices_when_tuning_is_turned_on(tuner, monkeypatch):
+    """The GPU tests turn tuning off (conftest) and one test turns it on: the pruner reads the
+    switch at each new key, and choices made while it was off (the first config alone) are not
+    kept in memory once it is on: that test tunes and stores a real choice."""
+    tuning, _, configs = tuner
+    from attnbench.kernels.triton_fa2 import configs as fa2_configs
+
+    env = "ATTNBENCH_TEST_TUNE"
+    prune = fa2_configs.make_pruner("fwd", lambda c, d, k: 0, lambda c, d, k, fp32: True, "X", env)
+    at = tuning.autotune("test_k", configs, ["N"], prune=prune)(_tuner_kernel(tuning))
+    assert at.tune_env == env
+    timed = []
+
+    def fake_bench(kernel_call, quantiles):  # the second candidate is the faster one
+        timed.append(kernel_call)
+        return [3.0 - len(timed)] * 3
+
+    at.do_bench = fake_bench
+    monkeypatch.setenv(env, "0")
+    at[(1,)](torch.zeros(4), N=64)
+    assert at.best_config is configs[0] and len(timed) == 1  # the lone first config
+    assert tuning.stored_choices(tuning.env_key(), "test_k", configs) == {}
+    monkeypatch.setenv(env, "1")
+    timed.clear()
+    at[(1,)](torch.zeros(4), N=64)
+    assert len(timed) == 2 and at.best_config is configs[1]  # tuned now, not the kept lone choice
+    key = (64, "torch.float32")
+    assert tuning.stored_choices(tuning.env_key(), "test_k", configs) == {key: configs[1]}
+
+
 def _tuner_kernel(tuning):
     import triton
     import triton.language as tl

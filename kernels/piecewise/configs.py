@@ -18,11 +18,12 @@ Autotuning keys are ``(HEAD_DIM, CAUSAL, SEQ_BUCKET)`` plus the dtypes; the dist
 is a run-time argument and never recompiles or retunes. Choices are kept across runs by
 triton_fa2's :mod:`~attnbench.kernels.triton_fa2.tuning` (kernels ``piecewise_fwd``,
 ``piecewise_bwd_dkdv``, ``piecewise_bwd_dq``; ``ATTNBENCH_RETUNE=1`` tunes again). The first entry of each table is the
-expected winner. Environment (read at import):
+expected winner. Environment:
 
-- ``ATTNBENCH_PIECEWISE_TUNE=0``: keep only the first config that survives pruning (no tuning).
+- ``ATTNBENCH_PIECEWISE_TUNE=0`` (read at each new tuning key): keep only the first config that
+  survives pruning (no tuning).
 - ``ATTNBENCH_PIECEWISE_FWD`` / ``_DKDV`` / ``_DQ``: comma-separated tiles
-  ``BMxBNwWsS[bsB|sp|sp2]`` (e.g. ``128x64w8s3,64x128w8s3bs2,64x128w8s2sp``) replacing that
+  ``BMxBNwWsS[bsB|sp|sp2]`` (read at import; e.g. ``128x64w8s3,64x128w8s3bs2,64x128w8s2sp``) replacing that
   kernel's table (for tuning sessions).
 
 ``BAND_STAGES`` (a fifth table number, ``bsB`` in a tile spec; default the kernel's stages) sets
@@ -53,7 +54,7 @@ from ..triton_fa2.configs import ARCH, INTERPRET, head_dim_pad, make_pruner, seq
 
 __all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
 
-TUNE = os.environ.get("ATTNBENCH_PIECEWISE_TUNE", "1") != "0"
+ENV_TUNE = "ATTNBENCH_PIECEWISE_TUNE"
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
 # Hopper: tuned on an H200 (2026-12-01, bf16 causal, w = S/2, S 2k-16k, 32k tokens, width 2048;
@@ -253,6 +254,6 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool) -> bool:
     return bm <= 64
 
 
-prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
-prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
-prune_dq = make_pruner("dq", _smem_estimate, _fits_registers, q_arg="Q1", tune=TUNE)
+prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers, q_arg="Q1", tune_env=ENV_TUNE)
+prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers, q_arg="Q1", tune_env=ENV_TUNE)
+prune_dq = make_pruner("dq", _smem_estimate, _fits_registers, q_arg="Q1", tune_env=ENV_TUNE)

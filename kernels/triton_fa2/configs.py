@@ -15,8 +15,8 @@ Autotuning keys are ``(HEAD_DIM, CAUSAL, IS_VARLEN, SEQ_BUCKET)`` plus the tenso
 autotuner appends them), where ``SEQ_BUCKET`` is the next power of two of the longest sequence
 clamped to [256, 16384]: a sweep tunes once per bucket, not once per sequence length.
 Candidates that cannot fit in shared memory are pruned before compiling.
-``ATTNBENCH_TRITON_FA2_TUNE=0`` (read at import) keeps only the first config that survives the
-pruning (no autotuning, a quick start); the first entries are the expected winners.
+``ATTNBENCH_TRITON_FA2_TUNE=0`` (read at each new tuning key) keeps only the first config that
+survives the pruning (no autotuning, a quick start); the first entries are the expected winners.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ import torch
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-TUNE = os.environ.get("ATTNBENCH_TRITON_FA2_TUNE", "1") != "0"
+ENV_TUNE = "ATTNBENCH_TRITON_FA2_TUNE"
+
+
+def tune_on(env: str = ENV_TUNE) -> bool:
+    """Whether the kernels behind ``env`` autotune (anything but ``0``; read when a new tuning
+    key is pruned, so a test or tool can turn it on after the kernels were imported)."""
+    return os.environ.get(env, "1") != "0"
+
+
 if INTERPRET:
     from ._interpret_compat import install
 
@@ -147,11 +155,15 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool = False) -
     return bm <= 64
 
 
-def make_pruner(kind: str, smem_estimate, fits_registers, q_arg: str = "Q", tune: bool = TUNE):
+def make_pruner(
+    kind: str, smem_estimate, fits_registers, q_arg: str = "Q", tune_env: str = ENV_TUNE
+):
     """Autotune ``prune_configs_by`` hook: keep the configs whose shared memory
     (``smem_estimate(cfg, d, kind)``, doubled for fp32) fits this GPU and whose accumulators fit
     the registers (``fits_registers(cfg, d, kind, fp32)``); the smallest if none does; only the
-    first unless ``tune``. Shared by every attention kernel package (triton_fa2, piecewise)."""
+    first unless :func:`tune_on` (``tune_env``). Shared by every attention kernel package
+    (triton_fa2, piecewise). The hook carries ``tune_env``: the autotuner forgets its in-memory
+    choices when that switch flips (:class:`tuning.PersistentAutotuner`)."""
 
     def prune(configs, named_args, **kwargs):
         d = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
@@ -165,8 +177,9 @@ def make_pruner(kind: str, smem_estimate, fits_registers, q_arg: str = "Q", tune
             and fits_registers(c, d, kind, fp32)
         ]
         keep = keep or [min(configs, key=lambda c: smem_estimate(c, d, kind))]
-        return keep if tune else keep[:1]
+        return keep if tune_on(tune_env) else keep[:1]
 
+    prune.tune_env = tune_env
     return prune
 
 

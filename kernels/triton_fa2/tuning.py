@@ -171,12 +171,26 @@ def precompile_on() -> bool:
 class PersistentAutotuner(Autotuner):
     """``triton.autotune``'s Autotuner, with its choices restored from and saved to the file."""
 
-    def __init__(self, *args, tuning_name: str, **kwargs):
+    def __init__(self, *args, tuning_name: str, tune_env: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tuning_name = tuning_name
+        self.tune_env = tune_env  # the pruner's on/off switch (configs.make_pruner)
+        self._tuning = self._tune_switch()
         self._restored = False
 
+    def _tune_switch(self) -> bool | None:
+        from .configs import tune_on
+
+        return tune_on(self.tune_env) if self.tune_env else None
+
     def run(self, *args, **kwargs):
+        switch = self._tune_switch()
+        if switch != self._tuning:
+            # the switch flipped since the last launch (the GPU tests turn tuning off, one test
+            # turns it on): the lone choices made with it off must not stand in for a tuning
+            self._tuning = switch
+            self.cache.clear()
+            self._restored = False
         if not self._restored:
             self._restored = True
             if len(self.configs) > 1 and not retune():
@@ -226,6 +240,7 @@ def autotune(name: str, configs: list[Config], key: list[str], prune):
             prune_configs_by={"early_config_prune": prune},
             do_bench=_bench,
             tuning_name=name,
+            tune_env=getattr(prune, "tune_env", None),
         )
 
     return deco

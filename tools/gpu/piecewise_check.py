@@ -159,7 +159,7 @@ def main():
     gpu = "cpu (interpreter smoke run)" if ARGS.smoke else torch.cuda.get_device_name()
     print(
         f"{gpu}  torch {torch.__version__}  "
-        f"arch-table {piecewise.configs.ARCH}  tune {piecewise.configs.TUNE}"
+        f"arch-table {piecewise.configs.ARCH}  tune {triton_fa2.configs.tune_on(piecewise.configs.ENV_TUNE)}"
     )
     t0 = time.time()
     ok = True

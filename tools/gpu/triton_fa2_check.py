@@ -202,7 +202,7 @@ def main():
     dev = torch.cuda.get_device_name()
     from attnbench.kernels.triton_fa2 import configs
 
-    print(f"{dev}  torch {torch.__version__}  arch-table {configs.ARCH}  tune {configs.TUNE}")
+    print(f"{dev}  torch {torch.__version__}  arch-table {configs.ARCH}  tune {configs.tune_on()}")
     t0 = time.time()
     ok = True
     if not ARGS.skip_check:
