@@ -32,7 +32,8 @@ ENV_TUNE = "ATTNBENCH_TRITON_FA2_TUNE"
 
 def tune_on(env: str = ENV_TUNE) -> bool:
     """Whether the kernels behind ``env`` autotune (anything but ``0``; read when a new tuning
-    key is pruned, so a test or tool can turn it on after the kernels were imported)."""
+    key is pruned, so a test or tool can turn it on after the kernels were imported; the
+    autotuner reads it the same way at each launch, ``tuning.PersistentAutotuner``)."""
     return os.environ.get(env, "1") != "0"
 
 

@@ -174,14 +174,15 @@ class PersistentAutotuner(Autotuner):
     def __init__(self, *args, tuning_name: str, tune_env: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tuning_name = tuning_name
+        from .configs import tune_on
+
         self.tune_env = tune_env  # the pruner's on/off switch (configs.make_pruner)
+        self._tune_on = tune_on
         self._tuning = self._tune_switch()
         self._restored = False
 
     def _tune_switch(self) -> bool | None:
-        from .configs import tune_on
-
-        return tune_on(self.tune_env) if self.tune_env else None
+        return self._tune_on(self.tune_env) if self.tune_env else None
 
     def run(self, *args, **kwargs):
         switch = self._tune_switch()
