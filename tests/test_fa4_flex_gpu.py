@@ -79,6 +79,17 @@ def test_flex_compiles_once_across_lengths(cli, tmp_path, monkeypatch):
     assert first[2048] < 0.5 and first[4096] < 0.5, first  # no compile: one call
 
 
+def test_flex_dynamic_traces_alibi_after_softcap(cli, tmp_path, monkeypatch):
+    # ATTNBENCH_FLEX_DYNAMIC=1 (symbolic shapes) on the basic suite's B2-H4-S1024 cases, where
+    # the softcap case comes before the ALiBi ones: on the H200 those once failed to trace
+    # (the softcap float had turned symbolic). A subset: the whole suite takes minutes.
+    monkeypatch.setenv("ATTNBENCH_FLEX_DYNAMIC", "1")
+    df = _basic(cli, tmp_path, "flex", where="heads_q=4,seqlen=1024")
+    ok = df[df.status == "ok"]
+    assert ok.alibi.any() and (ok.softcap > 0).any()
+    assert ok[ok.alibi].case_id.nunique() == 2 and ok.accuracy_ok.all()
+
+
 # the whole basic suite, a few minutes per backend: last, so the quick tests run first
 @needs_fa4
 @pytest.mark.parametrize("backend", ["fa4", "fa4_varlen"])
@@ -106,14 +117,3 @@ def test_fa4_flex_basic_suite_flex(cli, tmp_path, monkeypatch, backend):
     assert ok.varlen.any() and ok.alibi.any() and (ok.softcap > 0).any() and ok.causal.any()
     empty = ok[ok.case_id.str.contains("S1537x512") & ok.causal & (ok.tensor == "lse")]
     assert len(empty) > 0 and empty.accuracy_ok.all()
-
-
-def test_flex_dynamic_traces_alibi_after_softcap(cli, tmp_path, monkeypatch):
-    # ATTNBENCH_FLEX_DYNAMIC=1 (symbolic shapes) on the basic suite's B2-H4-S1024 cases, where
-    # the softcap case comes before the ALiBi ones: on the H200 those once failed to trace
-    # (the softcap float had turned symbolic). A subset: the whole suite takes minutes.
-    monkeypatch.setenv("ATTNBENCH_FLEX_DYNAMIC", "1")
-    df = _basic(cli, tmp_path, "flex", where="heads_q=4,seqlen=1024")
-    ok = df[df.status == "ok"]
-    assert ok.alibi.any() and (ok.softcap > 0).any()
-    assert ok[ok.alibi].case_id.nunique() == 2 and ok.accuracy_ok.all()
