@@ -21,7 +21,8 @@ own autotuner compiles each candidate at its first timed call, one after the oth
 kernels' candidates (up to 11-13 per kernel) took 133-165 s per new (head dim, causal, dtype) on the
 H200 (2026-12-02). Offline, ``triton.compile`` of four piecewise dK/dV candidates for sm_90 took
 41 s one after the other and 20 s in two threads on a 2-core machine (the compiler and ptxas
-release the GIL). ``ATTNBENCH_PRECOMPILE=0`` turns it off.
+release the GIL). On the H200 (16 cores) a new piecewise family then tuned in 32 s (head dim 64)
+and 46 s (128), a later session's ``first_call_s``. ``ATTNBENCH_PRECOMPILE=0`` turns it off.
 
 Triton's own ``cache_results=True`` (triton 3.6) stores timings in Triton's kernel cache keyed by
 the compile target (``cuda:90`` for both H100 and H200) and not by torch version; it cannot be
