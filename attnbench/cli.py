@@ -328,6 +328,12 @@ def plot(
     latest: bool = typer.Option(
         False, "--latest", help="only the newest run of each kind", metavar=""
     ),
+    merge: bool = typer.Option(
+        False,
+        "--merge",
+        help="draw the chosen runs as one (a sweep run in slices; same machine and software)",
+        metavar="",
+    ),
 ):
     """TFLOP/s-vs-seqlen and accuracy charts from stored results, one folder per run."""
     from .plot import make_plots
@@ -339,6 +345,7 @@ def plot(
             warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False),
             runs=split_list(run, "--run"),
             latest=latest,
+            merge=merge,
         )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))

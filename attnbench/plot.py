@@ -1,5 +1,7 @@
 """Plots from stored results (matplotlib, PNG), one folder of figures per run:
-``<out>/<run_id>/`` (``attnbench plot results/ [--run ID] [--latest]``).
+``<out>/<run_id>/`` (``attnbench plot results/ [--run ID] [--latest]``), or with ``--merge``
+one folder ``<out>/merged/`` for the chosen runs together: a sweep run in slices (``--where``,
+one device call each) drawn as one sweep (:func:`merge_runs`).
 
 - ``perf_<problem>_<mode>_<causal>_d<head_dim>_<dtype>_h<heads>.png``: TFLOP/s against seqlen, one line per
   backend and series of shapes (e.g. 16k tokens per batch, batch = tokens / seqlen), the p20-p80
@@ -10,7 +12,8 @@
   (k x same-dtype torch error), the table's number; 1.0 = at the limit).
 - ``accuracy_cases.png``: the same ratio per case x backend, so a failing case is found.
 
-A line never mixes runs, devices or shapes: a point of another series is another line.
+A line never mixes devices or shapes (a point of another series is another line), and never
+mixes runs unless ``--merge`` says so; merged runs must share the machine and software.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from .plot_accuracy import accuracy_plot, device_label, rule_ratio  # noqa: E402, F401
+from .plot_accuracy import accuracy_plot, device_label, rule_ratio, run_label  # noqa: E402, F401
 from .results import load_results  # noqa: E402
 from .timing import tflops  # noqa: E402
 
@@ -131,7 +134,7 @@ def _extras(r) -> str:
 
 
 def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
-    """The perf figures of ONE run (rows of one run_id)."""
+    """The perf figures of one run (rows of one run_id), or of runs merged by :func:`merge_runs`."""
     perf = df[(df.kind == "perf") & df.status.isin(["ok", "accuracy_failed"]) & ~df.varlen]
     if perf.empty:
         return []
@@ -140,7 +143,6 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         sk=np.where(perf.seqlen_k == perf.seqlen_q, -1, perf.seqlen_k),
         custom_scale=np.where(default, -1.0, perf.softmax_scale),
     )
-    run = f"run {perf.run_id.iloc[0]} on {device_label(perf)}"
     files = []
     # x = seqlen: fixed head dim and heads; batch fixed or tokens per batch fixed
     for _, g in perf.groupby(_KNOBS + ["head_dim", "heads_q", "heads_kv", "sk"], dropna=False):
@@ -159,7 +161,7 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
             f"{r.problem} {r['mode']}, {_tag(r.causal)}, head dim {r.head_dim}, {r['dtype']}, heads {heads}"
             + (f", seqlen_k {r.sk}" if r.sk >= 0 else "")
             + (f", {extra}" if extra else "")
-            + f"\nx: sequence length; {what}\n{run}"
+            + f"\nx: sequence length; {what}\n{run_label(g)} on {device_label(g)}"
         )
         path = out / f"{name}.png"
         _perf_plot(g, "seqlen_q", series, title, path)
@@ -182,7 +184,7 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
             f"{r.problem} {r['mode']}, {_tag(r.causal)}, seqlen {seq}, {r['dtype']}, batch {r.batch}"
             + (f", GQA {r.ratio}:1" if r.ratio > 1 else "")
             + (f", {extra}" if extra else "")
-            + f"\nx: head dim; {what}\n{run}"
+            + f"\nx: head dim; {what}\n{run_label(g)} on {device_label(g)}"
         )
         path = out / f"{name}.png"
         _perf_plot(g, "head_dim", series, title, path)
@@ -210,23 +212,60 @@ def choose_runs(df: pd.DataFrame, runs: list[str] | None, latest: bool) -> list[
     return order
 
 
+# What must match for runs to be merged: the machine and the software that ran them.
+_SAME_SETUP = ["device", "gpu_name", "cpu_name", "torch_version", "triton_version"]
+# One measured row of a run: a later run's row with the same key replaces it.
+_ROW_KEY = ["kind", "problem", "backend", "case_id", "mode", "tensor", "strategy", "rank"]
+
+
+def merge_runs(df: pd.DataFrame, warn=None) -> pd.DataFrame:
+    """The rows of several runs as one run's: raises ValueError when they ran on other machines
+    or software (:data:`_SAME_SETUP`); a row measured again in a later run (same backend, case,
+    mode, tensor) keeps the newest, with one line through ``warn`` saying how many were
+    replaced."""
+    order = df.groupby("run_id").timestamp.max().sort_values().index.tolist()
+    first = df.drop_duplicates("run_id").set_index("run_id")
+    cols = [c for c in _SAME_SETUP if c in first.columns]
+    setups = first[cols].apply(lambda r: " | ".join(str(v) for v in r), axis=1)
+    if setups.nunique() > 1:
+        seen = setups.groupby(setups, sort=False).apply(lambda s: s.index[0])
+        raise ValueError(
+            "--merge: these runs ran on other machines or software: "
+            + "; ".join(f"{run} ({setup})" for setup, run in seen.items())
+        )
+    rank = {r: i for i, r in enumerate(order)}
+    df = df.assign(_order=df.run_id.map(rank)).sort_values("_order", kind="stable")
+    key = [c for c in _ROW_KEY if c in df.columns]
+    newest = df.drop_duplicates(key, keep="last")
+    if len(newest) < len(df) and warn is not None:
+        warn(
+            f"--merge: {len(df) - len(newest)} rows measured again in a later run; the newest kept"
+        )
+    return newest.drop(columns="_order")
+
+
 def make_plots(
     results_dir: str | Path,
     out: str | Path | None = None,
     warn=None,
     runs: list[str] | None = None,
     latest: bool = False,
+    merge: bool = False,
 ) -> list[Path]:
     """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots) from
     every readable results file under ``results_dir`` (``warn`` gets one line per unreadable file
-    skipped)."""
+    skipped); with ``merge``, the chosen runs drawn together under ``<out>/merged/``."""
     results_dir = Path(results_dir)
     df = load_results(results_dir, warn)
     out = Path(out) if out is not None else results_dir / "_plots"
+    chosen = choose_runs(df, runs, latest)
+    if merge:
+        groups = [("merged", merge_runs(df[df.run_id.isin(chosen)], warn))]
+    else:
+        groups = [(run_id, df[df.run_id == run_id]) for run_id in chosen]
     files = []
-    for run_id in choose_runs(df, runs, latest):
-        d = df[df.run_id == run_id]
-        folder = out / run_id
+    for name, d in groups:
+        folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         files += perf_plots(d, folder) + accuracy_plot(d, folder)
     if not files:

@@ -28,6 +28,15 @@ def device_label(g: pd.DataFrame) -> str:
     return f"{dev} ({name})" if isinstance(name, str) and name else dev
 
 
+def run_label(g: pd.DataFrame) -> str:
+    """``run <id>``, or for merged runs ``3 runs merged (<first> .. <last>)``, each run by the
+    date and time its id starts with."""
+    ids = list(dict.fromkeys(g.sort_values("timestamp").run_id))
+    if len(ids) == 1:
+        return f"run {ids[0]}"
+    return f"{len(ids)} runs merged ({ids[0][:15]} .. {ids[-1][:15]})"
+
+
 def rule_ratio(acc: pd.DataFrame) -> pd.Series:
     """Error over the rule's limit, error / (k x same-dtype torch error): the accuracy table's
     number (1.0 = at the limit; NaN/Inf error -> inf)."""
@@ -39,13 +48,13 @@ def rule_ratio(acc: pd.DataFrame) -> pd.Series:
 
 
 def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
-    """The accuracy figures of ONE run: worst ratio per backend and tensor, and a case x backend
+    """The accuracy figures of one run (or of runs merged): worst ratio per backend and tensor, and a case x backend
     heatmap of the worst ratio over the tensors."""
     acc = df[(df.kind == "accuracy") & df.tensor.notna()].copy()
     if acc.empty:
         return []
     acc["ratio"] = rule_ratio(acc)
-    run = f"run {acc.run_id.iloc[0]} on {device_label(acc)}"
+    run = f"{run_label(acc)} on {device_label(acc)}"
     worst = (
         acc.groupby(["backend", "tensor"], sort=False)
         .agg(ratio=("ratio", "max"), ok=("accuracy_ok", "all"))

@@ -280,6 +280,40 @@ def test_plot_keeps_runs_and_shapes_apart(cli, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "no run match; runs here:" in one_line(res)
 
 
+def test_plot_merge_draws_a_sweep_run_in_slices_as_one(cli, tmp_path, monkeypatch):
+    import attnbench.plot as plot
+
+    out = tmp_path / "res"
+    f = tmp_path / "sweep.yaml"
+    f.write_text(TINY.replace("seqlen: 32,", "seqlen: [32, 64, 128],"))
+    for where in ("seqlen=32|64", "seqlen=128", "seqlen=64"):  # 64 twice: the newest counts
+        res = cli("perf", "--sweep", f, "--device", "cpu", "--out", out, "--only", "naive",
+                  "--where", where)  # fmt: skip
+        assert res.exit_code == 0, res.output
+    drawn = []
+    monkeypatch.setattr(
+        plot, "_perf_plot", lambda g, x, series, title, path: drawn.append((series, title, path))
+    )
+    res = cli("plot", out, "--merge")
+    assert res.exit_code == 0, res.output
+    assert "1 rows measured again in a later run; the newest kept" in res.output
+    ((series, title, path),) = drawn  # one figure, not one per run
+    assert path.parent.name == "merged" and "3 runs merged (" in title
+    ((_, rows),) = series
+    assert sorted(rows.seqlen_q) == [32, 64, 128]  # one point per length
+    newest = pd.read_parquet(out).groupby("run_id").timestamp.max().idxmax()
+    assert rows.set_index("seqlen_q").run_id[64] == newest
+    # runs from another machine or software are never merged
+    drawn.clear()
+    one = sorted(out.glob("*.parquet"))[0]
+    df = pd.read_parquet(one)
+    df.assign(run_id=df.run_id + "b", torch_version="0.0.0").to_parquet(out / "other.parquet")
+    res = cli("plot", out, "--merge")
+    assert res.exit_code == 2 and not drawn
+    assert "--merge: these runs ran on other machines or software:" in one_line(res)
+    assert "0.0.0" in one_line(res)
+
+
 def test_plot_ticks_read_as_sizes():
     from attnbench.plot import size_label
 
