@@ -2,6 +2,7 @@
 the ``kernel_config`` column."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -184,6 +185,52 @@ def test_precompile_compiles_every_candidate_in_parallel_threads():
     assert [w[1:] for w in fn.warmups] == [(16, 4), (32, 4), (128, 4)] and fn.warmups[0][0] == (x,)
     assert took < 0.75, took  # three 0.3 s compiles side by side, not 0.9 s one after another
     assert active_mode.get() is None
+
+
+@pytest.mark.parametrize("during", ["submitting", "waiting"])
+def test_precompile_stops_queued_compiles_when_the_run_is_stopped(during):
+    """SIGTERM (the run's handler raises) while a table is compiling: the compiles not yet
+    started never start, so the run's summary comes within one compile, not the whole table."""
+    import signal
+    import threading
+    import time
+
+    import triton
+    from attnbench.kernels.triton_fa2 import tuning
+    from triton.runtime._async_compile import active_mode
+
+    class Stop(BaseException):
+        pass
+
+    started = []
+
+    class FakeKernel:
+        def run(self, *args, **kw):
+            if during == "submitting" and kw["BLOCK"] == 4:
+                raise Stop  # as if the signal came while this candidate was submitted
+            compile_fn = lambda b=kw["BLOCK"]: started.append(b) or time.sleep(0.4)  # noqa: E731
+            return active_mode.get().submit(("k", kw["BLOCK"]), compile_fn, lambda k: None)
+
+    def on_signal(signum, frame):
+        raise Stop
+
+    configs = [triton.Config({"BLOCK": b}) for b in range(1, 13)]  # 12 x 0.4 s in 2 threads
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    if during == "waiting":
+        timer.start()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(Stop):
+            tuning.precompile(FakeKernel(), [], {"grid": (1,)}, configs, workers=2)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    took = time.perf_counter() - t
+    assert took < 1.0, took  # the 2 running compiles finish (0.4 s); 2.4 s with the queue
+    time.sleep(0.5)
+    assert len(started) <= 3, started  # the queued ones were dropped (3: one more in the race)
+    assert active_mode.get() is None  # the next tuning can compile again
 
 
 @pytest.mark.parametrize(

@@ -151,14 +151,44 @@ def precompile(fn, args, kwargs: dict, configs: list[Config], workers: int | Non
 
     workers = workers or max(1, min(len(configs), os.cpu_count() or 1))
     submitted = 0
-    with ThreadPoolExecutor(workers) as pool, AsyncCompileMode(pool, ignore_errors=True):
-        for cfg in configs:
+    pool = ThreadPoolExecutor(workers)
+    mode = AsyncCompileMode(pool, ignore_errors=True)
+    try:
+        with mode:
             try:
-                fn.run(*args, **{**kwargs, **cfg.all_kwargs(), "warmup": True})
-                submitted += 1
-            except Exception:  # noqa: BLE001  (the timed launch reports it)
-                continue
+                for cfg in configs:
+                    try:
+                        fn.run(*args, **{**kwargs, **cfg.all_kwargs(), "warmup": True})
+                        submitted += 1
+                    except Exception:  # noqa: BLE001  (the timed launch reports it)
+                        continue
+            except BaseException:
+                _drop_queued(pool, mode)  # before the mode's exit waits for every compile
+                raise
+    except BaseException:
+        _drop_queued(pool, mode)
+        from triton.runtime._async_compile import active_mode
+
+        if active_mode.get() is mode:  # stopped inside the mode's exit, before it cleared this
+            active_mode.set(None)
+        raise
+    pool.shutdown()
     return submitted
+
+
+def _drop_queued(pool, mode) -> None:
+    """Ctrl-C or SIGTERM during :func:`precompile`: the compiles not yet started never start,
+    so the run's summary line is not held up by the rest of the table (a whole table takes
+    tens of seconds; the compiles already running finish in their threads). A future the
+    shutdown cancels notifies no waiter until ``set_running_or_notify_cancel`` (what a worker
+    would call), and the mode's exit waits on each of them."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for future in mode.raw_futures:
+        if future.cancelled():
+            try:
+                future.set_running_or_notify_cancel()
+            except RuntimeError:  # already notified
+                pass
 
 
 def precompile_on() -> bool:
