@@ -63,6 +63,14 @@ def _series(g: pd.DataFrame, covar: str, x: str, product: str, fixed: str) -> li
     return [(f"{covar} {v}", d) for v, d in g.groupby(covar, sort=True)]
 
 
+def backend_colors(backends: pd.Series) -> dict:
+    """One color per backend, the same in every figure of a plot call (a backend keeps its
+    color when another one is missing from a figure): tab10, tab20 past ten backends."""
+    names = sorted(set(backends))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {b: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, b in enumerate(names)}
+
+
 def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     many = len(series) > 1
@@ -72,7 +80,8 @@ def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) ->
             label = f"{be} ({s_label})" if many else be
             ok = d[d.status == "ok"]
             if len(ok):
-                (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=label)
+                style = {"color": d.color.iloc[0]} if "color" in d and not many else {}
+                (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=label, **style)
                 lo, hi = tflops(ok.flops, ok.latency_ms_p80), tflops(ok.flops, ok.latency_ms_p20)
                 ax.fill_between(ok[x], lo, hi, alpha=0.2, color=line.get_color())
             wrong = d[d.status == "accuracy_failed"]
@@ -142,6 +151,7 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     perf = perf.assign(
         sk=np.where(perf.seqlen_k == perf.seqlen_q, -1, perf.seqlen_k),
         custom_scale=np.where(default, -1.0, perf.softmax_scale),
+        color=perf.backend.map(backend_colors(perf.backend)),
     )
     files = []
     # x = seqlen: fixed head dim and heads; batch fixed or tokens per batch fixed

@@ -314,6 +314,35 @@ def test_plot_merge_draws_a_sweep_run_in_slices_as_one(cli, tmp_path, monkeypatc
     assert "0.0.0" in one_line(res)
 
 
+def test_plot_gives_a_backend_one_color_in_every_figure(cli, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    out = tmp_path / "res"
+    f = tmp_path / "sweep.yaml"
+    f.write_text(TINY.replace("seqlen: 32, head_dim: 16,", "seqlen: [32, 64], head_dim: [16, 32],"))
+    # sdpa_math alone at head dim 32: its figure would start the color cycle with it
+    for only, where in (("naive,sdpa_math", "head_dim=16"), ("sdpa_math", "head_dim=32")):
+        res = cli("perf", "--sweep", f, "--device", "cpu", "--out", out, "--only", only,
+                  "--where", where)  # fmt: skip
+        assert res.exit_code == 0, res.output
+    drawn, real = [], Axes.plot
+
+    def spy(self, *args, **kwargs):
+        lines = real(self, *args, **kwargs)
+        drawn.append((kwargs.get("label"), lines[0].get_color()))
+        return lines
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    res = cli("plot", out, "--merge")
+    assert res.exit_code == 0, res.output
+    colors = {}
+    for label, color in drawn:
+        colors.setdefault(label, set()).add(color)
+    assert colors.keys() == {"naive", "sdpa_math"}
+    assert all(len(c) == 1 for c in colors.values()), colors  # one color per backend
+    assert colors["naive"] != colors["sdpa_math"]
+
+
 def test_plot_ticks_read_as_sizes():
     from attnbench.plot import size_label
 
