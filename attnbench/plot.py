@@ -236,7 +236,7 @@ def merge_runs(df: pd.DataFrame, warn=None) -> pd.DataFrame:
     order = df.groupby("run_id").timestamp.max().sort_values().index.tolist()
     first = df.drop_duplicates("run_id").set_index("run_id")
     cols = [c for c in _SAME_SETUP if c in first.columns]
-    setups = first[cols].apply(lambda r: " | ".join(str(v) for v in r), axis=1)
+    setups = first[cols].apply(lambda r: " | ".join(str(v) for v in r if pd.notna(v)), axis=1)
     if setups.nunique() > 1:
         seen = setups.groupby(setups, sort=False).apply(lambda s: s.index[0])
         raise ValueError(
