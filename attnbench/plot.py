@@ -143,7 +143,7 @@ def _extras(r) -> str:
 
 
 def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
-    """The perf figures of one run (rows of one run_id), or of runs merged by :func:`merge_runs`."""
+    """The perf figures of one run (rows of one run_id), or of runs merged (:func:`merge_runs`)."""
     perf = df[(df.kind == "perf") & df.status.isin(["ok", "accuracy_failed"]) & ~df.varlen]
     if perf.empty:
         return []

@@ -48,8 +48,8 @@ def rule_ratio(acc: pd.DataFrame) -> pd.Series:
 
 
 def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
-    """The accuracy figures of one run (or of runs merged): worst ratio per backend and tensor, and a case x backend
-    heatmap of the worst ratio over the tensors."""
+    """The accuracy figures of one run (or of runs merged): worst ratio per backend and tensor,
+    and a case x backend heatmap of the worst ratio over the tensors."""
     acc = df[(df.kind == "accuracy") & df.tensor.notna()].copy()
     if acc.empty:
         return []
