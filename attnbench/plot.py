@@ -231,8 +231,8 @@ _ROW_KEY = ["kind", "problem", "backend", "case_id", "mode", "tensor", "strategy
 def merge_runs(df: pd.DataFrame, warn=None) -> pd.DataFrame:
     """The rows of several runs as one run's: raises ValueError when they ran on other machines
     or software (:data:`_SAME_SETUP`); a row measured again in a later run (same backend, case,
-    mode, tensor) keeps the newest, with one line through ``warn`` saying how many were
-    replaced."""
+    mode, tensor) keeps the newest. ``warn`` gets one line saying how many rows were replaced,
+    and one naming the commits when the runs come from more than one."""
     order = df.groupby("run_id").timestamp.max().sort_values().index.tolist()
     first = df.drop_duplicates("run_id").set_index("run_id")
     cols = [c for c in _SAME_SETUP if c in first.columns]
@@ -243,6 +243,9 @@ def merge_runs(df: pd.DataFrame, warn=None) -> pd.DataFrame:
             "--merge: these runs ran on other machines or software: "
             + "; ".join(f"{run} ({setup})" for setup, run in seen.items())
         )
+    if warn is not None and "git_sha" in first and first.git_sha.nunique() > 1:
+        shas = ", ".join(str(v) for v in dict.fromkeys(first.loc[order, "git_sha"]))
+        warn(f"--merge: the runs come from other attnbench commits ({shas})")
     rank = {r: i for i, r in enumerate(order)}
     df = df.assign(_order=df.run_id.map(rank)).sort_values("_order", kind="stable")
     key = [c for c in _ROW_KEY if c in df.columns]

@@ -303,10 +303,17 @@ def test_plot_merge_draws_a_sweep_run_in_slices_as_one(cli, tmp_path, monkeypatc
     assert sorted(rows.seqlen_q) == [32, 64, 128]  # one point per length
     newest = pd.read_parquet(out).groupby("run_id").timestamp.max().idxmax()
     assert rows.set_index("seqlen_q").run_id[64] == newest
-    # runs from another machine or software are never merged
+    assert "other attnbench commits" not in res.output  # one checkout
+    # another commit: merged, and said; another machine or software: never merged
     drawn.clear()
     one = sorted(out.glob("*.parquet"))[0]
     df = pd.read_parquet(one)
+    df.assign(run_id=df.run_id + "c", git_sha="0123abc").to_parquet(out / "commit.parquet")
+    res = cli("plot", out, "--merge")
+    assert res.exit_code == 0 and "the runs come from other attnbench commits (" in res.output
+    assert "0123abc" in res.output
+    (out / "commit.parquet").unlink()
+    drawn.clear()
     df.assign(run_id=df.run_id + "b", torch_version="0.0.0").to_parquet(out / "other.parquet")
     res = cli("plot", out, "--merge")
     assert res.exit_code == 2 and not drawn

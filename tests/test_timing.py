@@ -206,8 +206,8 @@ def test_precompile_stops_queued_compiles_when_the_run_is_stopped(during):
 
     class FakeKernel:
         def run(self, *args, **kw):
-            if during == "submitting" and kw["BLOCK"] == 4:
-                raise Stop  # as if the signal came while this candidate was submitted
+            if during == "submitting" and kw["BLOCK"] == 12:
+                raise Stop  # the signal comes as the last candidate is submitted
             compile_fn = lambda b=kw["BLOCK"]: started.append(b) or time.sleep(0.4)  # noqa: E731
             return active_mode.get().submit(("k", kw["BLOCK"]), compile_fn, lambda k: None)
 
