@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from attnbench.backends.base import Backend, Capabilities
-from attnbench.case import Case
-from attnbench.check import abs_error, check_backend, make_truth
-from attnbench.inputs import make_inputs
-from attnbench.reference import attention_ref, case_kwargs
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.problems.attention.reference import attention_ref, case_kwargs
+from attnbench.run.check import abs_error, check_backend, make_truth
 
 # causal with seqlen_q > seqlen_k: query rows 0..6 see no key (bottom-right alignment)
 CASE = Case(

@@ -2,7 +2,8 @@
 
 import pytest
 
-from attnbench.config import ConfigError, expand, load_config, select_cases
+from attnbench.problems.base import expand
+from attnbench.run.config import ConfigError, load_config, select_cases
 
 SHIPPED = ["basic", "seqlen", "headdim"]
 
@@ -40,7 +41,7 @@ def test_seqlen_sweep_is_flash_attention_convention():
 
 
 def test_grid_crosses_lists():
-    from attnbench.config import Grid
+    from attnbench.problems.attention.grid import Grid
 
     cases = expand(
         Grid(

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from attnbench.kernels import cuda as fa_cuda
-from attnbench.kernels.cuda.hbm import fwd_hbm_bytes
 
 from attnbench.backends import REGISTRY
-from attnbench.case import Case
+from attnbench.kernels import cuda as fa_cuda
+from attnbench.kernels.cuda.hbm import fwd_hbm_bytes
+from attnbench.problems.attention import AttentionCase as Case
 
 NVCC = shutil.which("nvcc")
 ARCHS = ("80", "90")

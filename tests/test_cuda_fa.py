@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from attnbench.backends import REGISTRY
-from attnbench.case import Case
-from attnbench.check import check_backend, make_truth, report_lines
-from attnbench.inputs import make_inputs
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.run.check import check_backend, make_truth, report_lines
 
 pytestmark = pytest.mark.gpu
 

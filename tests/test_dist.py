@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench.case import Case
 from attnbench.distributed.check import run_distributed, run_single
 from attnbench.distributed.config import load_dist_config, select
 from attnbench.distributed.local import get_local_kernel, recompute_backward
 from attnbench.distributed.merge import merge_into, start_from
 from attnbench.distributed.strategy import STRATEGIES, DistSetupError, Layout, check_setup
-from attnbench.reference import attention_ref
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.reference import attention_ref
 
 CASES = [
     Case(1, 4, 4, 128, 128, 32, "fp32", causal=False),
@@ -71,8 +71,8 @@ def _job_matrix(env, comm, cases=CASES, kernels=KERNELS):
 
     from attnbench.distributed.check import compare
     from attnbench.distributed.strategy import make_groups
-    from attnbench.inputs import make_inputs
-    from attnbench.reference import reference
+    from attnbench.problems.attention.inputs import make_inputs
+    from attnbench.problems.attention.reference import reference
 
     res, groups = {}, {}
     for case in cases:
@@ -120,7 +120,7 @@ def _job_matrix(env, comm, cases=CASES, kernels=KERNELS):
 def _job_exact(env, comm):
     """World size 1: every strategy returns exactly the non-distributed result."""
     from attnbench.distributed.strategy import Groups
-    from attnbench.inputs import make_inputs
+    from attnbench.problems.attention.inputs import make_inputs
 
     res = {}
     for case in (CASES[3], CASES[4]):

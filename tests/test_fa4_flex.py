@@ -7,11 +7,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnbench.backends import REGISTRY, fa4, flex, flex_mods
-from attnbench.case import Case
-from attnbench.check import check_backend, make_truth
-from attnbench.inputs import make_inputs
-from attnbench.reference import alibi_bias, visible_mask
-from attnbench.runner import classify
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.problems.attention.reference import alibi_bias, visible_mask
+from attnbench.run.check import check_backend, make_truth
+from attnbench.run.runner import classify
 
 HAS_FA4 = fa4.fa4_module() is not None
 DENSE = Case(2, 4, 2, 96, 96, 64, "bf16", causal=True)

@@ -16,10 +16,10 @@ import torch
 
 from attnbench.backends import REGISTRY
 from attnbench.backends import flash_attn as fa
-from attnbench.case import Case
-from attnbench.check import check_backend, make_truth, report_lines
-from attnbench.inputs import make_inputs
-from attnbench.reference import alibi_slopes, attention_ref, case_kwargs
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.problems.attention.reference import alibi_slopes, attention_ref, case_kwargs
+from attnbench.run.check import check_backend, make_truth, report_lines
 
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 
@@ -443,7 +443,7 @@ def _run(be, case, inp):
 @needs_flash_attn
 @pytest.mark.parametrize("entry,case", _pairs(GPU_CASES))
 def test_entry_point_matches_reference(entry, case):
-    """out and lse within 2x, dq/dk/dv within 3x the error of same-dtype torch (attnbench.check,
+    """out and lse within 2x, dq/dk/dv within 3x the error of same-dtype torch (attnbench.run.check,
     the rule every accuracy run and perf verdict uses)."""
     be = REGISTRY[entry]
     assert be.why_unsupported(case, "cuda", "fwd_bwd") is None

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attnbench import ceiling, timing
+from attnbench.run import ceiling, timing
 
 pytestmark = [
     pytest.mark.gpu,

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from attnbench.config import ConfigError, load_config, select_cases
 from attnbench.problems import PROBLEMS, problem_of
 from attnbench.problems.piecewise import PiecewiseCase, make_inputs, piecewise_ref, reference
 from attnbench.results import load_results
+from attnbench.run.config import ConfigError, load_config, select_cases
 
 
 def loop_piecewise(q1, k1, q2, k2, v, w, causal, scale):
@@ -85,7 +85,7 @@ def test_reference_matches_loop_with_grads(case):
 
 def test_threshold_edges_reduce_to_plain_attention():
     """w <= min distance is attention on (q2, k2); w > max distance is attention on (q1, k1)."""
-    from attnbench.reference import attention_ref
+    from attnbench.problems.attention.reference import attention_ref
 
     case = _case(7, 7, 0, False)
     inp = make_inputs(case)
@@ -266,7 +266,7 @@ def test_flex_two_pass_forward_on_cpu(case):
     """FlexAttention runs forward only on the CPU (eager); the two passes and the lse merge
     must reproduce the reference, empty rows included."""
     from attnbench.backends import REGISTRY
-    from attnbench.check import check_backend, make_truth
+    from attnbench.run.check import check_backend, make_truth
 
     be = REGISTRY["piecewise_flex"]
     assert be.why_unsupported(case, "cpu", "fwd") is None
@@ -320,8 +320,8 @@ def test_merge_by_lse_adds_no_fp32_error():
     truth as same-dtype torch's (one ulp, 4.8e-7), and out passes the rule. test_registry's
     KNOWN fp32 lse excess (1.4e-6) is in torch's eager flex lse, which arrives that far off."""
     from attnbench.backends.piecewise_flex import merge_by_lse
-    from attnbench.check import abs_error, passes
-    from attnbench.reference import softmax_rows
+    from attnbench.problems.attention.reference import softmax_rows
+    from attnbench.run.check import abs_error, passes
 
     case = _case(64, 64, 0, False, hq=4, hkv=4, d=32)  # test_registry's fp32 case
     inp = make_inputs(case)

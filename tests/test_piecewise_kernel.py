@@ -2,7 +2,7 @@
 
 Forward and backward against the problem's one reference
 (:func:`attnbench.problems.piecewise.piecewise_ref`: fp64 truth, same-dtype baseline) with
-flash-attention's rule (2x for out/lse, 3x for the gradients, :mod:`attnbench.check`), at the
+flash-attention's rule (2x for out/lse, 3x for the gradients, :mod:`attnbench.run.check`), at the
 edges of the threshold: w <= 0 (only q2.k2), w past every distance (only q1.k1), w = 1,
 Sq != Sk both ways, causal or not, ragged lengths, GQA/MQA, head dims 32/64/96.
 CPU: Triton's interpreter (fp16/fp32; tiles 32x16 / 16x32, so 67/130 rows leave ragged edges and
@@ -22,21 +22,20 @@ if not HAS_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
+from attnbench.backends import REGISTRY  # noqa: E402
 from attnbench.kernels.piecewise import (  # noqa: E402
     piecewise_attention,
     piecewise_backward,
     piecewise_forward,
 )
-
-from attnbench.backends import REGISTRY  # noqa: E402
-from attnbench.check import (  # noqa: E402
+from attnbench.problems.piecewise import PiecewiseCase, make_inputs, piecewise_ref  # noqa: E402
+from attnbench.run.check import (  # noqa: E402
     abs_error,
     check_backend,
     failure_message,
     make_truth,
     passes,
 )
-from attnbench.problems.piecewise import PiecewiseCase, make_inputs, piecewise_ref  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from attnbench.case import Case, attended_pairs
-from attnbench.inputs import make_inputs
-from attnbench.reference import attention_ref, case_kwargs, reference
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.case import attended_pairs
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.problems.attention.reference import attention_ref, case_kwargs, reference
 
 
 def loop_attention(q, k, v, causal, scale, hq_per_kv):
@@ -117,7 +118,7 @@ def test_chunked_reference_equals_whole(case):
     ],
 )
 def test_attended_pairs_counts_the_mask(sq, sk, causal, wl, wr):
-    from attnbench.reference import visible_mask
+    from attnbench.problems.attention.reference import visible_mask
 
     m = visible_mask(sq, sk, causal, wl, wr)
     expected = sq * sk if m is None else int(m.sum())

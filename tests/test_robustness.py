@@ -241,7 +241,7 @@ def test_old_results_without_new_columns_still_load(tmp_path):
 
 # ---- item 1: plots never merge runs or shapes into one line --------------------------------------
 def test_plot_keeps_runs_and_shapes_apart(cli, tmp_path, monkeypatch):
-    import attnbench.plot as plot
+    import attnbench.views.plot as plot
 
     out = tmp_path / "res"
     for tokens in (256, 512):  # two sweeps, other batch sizes, same folder
@@ -281,7 +281,7 @@ def test_plot_keeps_runs_and_shapes_apart(cli, tmp_path, monkeypatch):
 
 
 def test_plot_merge_draws_a_sweep_run_in_slices_as_one(cli, tmp_path, monkeypatch):
-    import attnbench.plot as plot
+    import attnbench.views.plot as plot
 
     out = tmp_path / "res"
     f = tmp_path / "sweep.yaml"
@@ -351,7 +351,7 @@ def test_plot_gives_a_backend_one_color_in_every_figure(cli, tmp_path, monkeypat
 
 
 def test_plot_ticks_read_as_sizes():
-    from attnbench.plot import size_label
+    from attnbench.views.plot import size_label
 
     assert [size_label(v) for v in (64, 512, 1024, 2048, 16384, 1000)] == [
         "64",
@@ -366,7 +366,7 @@ def test_plot_ticks_read_as_sizes():
 def test_accuracy_plots_use_the_table_ratio(cli, tiny, tmp_path):
     import pandas as pd
 
-    from attnbench.plot import rule_ratio
+    from attnbench.views.plot import rule_ratio
 
     acc = pd.DataFrame(
         {
@@ -403,7 +403,7 @@ def test_env_device_checked_and_json_is_a_plain_flag(cli):
 
 
 def test_env_names_the_cpu_model(cli):
-    from attnbench.env import cpu_model
+    from attnbench.results.env import cpu_model
 
     res = cli("env", "--device", "cpu")
     line = next(x for x in res.output.splitlines() if x.startswith("cpu_name"))
@@ -417,7 +417,7 @@ def test_perf_output_without_a_terminal(cli, tiny, tmp_path, tmp_backend):
     """One line per finished case, times in ms and a readable throughput (GFLOP/s on a CPU),
     the backends that do not run here in one line, and the failed cases by name."""
     from attnbench.backends.base import Backend, Capabilities
-    from attnbench.reference import attention_ref, case_kwargs
+    from attnbench.problems.attention.reference import attention_ref, case_kwargs
 
     class Wrong(Backend):
         name = "test_wrong"
@@ -446,7 +446,7 @@ def test_perf_output_without_a_terminal(cli, tiny, tmp_path, tmp_backend):
 
 def test_accuracy_failures_name_backend_case_and_tensor(cli, tiny, tmp_path, tmp_backend):
     from attnbench.backends.base import Backend, Capabilities
-    from attnbench.reference import attention_ref, case_kwargs
+    from attnbench.problems.attention.reference import attention_ref, case_kwargs
 
     class WrongLse(Backend):
         name = "test_wrong_lse"
@@ -476,7 +476,7 @@ def test_accuracy_failures_name_backend_case_and_tensor(cli, tiny, tmp_path, tmp
 
 def test_triton_fa2_says_how_to_run_on_cpu(monkeypatch):
     from attnbench.backends.base import REGISTRY
-    from attnbench.case import Case
+    from attnbench.problems.attention import AttentionCase as Case
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     why = REGISTRY["triton_fa2"].why_unsupported(Case(1, 2, 2, 32, 32, 16, "fp32"), "cpu")
@@ -497,7 +497,7 @@ def test_list_never_truncates_backend_names(monkeypatch, capsys):
 
 
 def test_perf_numbers_keep_three_significant_figures():
-    from attnbench.report import perf_cell, throughput
+    from attnbench.views.tables import perf_cell, throughput
 
     assert throughput(0.002) == "2.00 GFLOP/s" and throughput(0.000913) == "0.913 GFLOP/s"
     assert throughput(372.4) == "372 TFLOP/s" and throughput(1500.0) == "1,500 TFLOP/s"
@@ -505,7 +505,7 @@ def test_perf_numbers_keep_three_significant_figures():
 
 
 def test_failed_cases_count_cases_not_rows():
-    from attnbench.report import failed_cases
+    from attnbench.views.tables import failed_cases
 
     def row(**kw):
         base = dict(kind="accuracy", backend="b", case_id="C1", mode="fwd_bwd", status="ok")

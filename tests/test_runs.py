@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attnbench.backends.base import Backend, Capabilities
-from attnbench.reference import attention_ref, case_kwargs
+from attnbench.problems.attention.reference import attention_ref, case_kwargs
 from attnbench.results import COLUMNS
 
 SUITE = """

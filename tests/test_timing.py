@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from attnbench import timing
+from attnbench.run import timing
 
 SUITE = """
 name: tiny_cfg
@@ -84,6 +84,7 @@ def test_cpu_bench_counts_reps_and_resets_grads():
 def tuner(tmp_path, monkeypatch):
     import triton
     import triton.language as tl
+
     from attnbench.kernels.triton_fa2 import tuning
 
     monkeypatch.setenv(tuning.ENV_FILE, str(tmp_path / "t" / "tuning.json"))
@@ -160,8 +161,9 @@ def test_precompile_compiles_every_candidate_in_parallel_threads():
     import time
 
     import triton
-    from attnbench.kernels.triton_fa2 import tuning
     from triton.runtime._async_compile import active_mode
+
+    from attnbench.kernels.triton_fa2 import tuning
 
     class FakeKernel:  # stands for a JITFunction: run(warmup=True) submits a compile
         def __init__(self):
@@ -196,8 +198,9 @@ def test_precompile_stops_queued_compiles_when_the_run_is_stopped(during):
     import time
 
     import triton
-    from attnbench.kernels.triton_fa2 import tuning
     from triton.runtime._async_compile import active_mode
+
+    from attnbench.kernels.triton_fa2 import tuning
 
     class Stop(BaseException):
         pass
@@ -371,7 +374,7 @@ def test_bench_repeat_keeps_every_median():
 
 
 def test_pct_of_peak():
-    from attnbench.ceiling import pct_of_peak
+    from attnbench.run.ceiling import pct_of_peak
 
     assert pct_of_peak(673.0, 790.0) == pytest.approx(85.19, abs=0.01)
     assert pct_of_peak(1.0, None) is None and pct_of_peak(None, 790.0) is None

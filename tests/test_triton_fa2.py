@@ -19,9 +19,9 @@ if not HAS_GPU:
 pytest.importorskip("triton")
 
 from attnbench.backends import REGISTRY  # noqa: E402
-from attnbench.case import Case  # noqa: E402
-from attnbench.check import check_backend, make_truth, report_lines  # noqa: E402
-from attnbench.inputs import make_inputs  # noqa: E402
+from attnbench.problems.attention import AttentionCase as Case  # noqa: E402
+from attnbench.problems.attention.inputs import make_inputs  # noqa: E402
+from attnbench.run.check import check_backend, make_truth, report_lines  # noqa: E402
 
 BACKEND = REGISTRY["triton_fa2"]
 CPU_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
@@ -142,7 +142,7 @@ def test_backward_deterministic_gpu(causal):
 def test_block_backward_is_the_kernel_backward():
     """The block backward used by ring/zigzag attention equals autograd through the kernel."""
     from attnbench.backends import REGISTRY
-    from attnbench.inputs import make_inputs
+    from attnbench.problems.attention.inputs import make_inputs
 
     be = REGISTRY["triton_fa2"]
     case = Case(2, 4, 2, 40, 40, 32, "fp16", causal=True)

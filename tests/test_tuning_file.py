@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from attnbench.kernels.piecewise import configs as pw
 from attnbench.kernels.triton_fa2 import configs as fa2
 from attnbench.kernels.triton_fa2.tuning import config_dict

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from attnbench.case import Case
+from attnbench.problems.attention import AttentionCase as Case
 from attnbench.problems.piecewise import PiecewiseCase
-from attnbench.where import keep, parse_where
+from attnbench.run.where import keep, parse_where
 
 CASES = [
     Case(2, 8, 8, s, s, d, dt, causal)

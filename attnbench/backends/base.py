@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from ..case import Case
-from ..inputs import Inputs
+from ..problems import problem_of
+from ..problems.base import Case
 
 
 class Unsupported(Exception):
@@ -61,12 +61,18 @@ class Capabilities:
     deterministic: bool = False
     block: bool = False  # block_forward: (out, lse) of one block, no autograd (distributed)
     block_backward: bool = False  # block_backward from a given out/lse (else fp32 recomputation)
+    # capabilities of other problems, by name (e.g. "paged"): what their ``needs`` ask for
+    features: frozenset[str] = frozenset()
 
     def __post_init__(self):
-        for name in ("devices", "dtypes", "head_dims"):
+        for name in ("devices", "dtypes", "head_dims", "features"):
             val = getattr(self, name)
             if val is not None and not isinstance(val, frozenset):
                 object.__setattr__(self, name, frozenset(val))
+
+    def supports(self, capability: str) -> bool:
+        """A boolean field of these capabilities, or a name in ``features``."""
+        return capability in self.features or bool(getattr(self, capability, False))
 
 
 @dataclass
@@ -99,36 +105,17 @@ class Backend:
         why = self.availability(dev)
         if why:
             return why
-        checks = [
-            (
-                case.dtype in c.dtypes,
-                f"dtype {case.dtype} (supports {', '.join(sorted(c.dtypes))})",
-            ),
-            (
-                case.head_dim <= c.max_head_dim
-                and (c.head_dims is None or case.head_dim in c.head_dims),
-                f"head dim {case.head_dim}"
-                + (
-                    f" not compiled (has {', '.join(map(str, sorted(c.head_dims)))})"
-                    if c.head_dims is not None
-                    else f" > {c.max_head_dim}"
-                ),
-            ),
-            (c.causal or not case.causal, "causal"),
-            (c.gqa or not case.gqa, "GQA/MQA (heads_kv != heads_q)"),
-            (
-                c.seqlen_q_ne_k or case.varlen or case.seqlen_q == case.seqlen_k,
-                "seqlen_q != seqlen_k",
-            ),
-            (c.varlen or not case.varlen, "varlen"),
-            (c.backward or mode == "fwd", "backward"),
-            (c.window or not case.windowed, "sliding window"),
-            (c.softcap or not case.softcap, "softcap"),
-            (c.alibi or not case.alibi, "ALiBi"),
-            (c.deterministic or not case.deterministic, "deterministic backward"),
-        ]
-        for ok, what in checks:
-            if not ok:
+        if case.dtype not in c.dtypes:
+            return f"unsupported: dtype {case.dtype} (supports {', '.join(sorted(c.dtypes))})"
+        if case.head_dim > c.max_head_dim or (
+            c.head_dims is not None and case.head_dim not in c.head_dims
+        ):
+            if c.head_dims is not None:
+                has = ", ".join(map(str, sorted(c.head_dims)))
+                return f"unsupported: head dim {case.head_dim} not compiled (has {has})"
+            return f"unsupported: head dim {case.head_dim} > {c.max_head_dim}"
+        for cap, what in problem_of(case).needs(case, mode):
+            if not c.supports(cap):
                 return f"unsupported: {what}"
         return self.extra_check(case, dev, mode)
 
@@ -137,7 +124,7 @@ class Backend:
         return None
 
     # ---- running -------------------------------------------------------------------------
-    def prepare(self, inp: Inputs, case: Case) -> Prepared:
+    def prepare(self, inp, case: Case) -> Prepared:
         """Outside the timed region: layout changes, packing. Default: fresh leaves of the
         problem's differentiable inputs (q, k, v for attention)."""
         leaves = tuple(t.detach().clone().requires_grad_() for t in inp.differentiable)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..inputs import validate_cu_seqlens
+from ..problems.attention.inputs import validate_cu_seqlens
 
 
 def pack_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

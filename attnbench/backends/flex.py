@@ -148,7 +148,7 @@ def compiled_flex(differentiable_lse: bool = False, dynamic: bool | None = False
     """The one compiled :func:`flex_call` per setting; ``dynamic=False``: one graph per case
     shape, ``None``: dynamo's automatic dynamic shapes (see the module docstring).
 
-    The timer replays one backward with ``retain_graph=True`` (attnbench.timing); AOTAutograd's
+    The timer replays one backward with ``retain_graph=True`` (attnbench.run.timing); AOTAutograd's
     donated buffers forbid that (on the H200, piecewise_flex's bwd rows errored with "compiled
     with non-empty donated buffers"), so donation is off for the compiled flex graphs.
 

@@ -7,7 +7,7 @@ serves the distributed strategies (their backward: the fp32 recomputation).
 
 import torch
 
-from ..reference import attention_ref, case_kwargs
+from ..problems.attention.reference import attention_ref, case_kwargs
 from .base import Backend, Capabilities, register
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..reference import alibi_bias, visible_mask
+from ..problems.attention.reference import alibi_bias, visible_mask
 from .base import Backend, Capabilities, Prepared, Unsupported, register
 
 _NO_KERNEL = ("No available kernel", "No viable backend")

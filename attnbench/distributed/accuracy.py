@@ -4,11 +4,11 @@ same kernel (:mod:`attnbench.distributed.check`)."""
 
 from __future__ import annotations
 
-from ..case import Case
-from ..check import failure_message
-from ..report import status_text
-from ..runner import classify
-from ..state import CaseState
+from ..problems.base import Case
+from ..run.check import failure_message
+from ..run.runner import classify
+from ..run.state import CaseState
+from ..views.tables import status_text
 from .check import compare, report_lines, run_distributed, single_of
 from .context import DistRun
 from .local import get_local_kernel

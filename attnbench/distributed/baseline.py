@@ -9,12 +9,13 @@ from dataclasses import replace
 
 import torch
 
-from ..case import Case, case_flops
-from ..check import grade, verdict
-from ..report import status_text
-from ..runner import classify
-from ..state import CaseState
-from ..timing import bench, mode_fn, timing_columns
+from ..problems.attention.case import case_flops
+from ..problems.base import Case
+from ..run.check import grade, verdict
+from ..run.runner import classify
+from ..run.state import CaseState
+from ..run.timing import bench, mode_fn, timing_columns
+from ..views.tables import status_text
 from .check import single_of
 from .context import DistRun
 from .local import LocalKernel, local_attention

@@ -14,8 +14,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from .. import timing
-from ..timing import Timing
+from ..run import timing
+from ..run.timing import Timing
 from .comm import DistEnv
 
 
@@ -23,7 +23,7 @@ def dist_bench(
     fn, leaves, env: DistEnv, warmup_ms: int = 25, rep_ms: int = 100, max_reps: int = 1000
 ) -> Timing:
     """Median/p20/p80 ms of ``fn`` on this rank; every rank must call it with the same fn.
-    The pieces are the one timer's (:mod:`attnbench.timing`): peak memory, rep planning, the L2
+    The pieces are the one timer's (:mod:`attnbench.run.timing`): peak memory, rep planning, the L2
     flush, quantiles; only the agreement between ranks is added here."""
     t_start = time.perf_counter()
     cuda = env.device.startswith("cuda")

@@ -1,7 +1,7 @@
 """Per-rank accuracy of a distributed strategy.
 
 Every rank builds the same inputs (``make_inputs``, seeded by the case), the fp32 reference
-(:func:`attnbench.reference.reference`) and the non-distributed run of the same local kernel
+(:func:`attnbench.problems.attention.reference.reference`) and the non-distributed run of the same local kernel
 over the whole sequence; it then runs the strategy on its shard (forward and backward) and
 compares its part of out, lse, dq, dk, dv with both.
 
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..case import Case
-from ..check import TensorError, abs_error
-from ..inputs import Inputs
-from ..reference import RefResult
-from ..state import CaseState
+from ..problems.attention.inputs import Inputs
+from ..problems.attention.reference import RefResult
+from ..problems.base import Case
+from ..run.check import TensorError, abs_error
+from ..run.state import CaseState
 from .local import LocalKernel, local_attention
 from .strategy import Groups, Layout, dist_attention
 
@@ -49,7 +49,7 @@ class DistError(TensorError):
 @dataclass
 class Outputs:
     """What a kernel or strategy returned: out, lse and the gradients of q, k, v (of a whole case
-    or of one rank's shard). The reference's own result is :class:`attnbench.reference.RefResult`."""
+    or of one rank's shard). The reference's own result is :class:`attnbench.problems.attention.reference.RefResult`."""
 
     out: torch.Tensor
     lse: torch.Tensor

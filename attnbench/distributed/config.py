@@ -24,8 +24,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..case import Case
-from ..config import Grid, Mode, expand, load_config
+from ..problems.attention.grid import Grid
+from ..problems.base import Case, Mode, expand
+from ..run.config import load_config
 from .strategy import STRATEGIES
 
 Strategy = Literal["ring", "zigzag", "ulysses", "hybrid", "hybrid_zigzag"]

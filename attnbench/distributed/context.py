@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..case import Case
-from ..runner import RunContext
+from ..problems.base import Case
+from ..run.runner import RunContext
 from .comm import DistEnv, Watchdog
 from .config import DistConfig, Selection
 from .local import LocalKernel

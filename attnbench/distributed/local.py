@@ -36,8 +36,8 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import REGISTRY, Backend
-from ..case import Case
-from ..reference import visible_mask
+from ..problems.attention.reference import visible_mask
+from ..problems.base import Case
 
 
 # ---- fp32 recomputation backward ------------------------------------------------------------

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..case import Case, case_flops
-from ..check import verdict
-from ..report import status_text
-from ..runner import classify
-from ..state import CaseState
-from ..timing import mode_fn, timing_columns
+from ..problems.attention.case import case_flops
+from ..problems.base import Case
+from ..run.check import verdict
+from ..run.runner import classify
+from ..run.state import CaseState
+from ..run.timing import mode_fn, timing_columns
+from ..views.tables import status_text
 from .baseline import single_device_ms
 from .bench import dist_bench
 from .check import compare, run_distributed, single_of

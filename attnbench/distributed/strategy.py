@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..case import Case
+from ..problems.base import Case
 from .comm import DistEnv, new_group
 from .local import LocalKernel
 from .ring import ring_attention

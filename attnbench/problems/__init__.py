@@ -1,52 +1,45 @@
-"""Problems: what a backend computes. A problem owns its case fields (a :class:`Case`
-subclass), its config grid, its seeded inputs, its one reference (``upcast=True`` is the fp32
-truth, ``upcast=False`` the same-dtype baseline), the tensors it grades and its FLOP count. The
-runner, the accuracy rule, timing, results and plots reach them only through :func:`problem_of`.
+"""Problems: what a backend computes. A problem is a package of one shape (``case.py``,
+``inputs.py``, ``reference.py``, ``grid.py``, and an ``__init__`` building its :class:`Problem`):
+its case fields (a :class:`~attnbench.problems.base.Case` subclass), its config grid, its seeded
+inputs, its one reference (``upcast=True`` is the fp32 truth, ``upcast=False`` the same-dtype
+baseline), the tensors it grades, its FLOP and byte counts and the capabilities its cases need
+of a backend. The run driver, the rule, timing, results and the views reach them only through
+:data:`PROBLEMS` / :func:`problem_of`.
 
     from attnbench.problems import problem_of
     prob = problem_of(case)                      # case.problem names it: "attention", "piecewise"
     inp = prob.make_inputs(case, "cuda", seed=0)
     ref = prob.reference(inp, case, upcast=True, grads=True)   # ref.out, ref.lse, ref.<grad>...
-    prob.flops(case, "fwd")
+    prob.flops(case, "fwd"), prob.bytes(case, "fwd")
 
-Adding a problem: one module here building a :class:`Problem`, one line in ``PROBLEMS``, a
-``Config`` subclass naming its grid, and backends declaring ``Capabilities(problem=...)``.
+Adding a problem: one package here and one line in :func:`_builtin` (or :func:`register_problem`
+from outside), its backends declaring ``Capabilities(problem=...)`` (see docs/extending.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from .base import Case, Problem
 
-from ..case import Case
+PROBLEMS: dict[str, Problem] = {}
 
 
-@dataclass(frozen=True)
-class Problem:
-    name: str
-    description: str
-    case_type: type[Case]
-    config: type  # the pydantic Config model whose grids make this problem's cases
-    grads: tuple[str, ...]  # graded gradients, in the order of Backend.grads()
-    make_inputs: Callable[..., Any]  # (case, device, seed) -> inputs with .differentiable, .dout
-    reference: Callable[..., Any]  # (inp, case, *, upcast, grads) -> .out, .lse, .<grad>
-    flops: Callable[[Case, str], float]  # (case, mode) -> FLOPs
-
-    @property
-    def tensors(self) -> tuple[str, ...]:
-        """Every graded tensor: out, lse, then the gradients."""
-        return ("out", "lse", *self.grads)
+def register_problem(problem: Problem) -> Problem:
+    """Add a problem to the registry (its name must be new)."""
+    if problem.name in PROBLEMS:
+        raise ValueError(f"problem {problem.name!r} registered twice")
+    PROBLEMS[problem.name] = problem
+    return problem
 
 
-def _registry() -> dict[str, Problem]:
+def _builtin() -> None:
     from .attention import ATTENTION
     from .piecewise import PIECEWISE
 
-    return {p.name: p for p in (ATTENTION, PIECEWISE)}
+    for p in (ATTENTION, PIECEWISE):
+        register_problem(p)
 
 
-PROBLEMS: dict[str, Problem] = _registry()
+_builtin()
 
 
 def problem_of(case: Case) -> Problem:
@@ -54,4 +47,4 @@ def problem_of(case: Case) -> Problem:
     return PROBLEMS[case.problem]
 
 
-__all__ = ["PROBLEMS", "Problem", "problem_of"]
+__all__ = ["PROBLEMS", "Case", "Problem", "problem_of", "register_problem"]

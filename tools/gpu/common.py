@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 
 from attnbench.kernels.triton_fa2.tuning import describe
-
-from attnbench.check import check_backend, make_truth
 from attnbench.problems import problem_of
-from attnbench.timing import tflops
+from attnbench.run.check import check_backend, make_truth
+from attnbench.run.timing import tflops
 
 
 def grade_cases(be, cases, device: str) -> bool:

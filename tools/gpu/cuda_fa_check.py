@@ -2,7 +2,7 @@
 cuda_fa1): build, ptxas register/spill lines per kernel, accuracy on awkward shapes, then fwd/bwd
 TFLOP/s at head dims 64/128, seqlen 2k/8k (16k tokens, width 2048), causal and not, next to SDPA
 flash, with a short table last. Every timed case also gets an accuracy verdict. Timings go
-through :mod:`attnbench.timing` (the numbers of ``attnbench perf --sweep seqlen --only
+through :mod:`attnbench.run.timing` (the numbers of ``attnbench perf --sweep seqlen --only
 cuda_fa2,cuda_fa1,cuda_fa2_simt,sdpa_flash`` for the same cases).
 
     python tools/gpu/cuda_fa_check.py                 # ~3-4 minutes on an H200, build included
@@ -18,14 +18,15 @@ import sys
 import time
 
 import torch
-from attnbench.kernels import cuda as fa_cuda
 
-from attnbench import timing
 from attnbench.backends import REGISTRY
-from attnbench.case import Case, case_flops
-from attnbench.check import check_backend, make_truth, report_lines
-from attnbench.inputs import make_inputs
-from attnbench.timing import mode_fn, timing_columns
+from attnbench.kernels import cuda as fa_cuda
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.case import case_flops
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.run import timing
+from attnbench.run.check import check_backend, make_truth, report_lines
+from attnbench.run.timing import mode_fn, timing_columns
 
 KERNELS = "|".join(
     f"{k}_kernel"

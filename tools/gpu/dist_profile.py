@@ -7,7 +7,7 @@ The ring code runs unchanged (``attnbench.distributed.ring``) with its ``RingCom
 hands the block straight back, so what is left is the rank's own work: block kernels, merges,
 slicing and gradient accumulation. ``merge`` = torch runs the eager merge instead of the fused
 Triton one. Shape: ring-flash-attention's benchmark (8k tokens per rank, 32/8 heads, D128,
-bf16, causal). Timed by :func:`attnbench.timing.bench` like every perf row (fwd: the forward;
+bf16, causal). Timed by :func:`attnbench.run.timing.bench` like every perf row (fwd: the forward;
 bwd: ``out.backward`` alone). Not a substitute for ``attnbench dist perf`` (no communication).
 """
 
@@ -20,7 +20,7 @@ import torch
 import attnbench.distributed.merge as merge
 import attnbench.distributed.ring as ring
 from attnbench.distributed.local import get_local_kernel, local_attention
-from attnbench.timing import bench, mode_fn
+from attnbench.run.timing import bench, mode_fn
 
 
 class NoComm:

@@ -21,11 +21,11 @@ import time
 import torch
 
 from attnbench.backends import REGISTRY
-from attnbench.case import Case
-from attnbench.check import FLOOR, check_backend, factor, make_truth
-from attnbench.env import environment
-from attnbench.inputs import make_inputs
-from attnbench.runner import classify
+from attnbench.problems.attention import AttentionCase as Case
+from attnbench.problems.attention.inputs import make_inputs
+from attnbench.results.env import environment
+from attnbench.run.check import FLOOR, check_backend, factor, make_truth
+from attnbench.run.runner import classify
 
 
 def C(hq=8, hkv=8, sq=1024, sk=None, d=128, **kw):

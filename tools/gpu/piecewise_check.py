@@ -10,10 +10,10 @@ Usage (on the GPU machine, from the repo root; through tools/gpu/lease.sh for th
     ATTNBENCH_PIECEWISE_FWD=128x64w8s3,128x128w8s2 ATTNBENCH_PIECEWISE_DKDV=64x128w8s2 \\
         python tools/gpu/piecewise_check.py --configs    # try only these tiles
 
-1. Accuracy (:mod:`attnbench.check`, the piecewise problem's one reference; ok = error <= 2x
+1. Accuracy (:mod:`attnbench.run.check`, the piecewise problem's one reference; ok = error <= 2x
    same-dtype torch for out/lse, 3x for dq1/dk1/dq2/dk2/dv) at awkward shapes: GQA, Sq != Sk
    both ways, w = 1, w <= 0, w past every distance, head dims 64/96/128/256, bf16/fp16.
-2. Timings (:func:`attnbench.timing.bench`: L2 flushed, median) of fwd and bwd, bf16, causal,
+2. Timings (:func:`attnbench.run.timing.bench`: L2 flushed, median) of fwd and bwd, bf16, causal,
    w = S/2, FlagAttention's shapes (B = tokens / S, H = 2048 / D), for piecewise_triton and
    triton_fa2 (causal, q1/k1/v); FLOPs by the one formula (4 x attended pairs x D x H; bwd 2.5x).
    Every timed row also grades the kernel's out on the last 256 query rows of batch 0 against
@@ -60,15 +60,15 @@ DEVICE = "cpu" if ARGS.smoke else "cuda"
 DTYPE = "fp16" if ARGS.smoke else "bf16"
 
 import torch  # noqa: E402
-from attnbench.kernels import piecewise, triton_fa2  # noqa: E402
 from common import candidate_line, grade_cases  # noqa: E402  (tools/gpu/common.py)
 
 from attnbench.backends import REGISTRY  # noqa: E402
-from attnbench.case import Case  # noqa: E402
-from attnbench.check import abs_error, passes  # noqa: E402
+from attnbench.kernels import piecewise, triton_fa2  # noqa: E402
 from attnbench.problems import problem_of  # noqa: E402
+from attnbench.problems.attention import AttentionCase as Case  # noqa: E402
 from attnbench.problems.piecewise import PiecewiseCase, piecewise_ref  # noqa: E402
-from attnbench.timing import bench, mode_fn, tflops  # noqa: E402
+from attnbench.run.check import abs_error, passes  # noqa: E402
+from attnbench.run.timing import bench, mode_fn, tflops  # noqa: E402
 
 
 def check_cases():

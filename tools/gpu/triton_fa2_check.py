@@ -6,12 +6,12 @@ Usage (on the GPU machine, from the repo root)::
     python tools/gpu/triton_fa2_check.py --configs --head-dims 128 --seqlens 8192
                                                          # autotune; TFLOP/s of every candidate
 
-1. Accuracy (flash-attention's rule, :mod:`attnbench.check`) on awkward shapes: batch > 1, odd
+1. Accuracy (flash-attention's rule, :mod:`attnbench.run.check`) on awkward shapes: batch > 1, odd
    lengths, Sq != Sk both ways with causal, GQA/MQA, head dims 64/96/128/256, varlen, bf16/fp16.
-2. Timings (:func:`attnbench.timing.bench`, median; the numbers of ``attnbench perf --sweep
+2. Timings (:func:`attnbench.run.timing.bench`, median; the numbers of ``attnbench perf --sweep
    seqlen --only triton_fa2,sdpa_cudnn,sdpa_flash`` for the same cases) of fwd and bwd at 16k
    tokens per batch, model width 2048 (B = 16384 // S, H = 2048 // D), bf16, causal and not, for
-   triton_fa2, SDPA cuDNN and SDPA flash; FLOPs from :func:`attnbench.case.case_flops`. Each
+   triton_fa2, SDPA cuDNN and SDPA flash; FLOPs from :func:`attnbench.problems.attention.case.case_flops`. Each
    timed case also prints each backend's accuracy verdict (flash-attention's rule).
 
 Without ``--configs`` the kernels run with the first surviving config of each table
@@ -43,14 +43,15 @@ if ARGS.configs:  # time every candidate again (kept choices would skip the timi
     os.environ["ATTNBENCH_RETUNE"] = "1"
 
 import torch  # noqa: E402
-from attnbench.kernels.triton_fa2 import bwd, fwd  # noqa: E402
 from common import candidate_line, grade_cases  # noqa: E402  (tools/gpu/common.py)
 
 from attnbench.backends import REGISTRY  # noqa: E402
-from attnbench.case import Case, case_flops  # noqa: E402
-from attnbench.check import check_backend, make_truth, verdict  # noqa: E402
-from attnbench.inputs import make_inputs  # noqa: E402
-from attnbench.timing import bench, mode_fn, timing_columns  # noqa: E402
+from attnbench.kernels.triton_fa2 import bwd, fwd  # noqa: E402
+from attnbench.problems.attention import AttentionCase as Case  # noqa: E402
+from attnbench.problems.attention.case import case_flops  # noqa: E402
+from attnbench.problems.attention.inputs import make_inputs  # noqa: E402
+from attnbench.run.check import check_backend, make_truth, verdict  # noqa: E402
+from attnbench.run.timing import bench, mode_fn, timing_columns  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -209,7 +210,7 @@ def main():
         ok = run_checks()
         print(f"accuracy: {'all ok' if ok else 'FAILURES'} ({time.time() - t0:.0f}s)", flush=True)
     if not ARGS.skip_bench:
-        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (attnbench.timing median) ==")
+        print("== TFLOP/s, bf16, 16k tokens/batch, width 2048 (attnbench.run.timing median) ==")
         print(
             "case                      |  fwd: ours  cudnn  flash |  bwd: ours  cudnn  flash "
             "| accuracy"

@@ -57,42 +57,7 @@ __all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
 ENV_TUNE = "ATTNBENCH_PIECEWISE_TUNE"
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
-# Hopper: tuned on an H200 (2026-12-01, bf16 causal, w = S/2, S 2k-16k, 32k tokens, width 2048;
-# ``tools/gpu/piecewise_check.py --configs``). Head dim 128 picked the first entry of each table
-# at every S; the 128x128 forward / dQ tiles and 3-stage 64x128 dK/dV tiles ran out of shared
-# memory there (the band loop streams k1, k2 and v). Head dim 64 picked 128x128 w8 s3 (S 16k) and
-# 64x64 w4 s3 (S <= 8k) forward, 128x128 w8 s2 dK/dV, 64x64 w4 s3 dQ.
-# Entries with a fifth number run the threshold band with that many pipeline stages (fewer
-# than the one-product loops, so deeper pipelines fit in shared memory; not yet timed on a GPU).
-# Entries marked SP run the band split (``SPLIT_BAND``: two one-product passes, FA2's register
-# footprint in the backward). Forward split tiles (last, not yet timed on a GPU): one query tile
-# in shared memory (d128 128x64 s3: 128 KiB against 208), but the two extra loops cost
-# registers (255 and a 32 B stack against the fused 230 and none; sm_90, offline). Backward:
-# H200, 2026-12-02, head dim 128, S 16k (``piecewise_check.py --configs``, per-kernel TFLOP/s):
-# dK/dV 64x128 w8 s2 sp 465 against fused 445 (s3 sp 450, 128x128 sp 169);
-# dQ 128x64 w8 s3 sp 572 against fused 128x64 w8 s2 489: the split tiles go first. At head dim
-# 64 (S 4k/8k) these two split tiles were slower than the fused 128x128 / 64x64 choices (whole
-# backward 211/244 against 222/268 TFLOP/s); the other split tiles are untimed there.
-# Entries marked SP2 (last) run the merged split (``SPLIT_BAND=2``): 6 pipelined loops in dK/dV
-# against sp's 12. sm_90 offline, head dim 128: dK/dV 64x128 w8 s2
-# 255 regs + 320 B stack (sp 536 B), 128x128 s2 1136 B (sp 2024); dQ 128x64 w8 s3 215 regs
-# (sp 249), 64x64 w4 s3 227 regs, no stack (sp 48 B). Head dim 64: dK/dV 64x128 w8 s2 no
-# stack (sp 120 B); dQ 128x64 w8 s3 159 regs (sp 199).
-# H200, 2026-12-02 (bf16 causal, w = S/2, S 2k-16k): dK/dV sp2 64x128 w8 s2 won at head dim 128
-# S 2k-4k and head dim 64 S 2k-8k (sp at 128/8k-16k, fused 128x128 at 64/16k); dQ sp 128x64 w8
-# s3 won at head dim 128 (575 TFLOP/s at 16k, fused 458) and fused 64x64 w4 s3 at head dim 64.
-# Forward SP2 (selectable with ATTNBENCH_PIECEWISE_FWD=...sp2, not in the table): 4 pipelined
-# loops against the fused 6; sm_90 offline, head dim 64: 64x64 w4 s3 154 regs and 56 KiB against
-# fused 181 and 88 (triton_fa2 127, 56), so 3 programs per SM instead of 2; head dim 128: 128x64
-# w8 s3 239 regs, no stack, 128 KiB against fused 230 and 208. Timed on the H200 (2026-12-02,
-# bf16 causal, w = S/2, forward TFLOP/s) it lost at all 8 shapes, so it left the table: head
-# dim 64, 64x64 sp2 203-233 and 128x64 sp2 153-189 against the fused winners' 257-359; head dim
-# 128, 64x64 sp2 243-293 and 128x64 sp2 213-272 against 324-476. The threshold band's blocks
-# run in both passes and each pass loads its own query tile; the offline occupancy gain did not
-# show as speed. Head dim 64 dK/dV, H200, 2026-12-02 (fourth session), S 16k / 8k, TFLOP/s:
-# fused 128x128 w8 s2 359 / 315, 128x128 sp2 316 / 291, 128x128 sp 326 / 281, fused 32x128 286 /
-# 275, 64x128 sp2 335 / 317: the tiles whose wgmma ptxas does not serialize lost, so the table
-# stands. dQ 128x64 w8 s2 sp2 is still untimed.
+# H200 tile timings behind these tables: docs/results/2026-12-02-h200-piecewise-tiles.md
 SP = "sp"
 SP2 = "sp2"  # the merged split band
 _FWD = {

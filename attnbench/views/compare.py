@@ -1,0 +1,301 @@
+"""A/B comparison of two runs (or of two backends in one run): speedups, accuracy changes,
+cases found on one side only.
+
+    attnbench compare BASE NEW [--threshold 3%] [--json] [--plot speedup.png]
+    attnbench compare RUN --backend triton_fa2 --vs sdpa_cudnn
+
+BASE/NEW are run ids (looked up in ``--results``), parquet files or folders. Rows are joined on
+problem, backend, mode and every case parameter; where a side holds the same point several times
+the newest row counts. speedup = NEW TFLOP/s / BASE TFLOP/s (> 1: NEW is faster), one geometric
+mean per backend. ``--threshold 3%`` makes the command exit 1 when a matched case got slower by
+more than 3% or lost its accuracy verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from ..cli.options import err_console, fail, make_console
+from ..problems import PROBLEMS
+from ..results import load_results
+
+ENV_COLUMNS = ("gpu_name", "device", "torch_version", "cuda_version", "triton_version")
+ENV_COLUMNS += ("flash_attn_version",)
+INFO_COLUMNS = ("git_sha", "attnbench_version")
+CASE_COLUMNS = list(
+    dict.fromkeys(
+        ["problem", "case_id", "varlen", "tensor"]
+        + [f.name for p in PROBLEMS.values() for f in fields(p.case_type)]
+    )
+)
+
+
+def resolve(spec: str, results: Path) -> pd.DataFrame:
+    """Rows of a run id, a parquet file or a folder; FileNotFoundError with a one-line reason."""
+    p = Path(spec)
+    if p.exists():
+        return load_results(p)
+    matches = sorted(Path(results).glob(f"*{spec}*.parquet"))
+    exact = [m for m in matches if m.stem == spec]
+    if exact or len(matches) == 1:
+        return load_results((exact or matches)[0])
+    if not matches:
+        raise FileNotFoundError(f"{spec!r}: no such file, folder or run id in {results}/")
+    names = ", ".join(m.stem for m in matches[:4])
+    raise FileNotFoundError(f"{spec!r} matches {len(matches)} runs in {results}/: {names}, ...")
+
+
+def _prepare(df: pd.DataFrame) -> pd.DataFrame:
+    df = df[df["kind"].isin(["perf", "accuracy"])].copy()
+    if "problem" not in df:
+        df["problem"] = "attention"
+    df["problem"] = df["problem"].fillna("attention")
+    for c in ("seqlens", "seqlens_k"):
+        if c in df:  # lists cannot be joined on
+            df[c] = df[c].map(lambda v: None if v is None else tuple(v))
+    for c in CASE_COLUMNS:
+        if c not in df:
+            df[c] = None
+    df = df.astype({c: object for c in CASE_COLUMNS}).where(df.notna(), None)
+    if "timestamp" in df:
+        df = df.sort_values("timestamp")
+    return df.drop_duplicates(["kind", "backend", "mode", *CASE_COLUMNS], keep="last")
+
+
+def _env(df: pd.DataFrame, cols) -> dict[str, list[str]]:
+    return {c: sorted(map(str, df[c].dropna().unique())) for c in cols if c in df}
+
+
+def _verdict(r, side: str):
+    st = r.get(f"status_{side}")
+    if st in ("ok", "accuracy_failed"):
+        return bool(r.get(f"accuracy_ok_{side}"))
+    return None  # nothing measured: error, oom, unsupported
+
+
+@dataclass
+class Comparison:
+    base_label: str
+    new_label: str
+    threshold: float | None
+    env_differences: dict[str, tuple[list[str], list[str]]]
+    info: dict[str, tuple[list[str], list[str]]]
+    cases: pd.DataFrame  # matched perf rows with speedups
+    accuracy_changes: list[dict] = field(default_factory=list)
+    base_only: list[str] = field(default_factory=list)
+    new_only: list[str] = field(default_factory=list)
+
+    @property
+    def geomean(self) -> dict[str, float]:
+        ok = self.cases.dropna(subset=["speedup"])
+        return {
+            b: math.exp(g.speedup.map(math.log).mean())
+            for b, g in ok.groupby("backend", sort=False)
+        }
+
+    def agreement(self, tolerances=(0.02, 0.05)) -> list[dict]:
+        """Per seqlen_q and over all: matched ok pairs, how many lie within each tolerance
+        (|speedup - 1|), the worst; for two runs of the same code, this is repeatability."""
+        d = self.cases.dropna(subset=["speedup"])
+        out = []
+        for s, g in [*d.groupby("seqlen_q"), ("all", d)]:
+            dev = (g.speedup - 1).abs()
+            row = {"seqlen_q": s if s == "all" else int(s), "pairs": len(g)}
+            row |= {f"within_{t:.0%}": int((dev <= t).sum()) for t in tolerances}
+            row["worst"] = float(dev.max()) if len(g) else None
+            out.append(row)
+        return out
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        if self.threshold is None:
+            return self.cases.iloc[0:0]
+        return self.cases[self.cases.speedup < 1 - self.threshold]
+
+    @property
+    def lost(self) -> list[dict]:
+        return [c for c in self.accuracy_changes if c["base"] is True and c["new"] is not True]
+
+    @property
+    def failed(self) -> bool:
+        return self.threshold is not None and (len(self.regressions) > 0 or bool(self.lost))
+
+    def to_json(self) -> dict:
+        cols = ["backend", "mode", "case_id", "ms_base", "ms_new", "tflops_base", "tflops_new"]
+        cols += ["speedup", "ms_ratio", "kernel_config_base", "kernel_config_new"]
+        cases = self.cases[cols].astype(object).where(self.cases[cols].notna(), None)
+        return dict(
+            base=self.base_label,
+            new=self.new_label,
+            threshold=self.threshold,
+            env_differences={
+                k: {"base": a, "new": b} for k, (a, b) in self.env_differences.items()
+            },
+            accuracy_changes=self.accuracy_changes,
+            cases=cases.to_dict("records"),
+            geomean_speedup=self.geomean,
+            agreement=self.agreement(),
+            config_changed=self.cases[self.cases.config_changed].case_key.tolist(),
+            regressions=self.regressions.case_key.tolist(),
+            lost_verdicts=[c["case"] for c in self.lost],
+            base_only=self.base_only,
+            new_only=self.new_only,
+            failed=self.failed,
+        )
+
+
+def _key_label(r) -> str:
+    t = f" {r['tensor']}" if r.get("tensor") else ""
+    prob = "" if r.get("problem") in (None, "attention") else f"{r['problem']} "
+    return f"{prob}{r['backend']} {r['mode']} {r['case_id']}{t}"
+
+
+def compare_frames(
+    base: pd.DataFrame,
+    new: pd.DataFrame,
+    base_label: str,
+    new_label: str,
+    threshold: float | None = None,
+    join_backend: bool = True,
+) -> Comparison:
+    """Join two result frames; ``join_backend=False`` pairs rows of different backends (the
+    backend of NEW names the row, as ``A vs B``)."""
+    b, n = _prepare(base), _prepare(new)
+    keys = ["kind", "mode", *CASE_COLUMNS] + (["backend"] if join_backend else [])
+    m = b.merge(n, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
+    if join_backend:
+        m["backend_base"] = m["backend_new"] = m["backend"]
+    m["backend"] = m["backend_new"].fillna(m["backend_base"])
+    if not join_backend:
+        m["backend"] = m["backend_new"].fillna("?") + " vs " + m["backend_base"].fillna("?")
+    m["case_key"] = [_key_label(r) for r in m.to_dict("records")]
+    recs = m.to_dict("records")
+    one = {"left_only": [], "right_only": [], "both": []}
+    for r in recs:
+        one[r["_merge"]].append(r["case_key"])
+    changes = []
+    for r in recs:
+        if r["_merge"] != "both":
+            continue
+        vb, vn = _verdict(r, "base"), _verdict(r, "new")
+        if vb != vn:
+            changes.append(
+                dict(
+                    case=r["case_key"],
+                    base=vb,
+                    new=vn,
+                    status_base=r["status_base"],
+                    status_new=r["status_new"],
+                    message=r.get("message_new") or r.get("message_base"),
+                )
+            )
+    perf = m[(m["_merge"] == "both") & (m["kind"] == "perf")].copy()
+    good = (perf.status_base == "ok") & (perf.status_new == "ok")
+    perf["speedup"] = (perf.tflops_new / perf.tflops_base).where(good)
+    perf["ms_ratio"] = (perf.latency_ms_new / perf.latency_ms_base).where(good)
+    perf = perf.rename(columns={"latency_ms_base": "ms_base", "latency_ms_new": "ms_new"})
+    for side in ("base", "new"):
+        if f"kernel_config_{side}" not in perf:
+            perf[f"kernel_config_{side}"] = None
+    kb, kn = perf.kernel_config_base, perf.kernel_config_new
+    # another backend runs another kernel anyway: only a change within a backend is news
+    perf["config_changed"] = kb.notna() & kn.notna() & (kb != kn) & join_backend
+    envd, info = {}, {}
+    eb, en = _env(b, ENV_COLUMNS + INFO_COLUMNS), _env(n, ENV_COLUMNS + INFO_COLUMNS)
+    for c in eb.keys() & en.keys():
+        if eb[c] != en[c]:
+            (envd if c in ENV_COLUMNS else info)[c] = (eb[c], en[c])
+    return Comparison(
+        base_label,
+        new_label,
+        threshold,
+        envd,
+        info,
+        perf.reset_index(drop=True),
+        changes,
+        sorted(one["left_only"]),
+        sorted(one["right_only"]),
+    )
+
+
+def parse_threshold(v: str | None) -> float | None:
+    """``3%`` or ``3`` -> 0.03; ValueError with a one-line reason otherwise."""
+    if v is None:
+        return None
+    try:
+        x = float(v.strip().rstrip("%"))
+    except ValueError:
+        raise ValueError(f"--threshold {v!r}: expected a percentage such as 3%") from None
+    if not 0 <= x < 100:
+        raise ValueError(f"--threshold {v!r}: expected a percentage in [0, 100)")
+    return x / 100
+
+
+def compare_command(
+    base: str = typer.Argument(..., help="BASE: run id, parquet file or folder"),
+    new: str = typer.Argument(None, help="NEW: run id, parquet file or folder"),
+    backend: str = typer.Option(None, "--backend", help="within one run: this backend (NEW)"),
+    vs: str = typer.Option(None, "--vs", help="... against this backend (BASE)"),
+    threshold: str = typer.Option(
+        None, "--threshold", help="exit 1 on a slowdown beyond this (e.g. 3%) or a lost verdict"
+    ),
+    results: Path = typer.Option(Path("results"), "--results", help="where run ids are looked up"),
+    plot_path: Path = typer.Option(None, "--plot", help="write a speedup-per-case PNG here"),
+    json_out: bool = typer.Option(
+        False, "--json", help="the comparison as JSON on stdout", metavar=""
+    ),
+):
+    """Speedups of NEW over BASE per backend and case, accuracy changes, one-sided cases."""
+    import json
+
+    from .tables import agreement_table, compare_header, compare_table
+
+    if (backend is None) != (vs is None):
+        fail("--backend and --vs go together (compare RUN --backend A --vs B)")
+    if backend is not None and new is not None:
+        fail("give one run with --backend A --vs B, or two runs BASE NEW, not both")
+    if backend is None and new is None:
+        fail("compare needs BASE and NEW (or one run with --backend A --vs B)")
+    try:
+        th = parse_threshold(threshold)
+        b = resolve(base, results)
+        n = resolve(new, results) if new is not None else b
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if backend is not None:
+        missing = [x for x in (backend, vs) if x not in set(b.backend)]
+        if missing:
+            fail(f"backend {missing[0]!r} not in {base} (has: {', '.join(sorted(set(b.backend)))})")
+        b, n = b[b.backend == vs], b[b.backend == backend]
+        comp = compare_frames(b, n, vs, backend, th, join_backend=False)
+    else:
+        comp = compare_frames(b, n, base, new, th)
+    if comp.cases.empty and not comp.accuracy_changes:
+        fail("no case is in both BASE and NEW")
+    con = err_console if json_out else make_console()
+    if json_out:
+        print(json.dumps(comp.to_json(), default=str, indent=1))
+    else:
+        for line in compare_header(comp):
+            con.print(line, highlight=False)
+        con.print(compare_table(comp))
+        if backend is None:  # two runs: how far apart the same cases landed
+            con.print(agreement_table(comp))
+    if plot_path is not None:
+        from .plot import compare_plot
+
+        try:
+            con.print(f"plot -> {compare_plot(comp, plot_path)}", highlight=False)
+        except FileNotFoundError as e:
+            con.print(f"[yellow]no plot: {e}[/]")
+    if comp.failed:
+        con.print(
+            f"[red]{len(comp.regressions)} cases slower by more than {th:.1%}, "
+            f"{len(comp.lost)} lost their accuracy verdict[/]"
+        )
+        raise typer.Exit(1)

@@ -1,0 +1,372 @@
+"""Plots from stored results (matplotlib, PNG), one folder of figures per run:
+``<out>/<run_id>/`` (``attnbench plot results/ [--run ID] [--latest]``), or with ``--merge``
+one folder ``<out>/merged/`` for the chosen runs together: a sweep run in slices (``--where``,
+one device call each) drawn as one sweep (:func:`merge_runs`).
+
+- ``perf_<problem>_<mode>_<causal>_d<head_dim>_<dtype>_h<heads>.png``: TFLOP/s against seqlen, one line per
+  backend and series of shapes (e.g. 16k tokens per batch, batch = tokens / seqlen), the p20-p80
+  band shaded; points that failed the accuracy check are red crosses labelled ``wrong``, never
+  part of the line. The title names the run, the device and what varies along x.
+- ``perf_headdim_<problem>_<mode>_<causal>_s<seqlen>_<dtype>_b<batch>.png``: the same against head dim.
+- ``accuracy.png``: per backend and tensor, the worst error over the rule's limit (error /
+  (k x same-dtype torch error), the table's number; 1.0 = at the limit).
+- ``accuracy_cases.png``: the same ratio per case x backend, so a failing case is found.
+
+A line never mixes devices or shapes (a point of another series is another line), and never
+mixes runs unless ``--merge`` says so; merged runs must share the machine and software.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+from ..results import load_results  # noqa: E402
+from ..run.timing import tflops  # noqa: E402
+from .plot_accuracy import accuracy_plot, device_label, rule_ratio, run_label  # noqa: E402, F401
+
+# Named the usual way in titles and file names; every other case column that is fixed in a
+# figure and off its default is appended generically (``name value``), so a field of a new
+# problem is never merged into one line.
+_NAMED = {"problem", "mode", "causal", "dtype", "head_dim", "heads_q", "heads_kv", "batch"}
+_NAMED |= {"seqlen_q", "seqlen_k", "sk", "ratio", "custom_scale", "softmax_scale", "case_id"}
+_NAMED |= {"varlen", "seqlens", "seqlens_k"}  # varlen rows are not drawn against a length
+
+
+def size_label(v: float) -> str:
+    """512 -> "512", 1024 -> "1k", 16384 -> "16k" (powers of two read as k)."""
+    v = int(v)
+    return f"{v // 1024}k" if v >= 1024 and v % 1024 == 0 else str(v)
+
+
+def _series(g: pd.DataFrame, covar: str, x: str, product: str, fixed: str) -> list:
+    """Split the points of one figure into series of shapes: ``covar`` (batch or heads) either
+    co-varies with ``x`` keeping ``covar * x`` constant (one series, e.g. tokens per batch), or
+    is fixed (one series per value). Returns [(label, rows)]."""
+    prod = g[covar] * g[x]
+    if prod.nunique() == 1 and g[covar].nunique() > 1:
+        return [(f"{product} {size_label(prod.iloc[0])} ({fixed})", g)]
+    return [(f"{covar} {v}", d) for v, d in g.groupby(covar, sort=True)]
+
+
+def backend_colors(backends: pd.Series) -> dict:
+    """One color per backend, the same in every figure of a plot call (a backend keeps its
+    color when another one is missing from a figure): tab10, tab20 past ten backends."""
+    names = sorted(set(backends))
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {b: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, b in enumerate(names)}
+
+
+def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    many = len(series) > 1
+    for s_label, srows in series:
+        for be, d in srows.groupby("backend", sort=False):
+            d = d.sort_values(x)
+            label = f"{be} ({s_label})" if many else be
+            ok = d[d.status == "ok"]
+            if len(ok):
+                style = {"color": d.color.iloc[0]} if "color" in d and not many else {}
+                (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=label, **style)
+                lo, hi = tflops(ok.flops, ok.latency_ms_p80), tflops(ok.flops, ok.latency_ms_p20)
+                ax.fill_between(ok[x], lo, hi, alpha=0.2, color=line.get_color())
+            wrong = d[d.status == "accuracy_failed"]
+            if len(wrong):
+                ax.scatter(
+                    wrong[x],
+                    wrong.tflops,
+                    marker="x",
+                    s=80,
+                    color="red",
+                    zorder=5,
+                    label=f"{label}: wrong output",
+                )
+                for xv, yv in zip(wrong[x], wrong.tflops):
+                    ax.annotate(
+                        "wrong",
+                        (xv, yv),
+                        color="red",
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                    )
+    if "matmul_tflops" in g and g.matmul_tflops.notna().any():
+        peak = g.matmul_tflops.median()
+        ax.axhline(peak, color="gray", ls="--", lw=1, label=f"matmul ceiling {peak:.0f}")
+    ax.set_xscale("log", base=2)
+    xs = sorted(set(g[x]))
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_label(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel({"seqlen_q": "sequence length", "head_dim": "head dim"}[x])
+    ax.set_ylabel("TFLOP/s (median; band p20-p80)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _tag(causal) -> str:
+    return "causal" if causal else "full"
+
+
+def _defaults() -> dict:
+    """Default value of every case field of every registered problem (None: no default)."""
+    from dataclasses import MISSING, fields
+
+    from ..problems import PROBLEMS
+
+    out = {}
+    for prob in PROBLEMS.values():
+        for f in fields(prob.case_type):
+            out.setdefault(f.name, None if f.default is MISSING else f.default)
+    return out
+
+
+def _same(a, b) -> bool:
+    return (pd.isna(a) and pd.isna(b)) if (a is None or isinstance(a, float)) else a == b
+
+
+def _extras(r, keys: list[str]) -> list[tuple[str, str]]:
+    """(file name bit, title bit) for each fixed case column off its default: the attention
+    knobs in their short forms, any other column (a new problem's field) as ``name value``."""
+    defaults = _defaults()
+    bits = []
+    wl, wr = r.get("window_left"), r.get("window_right")
+    if pd.notna(wl) and (wl >= 0 or wr >= 0):
+        bits.append((f"win{wl:g},{wr:g}",) * 2)
+    if pd.notna(r.get("softcap")) and r.softcap:
+        bits.append((f"softcap{r.softcap:g}",) * 2)
+    if r.get("alibi") is True:
+        bits.append(("alibi",) * 2)
+    if r.custom_scale >= 0:
+        bits.append((f"scale{r.custom_scale:g}",) * 2)
+    if r.get("deterministic") is True:
+        bits.append(("det",) * 2)
+    done = _NAMED | {"window_left", "window_right", "softcap", "alibi", "deterministic"}
+    for k in keys:
+        v = r[k]
+        if k in done or pd.isna(v) or (k in defaults and _same(v, defaults[k])):
+            continue
+        v = int(v) if isinstance(v, float) and v.is_integer() else v
+        bits.append((f"{k}{v}", f"{k} {v}"))
+    return bits
+
+
+def _covarying(g: pd.DataFrame, x: str, cols: list[str]) -> list[str]:
+    """The columns of ``cols`` that vary with ``x`` and are a function of it once the others are
+    fixed (a threshold of w = S/2 along a seqlen sweep): drawn along the line, named in the
+    title. Every other varying column splits the figure, so a line never has two points at one
+    x."""
+    out = []
+    for c in cols:
+        if g[c].nunique(dropna=False) < 2:
+            continue
+        others = [o for o in cols if o != c]
+        per_x = g.groupby(others + [x], dropna=False)[c].nunique(dropna=False)
+        if (per_x <= 1).all():
+            out.append(c)
+    return out
+
+
+def _figures(perf: pd.DataFrame, x: str, fixed: list[str], covar: str):
+    """(figure key columns, co-varying columns, rows) per figure along ``x``: rows that agree in
+    every case column but ``x``, ``covar`` (batch or heads, see :func:`_series`) and the columns
+    that co-vary with ``x``."""
+    from ..results.schema import case_key_columns
+
+    skip = {x, covar, "softmax_scale", "seqlen_k", "heads_kv", "varlen", "seqlens", "seqlens_k"}
+    cols = ["mode"] + [c for c in case_key_columns() if c not in skip and c in perf] + fixed
+    cols = list(dict.fromkeys(cols))
+    cov = _covarying(perf, x, cols)
+    keys = [c for c in cols if c not in cov]
+    for _, g in perf.groupby(keys, dropna=False, sort=False):
+        yield keys, [c for c in cov if g[c].nunique(dropna=False) > 1], g
+
+
+def _along(g: pd.DataFrame, cov: list[str]) -> str:
+    return "".join(f"; {c} {size_label(g[c].min())}-{size_label(g[c].max())} along x" for c in cov)
+
+
+def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
+    """The perf figures of one run (rows of one run_id), or of runs merged (:func:`merge_runs`)."""
+    varlen = df.varlen.astype("boolean").fillna(False).astype(bool)
+    perf = df[(df.kind == "perf") & df.status.isin(["ok", "accuracy_failed"]) & ~varlen]
+    if perf.empty:
+        return []
+    default = np.isclose(perf.softmax_scale, 1 / np.sqrt(perf.head_dim)) | perf.softmax_scale.isna()
+    perf = perf.assign(
+        sk=np.where(perf.seqlen_k == perf.seqlen_q, -1, perf.seqlen_k),
+        custom_scale=np.where(default, -1.0, perf.softmax_scale),
+        ratio=perf.heads_q // perf.heads_kv,
+        color=perf.backend.map(backend_colors(perf.backend)),
+    )
+    files = []
+    # x = seqlen: fixed head dim and heads; batch fixed or tokens per batch fixed
+    for keys, cov, g in _figures(perf, "seqlen_q", ["heads_kv", "sk", "custom_scale"], "batch"):
+        if g.seqlen_q.nunique() < 2:
+            continue
+        r = g.iloc[0]
+        heads = f"{r.heads_q}" if r.heads_q == r.heads_kv else f"{r.heads_q}-{r.heads_kv}"
+        series = _series(g, "batch", "seqlen_q", "tokens per batch", "batch = tokens / seqlen")
+        extra = _extras(r, keys)
+        name = f"perf_{r.problem}_{r['mode']}_{_tag(r.causal)}_d{r.head_dim}_{r['dtype']}_h{heads}"
+        if r.sk >= 0:
+            name += f"_sk{r.sk}"
+        name += "".join(f"_{f}" for f, _ in extra)
+        what = series[0][0] if len(series) == 1 else "one line per batch size"
+        title = (
+            f"{r.problem} {r['mode']}, {_tag(r.causal)}, head dim {r.head_dim}, {r['dtype']}, heads {heads}"
+            + (f", seqlen_k {r.sk}" if r.sk >= 0 else "")
+            + "".join(f", {t}" for _, t in extra)
+            + f"\nx: sequence length; {what}{_along(g, cov)}\n{run_label(g)} on {device_label(g)}"
+        )
+        path = out / f"{name}.png"
+        _perf_plot(g, "seqlen_q", series, title, path)
+        files.append(path)
+    # x = head dim: fixed sequence lengths and batch; heads fixed or model dim fixed
+    fixed = ["seqlen_q", "seqlen_k", "batch", "ratio", "custom_scale"]
+    for keys, cov, g in _figures(perf, "head_dim", fixed, "heads_q"):
+        if g.head_dim.nunique() < 2:
+            continue
+        r = g.iloc[0]
+        series = _series(g, "heads_q", "head_dim", "model dim", "heads = model dim / head dim")
+        extra = _extras(r, keys)
+        seq = f"{r.seqlen_q}" if r.seqlen_q == r.seqlen_k else f"{r.seqlen_q}x{r.seqlen_k}"
+        name = (
+            f"perf_headdim_{r.problem}_{r['mode']}_{_tag(r.causal)}_s{seq}_{r['dtype']}_b{r.batch}"
+        )
+        name += "".join(f"_{f}" for f, _ in extra)
+        what = series[0][0] if len(series) == 1 else "one line per head count"
+        title = (
+            f"{r.problem} {r['mode']}, {_tag(r.causal)}, seqlen {seq}, {r['dtype']}, batch {r.batch}"
+            + (f", GQA {r.ratio}:1" if r.ratio > 1 else "")
+            + "".join(f", {t}" for _, t in extra)
+            + f"\nx: head dim; {what}{_along(g, cov)}\n{run_label(g)} on {device_label(g)}"
+        )
+        path = out / f"{name}.png"
+        _perf_plot(g, "head_dim", series, title, path)
+        files.append(path)
+    return files
+
+
+def choose_runs(df: pd.DataFrame, runs: list[str] | None, latest: bool) -> list[str]:
+    """Run ids to plot: the ones named in ``runs`` (an id or a unique prefix), or the newest
+    run of each kind with ``latest``, or every run. Raises ValueError naming the known runs."""
+    order = df.groupby("run_id").timestamp.max().sort_values().index.tolist()
+    if runs:
+        chosen = []
+        for want in runs:
+            hits = [r for r in order if r == want] or [r for r in order if r.startswith(want)]
+            if len(hits) != 1:
+                what = "no run" if not hits else f"{len(hits)} runs"
+                raise ValueError(f"--run {want!r}: {what} match; runs here: {', '.join(order)}")
+            chosen.append(hits[0])
+        return list(dict.fromkeys(chosen))
+    if latest:
+        kinds = df.drop_duplicates("run_id").set_index("run_id").kind
+        newest = {kinds[r]: r for r in order}
+        return [r for r in order if r in newest.values()]
+    return order
+
+
+# What must match for runs to be merged: the machine and the software that ran them.
+_SAME_SETUP = ["device", "gpu_name", "cpu_name", "torch_version", "triton_version"]
+# One measured row of a run: a later run's row with the same key replaces it.
+_ROW_KEY = ["kind", "problem", "backend", "case_id", "mode", "tensor", "strategy", "rank"]
+
+
+def merge_runs(df: pd.DataFrame, warn=None) -> pd.DataFrame:
+    """The rows of several runs as one run's: raises ValueError when they ran on other machines
+    or software (:data:`_SAME_SETUP`); a row measured again in a later run (same backend, case,
+    mode, tensor) keeps the newest. ``warn`` gets one line saying how many rows were replaced,
+    and one naming the commits when the runs come from more than one."""
+    order = df.groupby("run_id").timestamp.max().sort_values().index.tolist()
+    first = df.drop_duplicates("run_id").set_index("run_id")
+    cols = [c for c in _SAME_SETUP if c in first.columns]
+    setups = first[cols].apply(lambda r: " | ".join(str(v) for v in r if pd.notna(v)), axis=1)
+    if setups.nunique() > 1:
+        seen = setups.groupby(setups, sort=False).apply(lambda s: s.index[0])
+        raise ValueError(
+            "--merge: these runs ran on other machines or software: "
+            + "; ".join(f"{run} ({setup})" for setup, run in seen.items())
+        )
+    if warn is not None and "git_sha" in first and first.git_sha.nunique() > 1:
+        shas = ", ".join(str(v) for v in dict.fromkeys(first.loc[order, "git_sha"]))
+        warn(f"--merge: the runs come from other attnbench commits ({shas})")
+    rank = {r: i for i, r in enumerate(order)}
+    df = df.assign(_order=df.run_id.map(rank)).sort_values("_order", kind="stable")
+    key = [c for c in _ROW_KEY if c in df.columns]
+    newest = df.drop_duplicates(key, keep="last")
+    if len(newest) < len(df) and warn is not None:
+        warn(
+            f"--merge: {len(df) - len(newest)} rows measured again in a later run; the newest kept"
+        )
+    return newest.drop(columns="_order")
+
+
+def make_plots(
+    results_dir: str | Path,
+    out: str | Path | None = None,
+    warn=None,
+    runs: list[str] | None = None,
+    latest: bool = False,
+    merge: bool = False,
+) -> list[Path]:
+    """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots) from
+    every readable results file under ``results_dir`` (``warn`` gets one line per unreadable file
+    skipped); with ``merge``, the chosen runs drawn together under ``<out>/merged/``."""
+    results_dir = Path(results_dir)
+    df = load_results(results_dir, warn)
+    out = Path(out) if out is not None else results_dir / "_plots"
+    chosen = choose_runs(df, runs, latest)
+    if merge:
+        groups = [("merged", merge_runs(df[df.run_id.isin(chosen)], warn))]
+    else:
+        groups = [(run_id, df[df.run_id == run_id]) for run_id in chosen]
+    files = []
+    for name, d in groups:
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        files += perf_plots(d, folder) + accuracy_plot(d, folder)
+    if not files:
+        raise FileNotFoundError(
+            f"{results_dir}: no perf sweep with two or more sizes, and no accuracy rows, to plot"
+        )
+    return files
+
+
+def compare_plot(comp, path: Path) -> Path:
+    """Speedup (NEW / BASE TFLOP/s) per matched case, one bar per case, grouped by backend and
+    mode; the threshold drawn as a dashed line below 1."""
+    d = comp.cases.dropna(subset=["speedup"])
+    if d.empty:
+        raise FileNotFoundError("no matched ok cases to plot")
+    labels = [f"{r.backend} {r.mode} {r.case_id}" for r in d.itertuples()]
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(d) + 1.5)))
+    lim = comp.threshold if comp.threshold is not None else 0.02
+    colors = ["C3" if s < 1 - lim else ("C2" if s > 1 + lim else "C7") for s in d.speedup]
+    ax.barh(range(len(d)), d.speedup - 1, left=1, color=colors)
+    ax.axvline(1, color="black", lw=0.8)
+    if comp.threshold is not None:
+        ax.axvline(1 - comp.threshold, color="C3", ls="--", lw=1, label="threshold")
+        ax.legend(fontsize=7)
+    ax.set_yticks(range(len(d)), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup: NEW TFLOP/s / BASE TFLOP/s")
+    ax.set_title(f"{comp.new_label} vs {comp.base_label}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

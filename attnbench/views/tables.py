@@ -1,0 +1,354 @@
+"""Terminal tables (rich): the accuracy pass/fail matrix and the perf summary."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+
+from rich.table import Table
+
+from ..run.check import factor
+
+_STATUS_CELL = {"unsupported": "[dim]—[/]", "oom": "[yellow]OOM[/]", "error": "[red]ERR[/]"}
+
+
+def _backends(rows):
+    return list(dict.fromkeys(r["backend"] for r in rows))
+
+
+def accuracy_table(rows: list[dict]) -> Table:
+    """Cases x backends; a cell is PASS/FAIL with the worst error ratio to same-dtype torch
+    (relative to the rule's factor: 1.0 means right at the limit)."""
+    names = [
+        b
+        for b in _backends(rows)
+        if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
+    ]
+    cells: dict[tuple[str, str], str] = {}
+    grouped = defaultdict(list)
+    for r in rows:
+        grouped[(r["case_id"], r["backend"])].append(r)
+    for (case, be), rs in grouped.items():
+        st = {r["status"] for r in rs}
+        tens = [r for r in rs if r.get("tensor")]
+        if tens:
+            worst = max(tens, key=lambda r: _rule_fraction(r))
+            frac = _rule_fraction(worst)
+            ok = all(r["accuracy_ok"] for r in tens)
+            label = "[green]PASS[/]" if ok else f"[red]FAIL {worst['tensor']}[/]"
+            cells[(case, be)] = f"{label} {frac:.2f}" if math.isfinite(frac) else label
+        else:
+            cells[(case, be)] = _STATUS_CELL.get(next(iter(st)), next(iter(st)))
+    t = Table(
+        title="accuracy: worst err / (k x torch same-dtype err), k=2 out/lse, 3 grads",
+        title_justify="left",
+    )
+    t.add_column("case", no_wrap=True)
+    for b in names:
+        t.add_column(b, justify="center")
+    for case in dict.fromkeys(r["case_id"] for r in rows):
+        t.add_row(case, *[cells.get((case, b), "") for b in names])
+    return t
+
+
+def _rule_fraction(r) -> float:
+    base = r.get("baseline_max_abs_err")
+    err = r.get("max_abs_err")
+    if err is None or base is None:
+        return -1.0
+    if not math.isfinite(err):
+        return math.inf
+    limit = factor(r["tensor"]) * base
+    return err / limit if limit > 0 else (0.0 if err == 0 else math.inf)
+
+
+def sig3(x: float) -> str:
+    """Three significant figures, trailing zeros kept (2.00, 64.0, 0.913); whole from 100."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:#.3g}"
+
+
+def throughput(tflops: float | None) -> str:
+    """Three significant figures, in GFLOP/s below 1 TFLOP/s (CPU runs), else TFLOP/s."""
+    if tflops is None or not math.isfinite(tflops):
+        return "-"
+    return f"{sig3(tflops)} TFLOP/s" if tflops >= 1 else f"{sig3(tflops * 1e3)} GFLOP/s"
+
+
+def perf_cell(r: dict) -> str:
+    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives."""
+    return f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
+
+
+def perf_table(rows: list[dict]) -> Table:
+    """(mode, case) x backends: median ms and throughput; the best correct backend in bold
+    green; accuracy failures are marked, never shown as a plain number."""
+    names = [
+        b
+        for b in _backends(rows)
+        if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
+    ]
+    t = Table(
+        title="perf: median time and throughput [% of the measured matmul ceiling]; ✗ = failed "
+        "the accuracy check, number withheld",
+        title_justify="left",
+    )
+    t.add_column("mode")
+    t.add_column("case", no_wrap=True)
+    for b in names:
+        t.add_column(b, justify="right")
+    keys = list(dict.fromkeys((r["mode"], r["case_id"]) for r in rows))
+    by = {(r["mode"], r["case_id"], r["backend"]): r for r in rows}
+    for mode, case in sorted(keys, key=lambda k: ("fwd", "bwd", "fwd_bwd").index(k[0])):
+        good = [
+            by[(mode, case, b)]["tflops"]
+            for b in names
+            if (mode, case, b) in by and by[(mode, case, b)]["status"] == "ok"
+        ]
+        best = max(good) if good else None
+        cells = []
+        for b in names:
+            r = by.get((mode, case, b))
+            if r is None:
+                cells.append("")
+            elif r["status"] == "ok":
+                cell = perf_cell(r)
+                cell = f"[bold green]{cell}[/]" if r["tflops"] == best else cell
+                pct = r.get("pct_of_peak")
+                cells.append(cell + (f" [dim]{pct:.0f}%[/]" if pct is not None else ""))
+            elif r["status"] == "accuracy_failed":
+                cells.append("[bold red]✗ wrong[/]")
+            else:
+                cells.append(_STATUS_CELL.get(r["status"], r["status"]))
+        t.add_row(mode, case, *cells)
+    return t
+
+
+def unrepeatable(rows: list[dict], tolerance: float = 0.02) -> list[str]:
+    """With ``--repeat N``: the cases whose timings spread by more than ``tolerance``
+    ((max - min) / median of the N medians), worst first."""
+    timed = [r for r in rows if r.get("repeat_spread") is not None]
+    bad = sorted(
+        (r for r in timed if r["repeat_spread"] > tolerance), key=lambda r: -r["repeat_spread"]
+    )
+    if not timed:
+        return []
+    n = timed[0]["repeats"]
+    head = f"repeatability ({n} timings per case): {len(timed) - len(bad)}/{len(timed)} within"
+    lines = [f"[bold]{head} {tolerance:.0%}[/]"]
+    for r in bad[:15]:
+        lines.append(
+            f"[yellow]  not repeatable: {r['backend']} {r['mode']} {r['case_id']}: "
+            f"{r['latency_ms_min']:.4g}-{r['latency_ms_max']:.4g} ms "
+            f"(spread {r['repeat_spread']:.1%})[/]"
+        )
+    if len(bad) > 15:
+        lines.append(f"[yellow]  ... and {len(bad) - 15} more[/]")
+    return lines
+
+
+_NOT_HERE = re.compile(r"^(\S+) does not run on (\w+) \(runs on: (.+)\)$")
+
+
+def status_text(status: str, message: str | None) -> str:
+    """``status: message``, once: unsupported reasons already start with ``unsupported:``."""
+    message = (message or "").strip()
+    if message.startswith(f"{status}:") or message.startswith(f"{status} "):
+        return message
+    return f"{status}: {message}".strip().rstrip(":")
+
+
+def unsupported_reasons(rows: list[dict]) -> list[str]:
+    """One line per backend and distinct reason, for the end of a run; the backends that do
+    not run on this device at all share one line."""
+    seen = dict.fromkeys(
+        (r["backend"], r["message"])
+        for r in rows
+        if r["status"] in ("unsupported", "error", "oom") and r.get("message")
+    )
+    elsewhere: dict[str, list[str]] = defaultdict(list)
+    lines = []
+    for b, m in seen:
+        hit = _NOT_HERE.match(m)
+        if hit and hit.group(1) == b:
+            elsewhere[hit.group(2)].append(b)
+        else:
+            lines.append(f"{b}: {m}")
+    head = [
+        f"not run on {dev} (they run on other devices; `attnbench list` says which): "
+        + ", ".join(dict.fromkeys(names))
+        for dev, names in elsewhere.items()
+    ]
+    return head + lines
+
+
+BAD = ("error", "oom", "accuracy_failed")
+
+
+def failed_cases(rows: list[dict]) -> list[str]:
+    """``N cases failed:`` and one line per failed backend (strategy · local backend for
+    distributed rows) x case (x mode for perf), naming the failing tensors or the error; empty
+    when nothing failed."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["status"] in BAD:
+            mode = r["mode"] if r["kind"] in ("perf", "dist_perf") else None
+            name = f"{r['strategy']} · {r['backend']}" if r.get("strategy") else r["backend"]
+            groups[(name, r["case_id"], mode)].append(r)
+    if not groups:
+        return []
+    lines = [f"{len(groups)} cases failed:"]
+    for (be, case, mode), rs in groups.items():
+        tens = list(dict.fromkeys(r["tensor"] for r in rs if r.get("tensor")))
+        r = rs[0]
+        if tens:
+            what = "wrong " + ", ".join(tens)
+        elif r["status"] == "accuracy_failed":
+            what = r.get("message") or "accuracy failed"
+        else:
+            what = status_text(r["status"], r.get("message"))
+        lines.append(f"  {be}  {case}" + (f"  {mode}" if mode else "") + f"  {what}")
+    return lines
+
+
+def case_line(rows: list[dict]) -> str:
+    """One line for one backend on one case (perf, output that is not a terminal)."""
+    r0 = rows[0]
+    parts = []
+    for r in rows:
+        if r["status"] == "ok":
+            parts.append(f"{r['mode']} {perf_cell(r)}")
+        elif r["status"] == "accuracy_failed":
+            parts.append(f"{r['mode']} wrong ({r.get('message') or 'accuracy failed'})")
+        else:
+            parts.append(f"{r['mode']} {r['status']}")
+    return f"{r0['case_id']} · {r0['backend']}: " + "; ".join(parts)
+
+
+def dist_perf_table(rows: list[dict], world: int) -> Table:
+    """One line per (strategy, local backend, case, mode) of a distributed perf run: the slowest
+    rank's time (the group row), TFLOP/s per device, both efficiencies, each rank's time and the
+    accuracy verdict."""
+    t = Table(
+        title=f"distributed perf, world size {world} (slowest rank; TFLOP/s per device)",
+        title_justify="left",
+    )
+    cols = ("strategy", "local", "case", "mode", "ms", "TFLOP/s", "efficiency", "vs P x S/P")
+    for c in (*cols, "per-rank ms", "accuracy"):
+        t.add_column(c)
+    timed = [r for r in rows if r.get("latency_ms") is not None and r.get("strategy") != "single"]
+    per_rank = defaultdict(list)
+    for r in timed:
+        if r.get("rank") is not None:
+            per_rank[_dist_key(r)].append((r["rank"], r["latency_ms"]))
+    for g in (r for r in timed if r.get("rank") is None):
+        eff, share = g.get("efficiency"), g.get("efficiency_share")
+        t.add_row(
+            *_dist_key(g),
+            f"{g['latency_ms']:.3f}",
+            f"{g['tflops']:.3g}",
+            f"{eff:.0%}" if eff else "-",
+            f"{share:.0%}" if share else "-",
+            " ".join(f"{ms:.3f}" for _, ms in sorted(per_rank[_dist_key(g)])),
+            "[green]ok[/]" if g["status"] == "ok" else "[red]FAIL[/]",
+        )
+    return t
+
+
+def _dist_key(r: dict) -> tuple[str, str, str, str]:
+    return r["strategy"], r["backend"], r["case_id"], r["mode"]
+
+
+def _ratio_cell(x, threshold) -> str:
+    if x is None or x != x or not math.isfinite(x):
+        return "[dim]—[/]"
+    lim = threshold if threshold is not None else 0.02
+    style = "red" if x < 1 - lim else ("green" if x > 1 + lim else "")
+    return f"[{style}]{x:.3f}[/]" if style else f"{x:.3f}"
+
+
+def compare_header(comp) -> list[str]:
+    """Lines printed above the comparison table: environment differences (in yellow), accuracy
+    changes (lost verdicts in red, first), one-sided cases."""
+    lines = [f"[bold]compare[/] NEW {comp.new_label} against BASE {comp.base_label}"]
+    for col, (a, b) in comp.env_differences.items():
+        lines.append(f"[bold yellow]different {col}:[/] BASE {', '.join(a)} / NEW {', '.join(b)}")
+    for col, (a, b) in comp.info.items():
+        lines.append(f"[dim]{col}: BASE {', '.join(a)} / NEW {', '.join(b)}[/]")
+    for c in sorted(comp.accuracy_changes, key=lambda c: c["base"] is not True):
+        lost = c["base"] is True
+        word = {True: "PASS", False: "FAIL", None: "none"}
+        verdict = f"{word[c['base']]} ({c['status_base']}) -> {word[c['new']]} ({c['status_new']})"
+        style = "bold red" if lost else "green"
+        msg = f": {c['message']}" if c.get("message") and lost else ""
+        lines.append(f"[{style}]accuracy {verdict}: {c['case']}{msg}[/]")
+    changed = comp.cases[comp.cases.config_changed]
+    if len(changed):
+        lines.append(
+            f"[yellow]{len(changed)} cases ran another kernel config (marked *): "
+            + ", ".join(f"{r.case_key} ({r.kernel_config_base} -> {r.kernel_config_new})"
+                        for r in changed.head(4).itertuples())
+            + (" ..." if len(changed) > 4 else "")
+            + "[/]"
+        )  # fmt: skip
+    for side, cases in (("BASE", comp.base_only), ("NEW", comp.new_only)):
+        if cases:
+            shown = ", ".join(cases[:8]) + (
+                f", ... ({len(cases)} in all)" if len(cases) > 8 else ""
+            )
+            lines.append(f"[dim]only in {side}: {shown}[/]")
+    return lines
+
+
+def compare_table(comp) -> Table:
+    """(backend, mode, case) rows: ms and TFLOP/s of both sides, NEW/BASE ratios; one geometric
+    mean line per backend."""
+    t = Table(
+        title="speedup = NEW TFLOP/s / BASE TFLOP/s (> 1: NEW faster); ms ratio = NEW / BASE",
+        title_justify="left",
+    )
+    for c in ("backend", "mode", "case", "BASE ms", "NEW ms", "BASE TF/s", "NEW TF/s"):
+        t.add_column(c, justify="right" if c[0].isupper() else "left", no_wrap=c == "case")
+    t.add_column("speedup", justify="right")
+    t.add_column("ms ratio", justify="right")
+    order = {m: i for i, m in enumerate(("fwd", "bwd", "fwd_bwd"))}
+    geo = comp.geomean
+
+    def num(v, f=".3g"):
+        return "[dim]—[/]" if v is None or v != v else format(v, f)
+
+    for be, g in comp.cases.groupby("backend", sort=False):
+        g = g.assign(_o=g["mode"].map(order)).sort_values(["_o", "seqlen_q", "case_id"])
+        for r in g.to_dict("records"):
+            t.add_row(
+                be,
+                r["mode"],
+                r["case_id"],
+                num(r["ms_base"]),
+                num(r["ms_new"]),
+                num(r["tflops_base"], ".4g"),
+                num(r["tflops_new"], ".4g"),
+                _ratio_cell(r["speedup"], comp.threshold) + (" *" if r["config_changed"] else ""),
+                num(r["ms_ratio"], ".3f"),
+            )
+        if be in geo:
+            t.add_row(
+                f"[bold]{be}[/]", "", "[bold]geometric mean[/]", "", "", "", "",
+                _ratio_cell(geo[be], comp.threshold), "",
+                end_section=True,
+            )  # fmt: skip
+    return t
+
+
+def agreement_table(comp) -> Table:
+    """Matched pairs per seqlen_q within 2% and 5% (|speedup - 1|): the repeatability of two
+    runs of the same code."""
+    t = Table(title="agreement: |speedup - 1| of matched ok pairs", title_justify="left")
+    for c in ("seqlen_q", "pairs", "within 2%", "within 5%", "worst"):
+        t.add_column(c, justify="right")
+    for a in comp.agreement():
+        n = a["pairs"]
+        pct = [f"{a[k]}/{n} ({a[k] / n:.0%})" if n else "—" for k in ("within_2%", "within_5%")]
+        worst = f"{a['worst']:.1%}" if a["worst"] is not None else "—"
+        t.add_row(str(a["seqlen_q"]), str(n), *pct, worst, end_section=a["seqlen_q"] == "all")
+    return t
