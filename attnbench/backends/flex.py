@@ -65,12 +65,12 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 import re
 import types
 
 import torch
 
+from ..settings import current as current_settings
 from .base import Backend, Capabilities, Prepared, Unsupported, exception_chain, register
 from .fa4 import fa4_availability, fa4_refusal
 from .flex_mods import mask_mod_for, score_mod_for
@@ -300,13 +300,14 @@ class Flex(Backend):
         return from_flex_layout(out, case.varlen), lse
 
     def dynamic(self, q: torch.Tensor) -> bool | None:
-        """False (fixed shapes) unless ``ATTNBENCH_FLEX_DYNAMIC=1``, which gives None (automatic
+        """False (fixed shapes) unless the run's ``flex_dynamic`` setting (``ATTNBENCH_FLEX_DYNAMIC=1``,
+        recorded in the row's ``settings``), which gives None (automatic
         dynamic shapes) to Inductor's CUDA kernels only: FA4's lowering takes no symbolic shapes,
         and torch 2.13's C++ flex template failed to compile a symbolic-length graph on the CPU
         (``cur_qSplitSize0`` not declared)."""
         if self.flash or q.device.type != "cuda":
             return False
-        return None if os.environ.get("ATTNBENCH_FLEX_DYNAMIC", "0") == "1" else False
+        return None if current_settings().flex_dynamic else False
 
     def grads(self, p):
         return tuple(from_flex_layout(t.grad, p.args["varlen"]) for t in p.leaves)

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from ...case import Case
-
 _FA2_BR, _FA1_BC = 128, 64
 
 
-def fwd_hbm_bytes(case: Case, kernel: str) -> int:
+def fwd_hbm_bytes(case, kernel: str) -> int:
     """HBM bytes the forward moves (the module docstring's formulas; causal ~halves the
     K/V/O traffic, counted here as the fraction of visible (query block, key block) pairs)."""
     n_q, n_k, d = case.seqlen_q, case.seqlen_k, case.head_dim

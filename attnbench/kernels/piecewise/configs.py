@@ -45,16 +45,16 @@ Triton's shared memory, registers and spills.
 
 from __future__ import annotations
 
-import os
 import re
 
 import triton
 
+from .. import switches
 from ..triton_fa2.configs import ARCH, INTERPRET, head_dim_pad, make_pruner, seq_bucket
 
 __all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
 
-ENV_TUNE = "ATTNBENCH_PIECEWISE_TUNE"
+ENV_TUNE = "piecewise_tune"  # the switch (attnbench.kernels.switches)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
 # H200 tile timings behind these tables: docs/results/2026-12-02-h200-piecewise-tiles.md
@@ -147,7 +147,7 @@ def _table(table: dict, env: str, arch: str | None = None) -> list[tuple[int | s
     """This GPU's table, or the tiles of ``env`` (tuning sessions); ``arch`` names a table."""
     if arch is not None:
         return table[arch]
-    spec = os.environ.get(env, "")
+    spec = switches.text(env)
     if spec and not INTERPRET:
         return parse_tiles(spec)
     return table[ARCH]
@@ -170,15 +170,15 @@ def _make(table, env, arch: str | None = None) -> list[triton.Config]:
 
 
 def fwd_configs(arch: str | None = None) -> list[triton.Config]:
-    return _make(_FWD, "ATTNBENCH_PIECEWISE_FWD", arch=arch)
+    return _make(_FWD, "piecewise_fwd", arch=arch)
 
 
 def bwd_dkdv_configs(arch: str | None = None) -> list[triton.Config]:
-    return _make(_BWD_DKDV, "ATTNBENCH_PIECEWISE_DKDV", arch=arch)
+    return _make(_BWD_DKDV, "piecewise_dkdv", arch=arch)
 
 
 def bwd_dq_configs(arch: str | None = None) -> list[triton.Config]:
-    return _make(_BWD_DQ, "ATTNBENCH_PIECEWISE_DQ", arch=arch)
+    return _make(_BWD_DQ, "piecewise_dq", arch=arch)
 
 
 def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:

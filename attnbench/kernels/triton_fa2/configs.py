@@ -26,15 +26,17 @@ import os
 import torch
 import triton
 
+from .. import switches
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-ENV_TUNE = "ATTNBENCH_TRITON_FA2_TUNE"
+ENV_TUNE = "triton_fa2_tune"  # the switch (attnbench.kernels.switches)
 
 
 def tune_on(env: str = ENV_TUNE) -> bool:
-    """Whether the kernels behind ``env`` autotune (anything but ``0``; read when a new tuning
-    key is pruned, so a test or tool can turn it on after the kernels were imported; the
-    autotuner reads it the same way at each launch, ``tuning.PersistentAutotuner``)."""
-    return os.environ.get(env, "1") != "0"
+    """Whether the kernels behind the switch ``env`` autotune (read when a new tuning key is
+    pruned, so a test or tool can turn it on after the kernels were imported; the autotuner
+    reads it the same way at each launch, ``tuning.PersistentAutotuner``)."""
+    return switches.on(env)
 
 
 if INTERPRET:

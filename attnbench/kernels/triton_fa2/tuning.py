@@ -38,20 +38,22 @@ from pathlib import Path
 import torch
 from triton.runtime.autotuner import Autotuner, Config
 
-ENV_FILE = "ATTNBENCH_TUNING_CACHE"
-ENV_RETUNE = "ATTNBENCH_RETUNE"
-ENV_PRECOMPILE = "ATTNBENCH_PRECOMPILE"
+from .. import switches
+
+ENV_FILE = switches.ENV["tuning_cache"][0]
+ENV_RETUNE = switches.ENV["retune"][0]
+ENV_PRECOMPILE = switches.ENV["precompile"][0]
 
 
 def cache_path() -> Path:
-    if os.environ.get(ENV_FILE):
-        return Path(os.environ[ENV_FILE])
+    if switches.text("tuning_cache"):
+        return Path(switches.text("tuning_cache"))
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "attnbench" / "tuning.json"
 
 
 def retune() -> bool:
-    return os.environ.get(ENV_RETUNE, "0") not in ("", "0")
+    return switches.on("retune")
 
 
 def env_key() -> str:
@@ -194,9 +196,7 @@ def _drop_queued(pool, mode) -> None:
 def precompile_on() -> bool:
     from .configs import INTERPRET
 
-    return (
-        os.environ.get(ENV_PRECOMPILE, "1") != "0" and not INTERPRET and torch.cuda.is_available()
-    )
+    return switches.on("precompile") and not INTERPRET and torch.cuda.is_available()
 
 
 class PersistentAutotuner(Autotuner):
@@ -253,7 +253,7 @@ class PersistentAutotuner(Autotuner):
 
 
 def _bench(kernel_call, quantiles=None):
-    from ...timing import autotune_bench
+    from ...run.timing import autotune_bench
 
     return autotune_bench(kernel_call, quantiles)
 
