@@ -81,6 +81,6 @@ def current() -> Settings:
 
 def describe(column: str | None) -> str:
     """A ``settings`` column as ``a=1, b=x`` (``defaults`` when empty)."""
-    if not column:
+    if not isinstance(column, str) or not column:  # None, or NaN from a DataFrame
         return "defaults"
     return ", ".join(f"{k}={v}" for k, v in json.loads(column).items())

@@ -43,3 +43,31 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+# The quick lane (`python -m pytest -q -m "not slow and not gpu"`, under 3 minutes on 2 cores)
+# leaves these out; the full lane (`python -m pytest -q`, what CI runs) keeps them. A whole file
+# (torchrun ranks, nvcc, ptxas) or single tests measured at ~3 s or more on CI's 2 cores.
+SLOW_FILES = {"test_dist.py", "test_cuda_compile.py", "test_kernel_resources.py"}
+SLOW_TESTS = {
+    "test_piecewise_perf_and_plot_through_the_cli",
+    "test_old_runs_still_load_next_to_piecewise_rows",
+    "test_perf_run_json_and_plots",
+    "test_first_call_is_recorded_and_never_timed",
+    "test_wrong_kernel_fails_and_its_speed_is_withheld",
+    "test_failing_backend_is_a_row_and_the_run_goes_on",
+    "test_plot_seqlen_lines",
+    "test_accuracy_run_end_to_end",
+    "test_kernel_config_column",
+    "test_compiled_flex_forward_on_cpu",
+    "test_dynamic_flex_reuses_one_graph_across_lengths",
+    "test_dynamic_flex_traces_alibi_after_softcap",
+    "test_piecewise_thresholds_draw_one_line_each_and_compare_matches",
+    "test_a_threshold_that_grows_with_the_length_stays_one_line",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -40,11 +40,12 @@ def unpin() -> None:
 
 
 def text(name: str) -> str:
-    """A switch as text: the pinned value, else its environment variable, else its default."""
+    """A switch as text: the pinned value, else its environment variable, else its default. A
+    name that is no switch is read as an environment variable (tools pass their own)."""
     if name in _pinned:
         v = _pinned[name]
         return ("1" if v else "0") if isinstance(v, bool) else ("" if v is None else str(v))
-    env, default = ENV[name]
+    env, default = ENV.get(name, (name, ""))
     return os.environ.get(env, default)
 
 

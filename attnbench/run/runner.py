@@ -16,6 +16,7 @@ from ..problems import problem_of
 from ..problems.base import Case
 from ..results import ResultsWriter, now_utc
 from ..results.env import environment
+from ..settings import Settings, current
 from ..views.tables import case_line, status_text
 from . import ceiling
 from .check import check_backend, failure_message, report_lines, verdict
@@ -37,6 +38,7 @@ class RunContext:
     rows: list[dict] = field(default_factory=list)
     gpu_env: dict = field(default_factory=dict)  # ceiling/telemetry columns of the whole run
     ceilings: dict = field(default_factory=dict)  # dtype -> {matmul_tflops, copy_gbps}
+    settings: Settings | None = None  # the run's (None: the active ones); every row records them
 
     def row(self, case: Case, backend: str, mode: str, **values) -> dict:
         r = {
@@ -45,6 +47,7 @@ class RunContext:
             "suite": self.suite,
             "backend": backend,
             "mode": mode,
+            "settings": (self.settings or current()).column(),
             **case.params(),
             **environment(self.device),
             **self.gpu_env,
@@ -230,7 +233,8 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
             )
             _cleanup(ctx.device)
             continue
-        flops = problem_of(case).flops(case, m)
+        prob = problem_of(case)
+        flops, nbytes = prob.flops(case, m), prob.bytes(case, m)
         rows.append(
             ctx.row(
                 case,
@@ -241,7 +245,7 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
                 accuracy_ok=ok,
                 first_call_s=first_s,
                 kernel_config=config,
-                **timing_columns(t, flops),
+                **timing_columns(t, flops, nbytes=nbytes),
             )
         )
     return rows

@@ -50,10 +50,18 @@ def tflops(flops, ms):
     return flops / (ms * 1e-3) / 1e12
 
 
-def timing_columns(t: Timing, flops: float, devices: int = 1) -> dict:
+def gbps(nbytes, ms):
+    """GB/s of ``nbytes`` moved in ``ms`` milliseconds (None when the bytes are unknown)."""
+    return None if nbytes is None else nbytes / (ms * 1e-3) / 1e9
+
+
+def timing_columns(t: Timing, flops: float, devices: int = 1, nbytes: float | None = None) -> dict:
     """The result columns of one timing: median/p20/p80 ms, FLOPs, TFLOP/s per device (the
-    work is ``flops`` split over ``devices``), peak memory, wall time, rep count."""
+    work is ``flops`` split over ``devices``), bytes and GB/s per device, peak memory, wall
+    time, rep count."""
     return dict(
+        bytes=nbytes,
+        gbps=gbps(None if nbytes is None else nbytes / devices, t.median_ms),
         latency_ms=t.median_ms,
         latency_ms_p20=t.p20_ms,
         latency_ms_p80=t.p80_ms,

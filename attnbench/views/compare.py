@@ -14,25 +14,26 @@ more than 3% or lost its accuracy verdict.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import typer
 
 from ..cli.options import err_console, fail, make_console
-from ..problems import PROBLEMS
 from ..results import load_results
+from ..settings import describe
+from ..results.schema import ENV_COLUMNS as _ENV
+from ..results.schema import PROVENANCE_COLUMNS, case_columns
 
-ENV_COLUMNS = ("gpu_name", "device", "torch_version", "cuda_version", "triton_version")
-ENV_COLUMNS += ("flash_attn_version",)
-INFO_COLUMNS = ("git_sha", "attnbench_version")
-CASE_COLUMNS = list(
-    dict.fromkeys(
-        ["problem", "case_id", "varlen", "tensor"]
-        + [f.name for p in PROBLEMS.values() for f in fields(p.case_type)]
-    )
-)
+# every environment column (a difference is printed in yellow) and the run's settings
+ENV_COLUMNS = (*_ENV, "settings")
+INFO_COLUMNS = tuple(c for c in PROVENANCE_COLUMNS if c != "timestamp")
+
+
+def _case_columns() -> list[str]:
+    """Rows are joined on these: every case column of every registered problem, and tensor."""
+    return list(dict.fromkeys([*case_columns(), "tensor"]))
 
 
 def resolve(spec: str, results: Path) -> pd.DataFrame:
@@ -55,20 +56,25 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
     if "problem" not in df:
         df["problem"] = "attention"
     df["problem"] = df["problem"].fillna("attention")
-    for c in ("seqlens", "seqlens_k"):
-        if c in df:  # lists cannot be joined on
-            df[c] = df[c].map(lambda v: None if v is None else tuple(v))
-    for c in CASE_COLUMNS:
+    case_cols = _case_columns()
+    for c in case_cols:
+        if c in df and df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any():
+            df[c] = df[c].map(lambda v: None if v is None else tuple(v))  # lists cannot be joined
+    for c in case_cols:
         if c not in df:
             df[c] = None
-    df = df.astype({c: object for c in CASE_COLUMNS}).where(df.notna(), None)
+    df = df.astype({c: object for c in case_cols}).where(df.notna(), None)
     if "timestamp" in df:
         df = df.sort_values("timestamp")
-    return df.drop_duplicates(["kind", "backend", "mode", *CASE_COLUMNS], keep="last")
+    return df.drop_duplicates(["kind", "backend", "mode", *case_cols], keep="last")
 
 
 def _env(df: pd.DataFrame, cols) -> dict[str, list[str]]:
-    return {c: sorted(map(str, df[c].dropna().unique())) for c in cols if c in df}
+    """The distinct values of each column (settings: ``defaults`` for rows with none)."""
+    out = {c: sorted(map(str, df[c].dropna().unique())) for c in cols if c in df}
+    if "settings" in out:
+        out["settings"] = sorted(set(map(describe, df["settings"])))
+    return out
 
 
 def _verdict(r, side: str):
@@ -166,7 +172,7 @@ def compare_frames(
     """Join two result frames; ``join_backend=False`` pairs rows of different backends (the
     backend of NEW names the row, as ``A vs B``)."""
     b, n = _prepare(base), _prepare(new)
-    keys = ["kind", "mode", *CASE_COLUMNS] + (["backend"] if join_backend else [])
+    keys = ["kind", "mode", *_case_columns()] + (["backend"] if join_backend else [])
     m = b.merge(n, on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
     if join_backend:
         m["backend_base"] = m["backend_new"] = m["backend"]

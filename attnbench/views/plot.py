@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from ..results import load_results  # noqa: E402
+from ..results.schema import ENV_COLUMNS  # noqa: E402
 from ..run.timing import tflops  # noqa: E402
 from .plot_accuracy import accuracy_plot, device_label, rule_ratio, run_label  # noqa: E402, F401
 
@@ -133,7 +134,9 @@ def _defaults() -> dict:
 
 
 def _same(a, b) -> bool:
-    return (pd.isna(a) and pd.isna(b)) if (a is None or isinstance(a, float)) else a == b
+    if a is None or b is None or (isinstance(a, float) and pd.isna(a)):
+        return (a is None or pd.isna(a)) and (b is None or pd.isna(b))
+    return a == b
 
 
 def _extras(r, keys: list[str]) -> list[tuple[str, str]]:
@@ -279,8 +282,9 @@ def choose_runs(df: pd.DataFrame, runs: list[str] | None, latest: bool) -> list[
     return order
 
 
-# What must match for runs to be merged: the machine and the software that ran them.
-_SAME_SETUP = ["device", "gpu_name", "cpu_name", "torch_version", "triton_version"]
+# What must match for runs to be merged: the machine and the software that ran them (every
+# environment column of the schema) and the settings that change numbers.
+_SAME_SETUP = [*ENV_COLUMNS, "settings"]
 # One measured row of a run: a later run's row with the same key replaces it.
 _ROW_KEY = ["kind", "problem", "backend", "case_id", "mode", "tensor", "strategy", "rank"]
 

@@ -5,10 +5,12 @@ Piecewise attention (FlagAttention's operator): the score of query ``i`` and key
 otherwise, written from FlashAttention-2 with the (query block, key block) tiles classified so
 only the tiles the threshold crosses compute both products. Modules: :mod:`.fwd`, :mod:`.bwd`
 (deterministic dK/dV and dQ passes), :mod:`.configs` (tiles, autotuning), :mod:`.interface`
-(launches, autograd). Set ``TRITON_INTERPRET=1`` before the import to run it on the CPU.
+(launches, autograd). What it shares with triton_fa2 (tile I/O, softmax steps, the
+preprocess kernel, the pruner, the kept tuning) comes from :mod:`attnbench.kernels._triton`.
+Set ``TRITON_INTERPRET=1`` before the import to run it on the CPU.
 """
 
-from ..triton_fa2 import tuning
+from .._triton import tuning
 from . import configs
 from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
 from .fwd import _fwd_kernel
@@ -19,7 +21,7 @@ AUTOTUNED = {"fwd": _fwd_kernel, "bwd_dkdv": _bwd_dkdv_kernel, "bwd_dq": _bwd_dq
 
 def chosen_configs() -> dict[str, str | None]:
     """{kernel: "BLOCK_MxBLOCK_N wWARPS sSTAGES"} of the config each kernel last ran with."""
-    return {n: tuning.describe(getattr(k, "best_config", None)) for n, k in AUTOTUNED.items()}
+    return tuning.chosen_configs(AUTOTUNED)
 
 
 __all__ = [

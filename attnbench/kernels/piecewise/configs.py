@@ -1,9 +1,10 @@
 """Launch configurations of the fused piecewise-attention kernels, per architecture.
 
-The architecture, head-dim padding, sequence buckets, shared-memory budgets and the interpreter
-compatibility come from :mod:`attnbench.kernels.triton_fa2.configs`; only the tiles differ. A
-piecewise tile holds two query tiles (``q1``, ``q2``) and streams two key tiles (``k1``, ``k2``)
-next to ``v``, so the FA2 Hopper tiles are cut down where they would not fit in shared memory:
+The architecture, head-dim padding, sequence buckets, shared-memory budgets, the pruner and the
+interpreter compatibility are every Triton kernel's (:mod:`attnbench.kernels._triton.configs`);
+only the tiles differ from triton_fa2's. A piecewise tile holds two query tiles (``q1``,
+``q2``) and streams two key tiles (``k1``, ``k2``) next to ``v``, so the FA2 Hopper tiles are
+cut down where they would not fit in shared memory:
 
 - forward: ``q1``, ``q2`` resident, ``k1``/``k2``/``v`` streamed (``2 d (2 BM + 3 BN stages)``
   bytes at 16 bits, the threshold band being the worst loop; split band: ``q1`` or ``q2``
@@ -16,8 +17,8 @@ next to ``v``, so the FA2 Hopper tiles are cut down where they would not fit in 
 
 Autotuning keys are ``(HEAD_DIM, CAUSAL, SEQ_BUCKET)`` plus the dtypes; the distance threshold
 is a run-time argument and never recompiles or retunes. Choices are kept across runs by
-triton_fa2's :mod:`~attnbench.kernels.triton_fa2.tuning` (kernels ``piecewise_fwd``,
-``piecewise_bwd_dkdv``, ``piecewise_bwd_dq``; ``ATTNBENCH_RETUNE=1`` tunes again). The first entry of each table is the
+:mod:`attnbench.kernels._triton.tuning` (kernels ``piecewise_fwd``, ``piecewise_bwd_dkdv``,
+``piecewise_bwd_dq``; ``ATTNBENCH_RETUNE=1`` tunes again). The first entry of each table is the
 expected winner. Environment:
 
 - ``ATTNBENCH_PIECEWISE_TUNE=0`` (read at each new tuning key): keep only the first config that
@@ -50,7 +51,7 @@ import re
 import triton
 
 from .. import switches
-from ..triton_fa2.configs import ARCH, INTERPRET, head_dim_pad, make_pruner, seq_bucket
+from .._triton.configs import ARCH, INTERPRET, head_dim_pad, make_pruner, seq_bucket
 
 __all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
 

@@ -8,7 +8,7 @@ With ``shift = seqlen_k - seqlen_q`` and the signed distance ``d(i, j) = i + shi
               scale * q1_i . k1_j   otherwise               ("near" pairs, and future keys)
 
 and the rest is softmax attention over ``v`` (online softmax in the log2 domain, as in
-:mod:`attnbench.kernels.triton_fa2.fwd`). One program owns ``BLOCK_M`` query rows of one
+:mod:`attnbench.kernels._triton.softmax`). One program owns ``BLOCK_M`` query rows of one
 (batch, query head) and walks the keys of its kv head (GQA: ``h_kv = h_q // group``).
 
 Tile classification. Since ``d`` falls as ``j`` grows, the key axis of a query block splits into
@@ -20,8 +20,8 @@ Tile classification. Since ``d`` falls as ``j`` grows, the key axis of a query b
 with ``e2`` and ``s1`` rounded to key tiles; the band is ``BLOCK_M / BLOCK_N + 1`` tiles wide at
 most, so the common tiles carry one product and no select. Independently the range splits into
 unmasked tiles (fully visible, inside ``seqlen_k``) and masked ones (causal diagonal, ragged
-end), exactly as in triton_fa2; each class runs its unmasked then its masked tiles (six loops,
-each specialised at compile time). Tiles above the causal diagonal are never visited. ``w`` is a
+end), exactly as in triton_fa2 (:func:`attnbench.kernels._triton.tiles.key_ranges`); each class
+runs its unmasked then its masked tiles (six loops, each specialised at compile time). Tiles above the causal diagonal are never visited. ``w`` is a
 run-time argument (clamped by the host to ``[1 - seqlen_q, seqlen_k]``, where every threshold
 outside gives the same scores), so a new threshold never recompiles.
 
@@ -44,8 +44,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..triton_fa2 import tuning
-from ..triton_fa2.fwd import finish_rows, load_rows, softmax_step, store_rows
+from .._triton import tuning
+from .._triton.softmax import finish_rows, softmax_step
+from .._triton.tiles import key_ranges, load_rows, store_rows
 from . import configs
 
 
@@ -56,22 +57,6 @@ def key_classes(start_m, shift, w, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr)
     e2 = tl.maximum(start_m + shift - w + 1, 0) // BLOCK_N * BLOCK_N
     s1 = (tl.maximum(start_m + BLOCK_M + shift - w, 0) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
     return e2, s1
-
-
-@triton.jit
-def key_ranges(
-    start_m, seqlen_k, shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr
-):
-    """(n_full, n_end): keys [0, n_full) are visible to every row and inside seqlen_k;
-    [n_full, n_end) need the mask (triton_fa2's split)."""
-    if CAUSAL:
-        n_full = tl.maximum(start_m + shift + 1, 0) // BLOCK_N * BLOCK_N
-        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
-        n_end = tl.minimum(seqlen_k, start_m + BLOCK_M + shift)
-    else:
-        n_full = seqlen_k // BLOCK_N * BLOCK_N
-        n_end = seqlen_k
-    return n_full, n_end
 
 
 @triton.jit

@@ -22,10 +22,8 @@ import math
 import torch
 import triton
 
-from ..triton_fa2.bwd import _bwd_preprocess
-from ..triton_fa2.configs import PREPROCESS_BLOCK_M
-from ..triton_fa2.fwd import LOG2E
-from ..triton_fa2.interface import DTYPES, MAX_HEAD_DIM, _dot_precision
+from .._triton.configs import DTYPES, MAX_HEAD_DIM, PREPROCESS_BLOCK_M, dot_precision
+from .._triton.softmax import LOG2E, bwd_preprocess
 from . import configs
 from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
 from .fwd import _fwd_kernel
@@ -72,7 +70,7 @@ class _Problem:
             HEAD_DIM=d,
             HEAD_DIM_PAD=configs.head_dim_pad(d),
             CAUSAL=self.causal,
-            DOT_PREC=_dot_precision(q1.dtype),
+            DOT_PREC=dot_precision(q1.dtype),
         )
 
 
@@ -132,7 +130,7 @@ def _backward(dout, q1, k1, q2, k2, v, out, lse, pb: _Problem):
     delta = torch.empty_like(lse)
     dummy = torch.zeros(1, dtype=torch.int32, device=q1.device)
     bm = PREPROCESS_BLOCK_M
-    _bwd_preprocess[(triton.cdiv(pb.seqlen_q, bm), pb.heads_q, pb.batch)](
+    bwd_preprocess[(triton.cdiv(pb.seqlen_q, bm), pb.heads_q, pb.batch)](
         out, dout, delta, dummy, *_strides(out), *_strides(dout), lse.stride(0), lse.stride(1),
         pb.seqlen_q, HEAD_DIM=pb.head_dim, HEAD_DIM_PAD=pb.const["HEAD_DIM_PAD"],
         IS_VARLEN=False, BLOCK_M=bm,

@@ -3,11 +3,14 @@
 Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning" (2023).
 Modules: :mod:`.fwd` (forward, online softmax), :mod:`.bwd` (deterministic backward: preprocess,
 dK/dV pass, dQ pass), :mod:`.configs` (per-architecture tiles, autotuning), :mod:`.interface`
-(launches and the autograd Function). Importing this package imports triton; set
-``TRITON_INTERPRET=1`` before the import to run it on the CPU.
+(launches and the autograd Function). What it shares with the other Triton kernels (tile I/O,
+softmax steps, the pruner, the kept tuning: ``tuning``) comes from :mod:`attnbench.kernels._triton`.
+Importing this package imports triton; set ``TRITON_INTERPRET=1`` before the import to run it on
+the CPU.
 """
 
-from . import configs, tuning
+from .._triton import tuning
+from . import configs
 from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
 from .fwd import _fwd_kernel
 from .interface import FlashAttnFunc, flash_attn, flash_attn_backward, flash_attn_forward
@@ -17,7 +20,7 @@ AUTOTUNED = {"fwd": _fwd_kernel, "bwd_dkdv": _bwd_dkdv_kernel, "bwd_dq": _bwd_dq
 
 def chosen_configs() -> dict[str, str | None]:
     """{kernel: "BLOCK_MxBLOCK_N wWARPS sSTAGES"} of the config each kernel last ran with."""
-    return {n: tuning.describe(getattr(k, "best_config", None)) for n, k in AUTOTUNED.items()}
+    return tuning.chosen_configs(AUTOTUNED)
 
 
 __all__ = [

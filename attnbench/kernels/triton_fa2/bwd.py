@@ -9,7 +9,8 @@ Nothing of the forward but ``out`` and the log-sum-exp is kept; ``P`` is recompu
 
 Three kernels, none with atomics, so every run gives bit-identical gradients:
 
-1. ``_bwd_preprocess``: ``delta`` (fp32, the layout of ``lse``).
+1. ``bwd_preprocess`` (every Triton kernel's, :mod:`attnbench.kernels._triton.softmax`):
+   ``delta`` (fp32, the layout of ``lse``).
 2. ``_bwd_dkdv_kernel``: one program per ``BLOCK_N`` keys of one (batch, kv head); dK and dV stay
    in registers while the program loops over the query heads of its GQA group (in order) and
    over their query blocks, so a kv head's gradient is summed over its group inside one program,
@@ -20,7 +21,8 @@ Three kernels, none with atomics, so every run gives bit-identical gradients:
    having no races and no fp32 dQ accumulator in HBM.
 
 Both loops split their range into unmasked tiles and masked ones (causal diagonal, sequence
-ends), as in the forward. Rows with ``lse = +inf`` (no visible key) get ``p = 0``.
+ends), as in the forward (:mod:`attnbench.kernels._triton.tiles`). Rows with ``lse = +inf``
+(no visible key) get ``p = 0``.
 """
 
 from __future__ import annotations
@@ -28,107 +30,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import configs, tuning
-from .fwd import load_rows, store_rows
-
-
-@triton.jit
-def row_values(ptr, rows, n_rows, other, MASKED: tl.constexpr):
-    """Per-row values (lse, delta) of a tile's rows; rows past ``n_rows`` read ``other``."""
-    if MASKED:
-        x = tl.load(ptr + rows, mask=rows < n_rows, other=other)
-    else:
-        x = tl.load(ptr + rows)
-    return x
-
-
-@triton.jit
-def probs(
-    qk, lse2, rows, cols, seqlen_k, shift, qk_scale, CAUSAL: tl.constexpr, MASKED: tl.constexpr
-):
-    """P of a score tile ``qk`` (rows x cols) from the forward's lse (log2 domain); 0 where a
-    masked tile hides the key (past ``seqlen_k``, or right of the causal diagonal)."""
-    p = tl.exp2(qk * qk_scale - lse2[:, None])
-    if MASKED:
-        visible = cols[None, :] < seqlen_k
-        if CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None] + shift)
-        p = tl.where(visible, p, 0.0)
-    return p
-
-
-@triton.jit
-def probs_t(
-    qk_t, lse2, rows, cols, seqlen_q, shift, qk_scale, CAUSAL: tl.constexpr, MASKED: tl.constexpr
-):
-    """:func:`probs` transposed (a cols x rows tile, the dK/dV pass); rows past ``seqlen_q`` 0."""
-    p_t = tl.exp2(qk_t * qk_scale - lse2[None, :])
-    if MASKED:
-        visible = rows[None, :] < seqlen_q
-        if CAUSAL:
-            visible = visible & (cols[:, None] <= rows[None, :] + shift)
-        p_t = tl.where(visible, p_t, 0.0)
-    return p_t
-
-
-@triton.jit(do_not_specialize=["seqlen_q"])
-def _bwd_preprocess(
-    Out,
-    DO,
-    Delta,
-    cu_seqlens_q,
-    stride_ob,
-    stride_os,
-    stride_oh,
-    stride_dob,
-    stride_dos,
-    stride_doh,
-    stride_lb,
-    stride_lh,
-    seqlen_q,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    off_h = tl.program_id(1)
-    off_b = tl.program_id(2)
-    if IS_VARLEN:
-        q_start = tl.load(cu_seqlens_q + off_b)
-        seqlen_q = tl.load(cu_seqlens_q + off_b + 1) - q_start
-    else:
-        q_start = off_b * 0
-    start_m = pid_m * BLOCK_M
-    if start_m >= seqlen_q:
-        return
-    b64 = off_b.to(tl.int64)
-    rows = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM_PAD)
-    o_base = Out + b64 * stride_ob + q_start.to(tl.int64) * stride_os + off_h * stride_oh
-    do_base = DO + b64 * stride_dob + q_start.to(tl.int64) * stride_dos + off_h * stride_doh
-    o = load_rows(
-        o_base + rows[:, None] * stride_os + offs_d[None, :],
-        rows,
-        seqlen_q,
-        offs_d,
-        HEAD_DIM,
-        HEAD_DIM_PAD,
-        True,
-    )
-    do = load_rows(
-        do_base + rows[:, None] * stride_dos + offs_d[None, :],
-        rows,
-        seqlen_q,
-        offs_d,
-        HEAD_DIM,
-        HEAD_DIM_PAD,
-        True,
-    )
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(
-        Delta + b64 * stride_lb + off_h * stride_lh + q_start + rows, delta, mask=rows < seqlen_q
-    )
+from .._triton import tuning
+from .._triton.softmax import probs, probs_t
+from .._triton.tiles import key_ranges, load_rows, query_ranges, row_values, store_rows
+from . import configs
 
 
 @triton.jit
@@ -284,19 +189,8 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
 
     shift = seqlen_k - seqlen_q
-    m_full = seqlen_q // BLOCK_M * BLOCK_M  # query blocks [0, m_full) are inside seqlen_q
-    if CAUSAL:
-        # first row that sees key start_n, and first row that sees the whole key block
-        m_lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
-        m_diag = tl.maximum(start_n + BLOCK_N - 1 - shift, 0)
-        m_diag = (m_diag + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-        m_lo = tl.minimum(m_lo, seqlen_q)
-    else:
-        m_lo = 0
-        m_diag = 0
-    # masked [m_lo, a), unmasked [a, m_full), masked [max(a, m_full), seqlen_q)
-    a = tl.maximum(tl.minimum(m_diag, m_full), m_lo)
-    b = tl.maximum(a, m_full)
+    # masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q)
+    m_lo, a, m_full, b = query_ranges(start_n, seqlen_q, shift, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(0, group):
         off_h = off_hk * group + g
         q_base = Q + b64 * stride_qb + q_start.to(tl.int64) * stride_qs + off_h * stride_qh
@@ -555,13 +449,7 @@ def _bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
     shift = seqlen_k - seqlen_q
-    if CAUSAL:
-        n_full = tl.maximum(start_m + shift + 1, 0) // BLOCK_N * BLOCK_N
-        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
-        n_end = tl.minimum(seqlen_k, start_m + BLOCK_M + shift)
-    else:
-        n_full = seqlen_k // BLOCK_N * BLOCK_N
-        n_end = seqlen_k
+    n_full, n_end = key_ranges(start_m, seqlen_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_inner(
         dq,
         q,

@@ -17,32 +17,19 @@ clamped to [256, 16384]: a sweep tunes once per bucket, not once per sequence le
 Candidates that cannot fit in shared memory are pruned before compiling.
 ``ATTNBENCH_TRITON_FA2_TUNE=0`` (read at each new tuning key) keeps only the first config that
 survives the pruning (no autotuning, a quick start); the first entries are the expected winners.
+The architecture, the interpreter flag, the buckets and the pruner are every Triton kernel's
+(:mod:`attnbench.kernels._triton.configs`); the tables and the estimates are this package's.
 """
 
 from __future__ import annotations
 
-import os
-
-import torch
 import triton
 
-from .. import switches
+from .._triton.configs import ARCH, INTERPRET, head_dim_pad, make_pruner, seq_bucket
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+__all__ = ["ARCH", "INTERPRET", "head_dim_pad", "seq_bucket"]
+
 ENV_TUNE = "triton_fa2_tune"  # the switch (attnbench.kernels.switches)
-
-
-def tune_on(env: str = ENV_TUNE) -> bool:
-    """Whether the kernels behind the switch ``env`` autotune (read when a new tuning key is
-    pruned, so a test or tool can turn it on after the kernels were imported; the autotuner
-    reads it the same way at each launch, ``tuning.PersistentAutotuner``)."""
-    return switches.on(env)
-
-
-if INTERPRET:
-    from ._interpret_compat import install
-
-    install()
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M = query rows, BLOCK_N = key rows.
 _FWD = {
@@ -86,30 +73,6 @@ _BWD_DQ = {
     "ampere": [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 4, 2), (64, 32, 4, 3)],
     "interpret": [(32, 16, 4, 1)],
 }
-
-SMEM_BYTES = {"hopper": 227 * 1024, "ampere": 163 * 1024, "interpret": 1 << 30}
-PREPROCESS_BLOCK_M = 64
-
-
-def arch() -> str:
-    """``interpret``, ``hopper`` (sm_90+) or ``ampere`` (anything older with a CUDA GPU)."""
-    if INTERPRET or not torch.cuda.is_available():
-        return "interpret"
-    major, _ = torch.cuda.get_device_capability()
-    return "hopper" if major >= 9 else "ampere"
-
-
-ARCH = arch()
-
-
-def head_dim_pad(head_dim: int) -> int:
-    """Tile width along the head dim: the next power of two, at least 16 (``tl.dot``'s K)."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
-def seq_bucket(seqlen: int) -> int:
-    """Autotuning bucket of a sequence length."""
-    return min(16384, max(256, triton.next_power_of_2(int(seqlen))))
 
 
 def _make(table, names, arch: str | None = None) -> list[triton.Config]:
@@ -158,34 +121,6 @@ def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool = False) -
     return bm <= 64
 
 
-def make_pruner(
-    kind: str, smem_estimate, fits_registers, q_arg: str = "Q", tune_env: str = ENV_TUNE
-):
-    """Autotune ``prune_configs_by`` hook: keep the configs whose shared memory
-    (``smem_estimate(cfg, d, kind)``, doubled for fp32) fits this GPU and whose accumulators fit
-    the registers (``fits_registers(cfg, d, kind, fp32)``); the smallest if none does; only the
-    first unless :func:`tune_on` (``tune_env``). Shared by every attention kernel package
-    (triton_fa2, piecewise). The hook carries ``tune_env``: the autotuner forgets its in-memory
-    choices when that switch flips (:class:`tuning.PersistentAutotuner`)."""
-
-    def prune(configs, named_args, **kwargs):
-        d = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
-        q = named_args.get(q_arg)
-        fp32 = q is not None and q.dtype == torch.float32
-        scale = 2 if fp32 else 1  # 4-byte elements
-        keep = [
-            c
-            for c in configs
-            if smem_estimate(c, d, kind) * scale <= SMEM_BYTES[ARCH]
-            and fits_registers(c, d, kind, fp32)
-        ]
-        keep = keep or [min(configs, key=lambda c: smem_estimate(c, d, kind))]
-        return keep if tune_on(tune_env) else keep[:1]
-
-    prune.tune_env = tune_env
-    return prune
-
-
-prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers)
-prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers)
-prune_dq = make_pruner("dq", _smem_estimate, _fits_registers)
+prune_fwd = make_pruner("fwd", _smem_estimate, _fits_registers, tune_env=ENV_TUNE)
+prune_dkdv = make_pruner("dkdv", _smem_estimate, _fits_registers, tune_env=ENV_TUNE)
+prune_dq = make_pruner("dq", _smem_estimate, _fits_registers, tune_env=ENV_TUNE)

@@ -10,7 +10,8 @@ multiplier), each tile updates the running row max ``m``, row sum ``l`` and outp
     l   = l * exp2(m - m') + rowsum(p)
     acc = acc * exp2(m - m') + p @ V
 
-and at the end ``out = acc / l``, ``lse = (m + log2 l) * ln 2`` (natural log, fp32).
+and at the end ``out = acc / l``, ``lse = (m + log2 l) * ln 2`` (natural log, fp32); the
+softmax steps are every Triton kernel's (:mod:`attnbench.kernels._triton.softmax`).
 
 Masking is paid only where needed: the key range is split into fully visible, in-bounds tiles
 (an unmasked loop, no ``where`` on the score tile) and the few tiles on the causal diagonal or
@@ -26,87 +27,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import configs, tuning
-
-LOG2E = 1.4426950408889634  # the host folds it into qk_scale = softmax_scale * log2(e)
-
-
-@triton.jit
-def load_rows(
-    ptrs,
-    rows,
-    n_rows,
-    offs_d,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PAD: tl.constexpr,
-    CHECK_ROWS: tl.constexpr,
-):
-    """Load a (rows, HEAD_DIM_PAD) tile; masks only what the constexprs say can be out of range."""
-    if CHECK_ROWS:
-        if HEAD_DIM == HEAD_DIM_PAD:
-            x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-        else:
-            x = tl.load(
-                ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0
-            )
-    else:
-        if HEAD_DIM == HEAD_DIM_PAD:
-            x = tl.load(ptrs)
-        else:
-            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-    return x
-
-
-@triton.jit
-def store_rows(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    if HEAD_DIM == HEAD_DIM_PAD:
-        tl.store(ptrs, x, mask=rows[:, None] < n_rows)
-    else:
-        tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
-
-
-@triton.jit
-def softmax_step(
-    qk, m_i, l_i, rows, cols, seqlen_k, shift, qk_scale, CAUSAL: tl.constexpr, MASKED: tl.constexpr
-):
-    """One online-softmax step (log2 domain) on a score tile ``qk`` of rows x cols: the tile's
-    probabilities, the rescale of the running sums and the new (l, m). Masked tiles hide keys
-    past ``seqlen_k`` and, causal, keys right of the bottom-right diagonal."""
-    if MASKED:
-        visible = cols[None, :] < seqlen_k
-        if CAUSAL:
-            visible = visible & (cols[None, :] <= rows[:, None] + shift)
-        t = tl.where(visible, qk * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(t, 1))
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        p = tl.exp2(t - m_sub[:, None])
-        alpha = tl.exp2(m_i - m_sub)
-    else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    return p, alpha, l_i, m_new
-
-
-@triton.jit
-def finish_rows(acc, l_i, m_i, LSE_FP64: tl.constexpr):
-    """(out, lse) of a query tile from the online-softmax state: ``out = acc / l`` and the
-    natural-log ``lse = (m + log2 l) * ln 2``; rows that saw no key give out 0, lse +inf.
-    LSE_FP64: log2, sum and * ln 2 in fp64, once per row, so lse is rounded once, not three
-    times. The piecewise kernel sets it for fp32 inputs (the one-ulp lse showed as 3.5x torch's
-    dK2 error in an fp32 CPU case); triton_fa2 does not (with it, its fp32 varlen case's dQ
-    error rose to 5.7x torch's): at fp32 both are ulp-level effects on a 3x rule."""
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    if LSE_FP64:
-        lse2 = m_i.to(tl.float64) + tl.log2(l_safe.to(tl.float64))
-        lse = (lse2 * 0.6931471805599453).to(tl.float32)
-    else:
-        lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453  # log2 -> ln
-    lse = tl.where(empty, float("inf"), lse)
-    return out, lse
+from .._triton import tuning
+from .._triton.softmax import finish_rows, softmax_step
+from .._triton.tiles import key_ranges, load_rows, store_rows
+from . import configs
 
 
 @triton.jit
@@ -248,14 +172,8 @@ def _fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
     shift = seqlen_k - seqlen_q
-    if CAUSAL:
-        # keys [0, n_full): visible to every row of the block and inside seqlen_k
-        n_full = tl.maximum(start_m + shift + 1, 0) // BLOCK_N * BLOCK_N
-        n_full = tl.minimum(n_full, seqlen_k // BLOCK_N * BLOCK_N)
-        n_end = tl.minimum(seqlen_k, start_m + BLOCK_M + shift)
-    else:
-        n_full = seqlen_k // BLOCK_N * BLOCK_N
-        n_end = seqlen_k
+    # keys [0, n_full): visible to every row of the block and inside seqlen_k
+    n_full, n_end = key_ranges(start_m, seqlen_k, shift, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _fwd_inner(
         acc,
         l_i,

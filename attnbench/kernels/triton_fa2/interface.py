@@ -20,17 +20,11 @@ import math
 import torch
 import triton
 
+from .._triton.configs import DTYPES, MAX_HEAD_DIM, PREPROCESS_BLOCK_M, dot_precision
+from .._triton.softmax import LOG2E, bwd_preprocess
 from . import configs
-from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel, _bwd_preprocess
-from .fwd import LOG2E, _fwd_kernel
-
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: exact fp32 products (TF32 would lose to same-dtype torch by far)
-    return "ieee" if dtype == torch.float32 else "tf32"
+from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
+from .fwd import _fwd_kernel
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +76,7 @@ class _Problem:
             HEAD_DIM_PAD=configs.head_dim_pad(d),
             CAUSAL=self.causal,
             IS_VARLEN=self.varlen,
-            DOT_PREC=_dot_precision(q.dtype),
+            DOT_PREC=dot_precision(q.dtype),
         )
 
     def lse_strides(self, lse: torch.Tensor) -> tuple[int, int]:
@@ -128,8 +122,8 @@ def _backward(dout, q, k, v, out, lse, pb: _Problem):
     dout = _last_dim_contiguous(dout)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
-    bm = configs.PREPROCESS_BLOCK_M
-    _bwd_preprocess[(triton.cdiv(pb.seqlen_q, bm), pb.heads_q, pb.batch)](
+    bm = PREPROCESS_BLOCK_M
+    bwd_preprocess[(triton.cdiv(pb.seqlen_q, bm), pb.heads_q, pb.batch)](
         out,
         dout,
         delta,

@@ -1,19 +1,28 @@
 """Autotuning that is kept across runs, so a second run times the same kernel.
 
-``autotune(name, configs, key, prune)`` replaces ``triton.autotune`` on the three tuned kernels
-(``fwd``, ``bwd_dkdv``, ``bwd_dq``). Candidates are timed with attnbench's one timer
-(:func:`attnbench.timing.autotune_bench`: L2 flushed, host launch hidden, >= 100 reps), and each
-choice is stored in a JSON file keyed by
+``autotune(name, configs, key, prune)`` replaces ``triton.autotune`` on the tuned kernels
+(triton_fa2's ``fwd``, ``bwd_dkdv``, ``bwd_dq``; piecewise's ``piecewise_*``). Candidates are
+timed with the timer the harness registered (:func:`set_bench`, called by the backends before
+their first launch: attnbench's one timer, L2 flushed, host launch hidden, >= 100 reps), else
+with Triton's ``do_bench``; the kernels never import the harness. Each choice is stored in a
+JSON file keyed by
 
     GPU name | torch version | triton version  ->  kernel  ->  tuning key  ->  config
 
-(the tuning key is Triton's: the ``key`` arguments plus the dtypes of the tensor arguments).
-A stored choice is reused only while it is still one of the kernel's candidates.
+(:func:`env_key`; the tuning key is Triton's: the ``key`` arguments plus the dtypes of the tensor
+arguments). A stored choice is reused only while it is still one of the kernel's candidates.
 
 - file: ``$ATTNBENCH_TUNING_CACHE``, else ``$XDG_CACHE_HOME/attnbench/tuning.json``, else
-  ``~/.cache/attnbench/tuning.json``;
-- ``ATTNBENCH_RETUNE=1`` (``attnbench perf --retune``) ignores stored choices, tunes again and
-  overwrites them.
+  ``~/.cache/attnbench/tuning.json`` (the ``tuning_cache`` switch);
+- shipped choices: ``tuning_data/*.json`` beside this module (package data, the same layout,
+  e.g. the H200's, made by GPU sessions) stand in for the file where it has no choice for a
+  key of the same env key (same GPU name, torch and triton versions); read-only, never written;
+- ``ATTNBENCH_RETUNE=1`` (``attnbench perf --retune``, the ``retune`` switch) ignores stored and
+  shipped choices, tunes again and overwrites the file's.
+
+A kernel whose config is picked on the host rather than by ``triton.autotune`` (one that changes
+the grid or a second launch, like the decode kernel's splits) can keep its choices in the same
+file: :func:`lookup` before timing, :func:`bench` to time, :func:`remember` the winner.
 
 Before a new tuning key is timed, its candidates are compiled in parallel threads
 (:func:`precompile`, Triton's ``AsyncCompileMode``); the timing then finds them compiled. Triton's
@@ -31,14 +40,17 @@ forced to re-tune short of deleting the compiled kernels too, so it is not used 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 import torch
 from triton.runtime.autotuner import Autotuner, Config
 
 from .. import switches
+from . import configs as _configs
 
 ENV_FILE = switches.ENV["tuning_cache"][0]
 ENV_RETUNE = switches.ENV["retune"][0]
@@ -57,7 +69,8 @@ def retune() -> bool:
 
 
 def env_key() -> str:
-    """GPU name and the software versions a tuning choice is valid for."""
+    """GPU name and the software versions a tuning choice is valid for:
+    ``"NVIDIA H200 | torch 2.11.0+cu130 | triton 3.6.0"`` (``cpu`` without a GPU)."""
     import triton
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -96,6 +109,11 @@ def describe(cfg: Config | None) -> str | None:
     return f"{tiles} w{cfg.num_warps} s{cfg.num_stages}{extra}"
 
 
+def chosen_configs(autotuned: dict) -> dict[str, str | None]:
+    """{name: :func:`describe` of the config it last ran with} of {name: autotuned kernel}."""
+    return {n: describe(getattr(k, "best_config", None)) for n, k in autotuned.items()}
+
+
 FLAGS = ("SPLIT_BAND",)  # kwargs that are flags with numbered variants (piecewise's sp / sp2)
 
 
@@ -117,8 +135,11 @@ def load(path: Path | None = None) -> dict:
 
 
 def store(env: str, kernel: str, choices: dict[tuple, Config], path: Path | None = None) -> None:
-    """Merge ``choices`` into the file (read, update, atomic replace)."""
+    """Merge ``choices`` into the file (read, update, atomic replace). The shipped files are
+    never written (OSError)."""
     p = path or cache_path()
+    if _is_shipped(p):
+        raise OSError(f"{p}: the shipped tuning choices are read-only")
     data = load(p)
     entries = data.setdefault(env, {}).setdefault(kernel, {})
     for key, cfg in choices.items():
@@ -129,15 +150,84 @@ def store(env: str, kernel: str, choices: dict[tuple, Config], path: Path | None
     os.replace(tmp, p)
 
 
-def stored_choices(env: str, kernel: str, candidates: list[Config], path=None) -> dict:
-    """{tuning key: candidate Config} of the stored choices that are still candidates."""
+def _choices(data: dict, env: str, kernel: str, candidates: list[Config]) -> dict:
     by_dict = {json.dumps(config_dict(c), sort_keys=True): c for c in candidates}
     out = {}
-    for key, d in load(path).get(env, {}).get(kernel, {}).items():
+    entries = data.get(env, {}).get(kernel, {})
+    for key, d in entries.items() if isinstance(entries, dict) else ():
         cfg = by_dict.get(json.dumps(d, sort_keys=True))
         if cfg is not None:
             out[tuple(json.loads(key))] = cfg
     return out
+
+
+def stored_choices(env: str, kernel: str, candidates: list[Config], path=None) -> dict:
+    """{tuning key: candidate Config} of the file's choices that are still candidates."""
+    return _choices(load(path), env, kernel, candidates)
+
+
+SHIPPED = "tuning_data"  # package data beside this module: {env key: {kernel: {key: config}}}
+
+
+def shipped_files() -> list:
+    """The shipped choice files (``tuning_data/*.json``), in name order."""
+    folder = resources.files(__package__).joinpath(SHIPPED)
+    if not folder.is_dir():
+        return []
+    return sorted((f for f in folder.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+
+
+def _is_shipped(p: Path) -> bool:
+    folder = resources.files(__package__).joinpath(SHIPPED)
+    try:
+        return Path(str(folder)).resolve() in Path(p).resolve().parents
+    except (OSError, ValueError):
+        return False
+
+
+@functools.cache
+def shipped() -> dict:
+    """The shipped choices of every file merged (read once per process; a broken file is
+    skipped)."""
+    merged: dict = {}
+    for f in shipped_files():
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        for env, kernels in data.items() if isinstance(data, dict) else ():
+            for kernel, entries in kernels.items():
+                merged.setdefault(env, {}).setdefault(kernel, {}).update(entries)
+    return merged
+
+
+def shipped_choices(env: str, kernel: str, candidates: list[Config]) -> dict:
+    """{tuning key: candidate Config} of the shipped choices for ``env`` still candidates."""
+    return _choices(shipped(), env, kernel, candidates)
+
+
+def known_choices(env: str, kernel: str, candidates: list[Config]) -> dict:
+    """The choices a launch starts from: the shipped ones, overridden by the file's; none while
+    :func:`retune` is on."""
+    if retune():
+        return {}
+    return {**shipped_choices(env, kernel, candidates), **stored_choices(env, kernel, candidates)}
+
+
+def lookup(kernel: str, key, candidates: list[Config]) -> Config | None:
+    """The known choice (:func:`known_choices`) of ``kernel`` for the tuning ``key`` on this
+    GPU and software, or None: for a tuner of its own (reads the files at each call, so keep
+    the answer in memory)."""
+    return known_choices(env_key(), kernel, candidates).get(tuple(key))
+
+
+def remember(kernel: str, key, cfg: Config) -> None:
+    """Store a tuned choice of ``kernel`` for ``key`` in the tuning file (:func:`store`); a
+    read-only file is not an error (the choice is just not kept)."""
+    try:
+        store(env_key(), kernel, {tuple(key): cfg})
+    except OSError:
+        pass
 
 
 def precompile(fn, args, kwargs: dict, configs: list[Config], workers: int | None = None) -> int:
@@ -194,9 +284,7 @@ def _drop_queued(pool, mode) -> None:
 
 
 def precompile_on() -> bool:
-    from .configs import INTERPRET
-
-    return switches.on("precompile") and not INTERPRET and torch.cuda.is_available()
+    return switches.on("precompile") and not _configs.INTERPRET and torch.cuda.is_available()
 
 
 class PersistentAutotuner(Autotuner):
@@ -205,15 +293,12 @@ class PersistentAutotuner(Autotuner):
     def __init__(self, *args, tuning_name: str, tune_env: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.tuning_name = tuning_name
-        from .configs import tune_on
-
-        self.tune_env = tune_env  # the pruner's on/off switch (configs.make_pruner)
-        self._tune_on = tune_on
+        self.tune_env = tune_env  # the pruner's on/off switch (.configs.make_pruner)
         self._tuning = self._tune_switch()
         self._restored = False
 
     def _tune_switch(self) -> bool | None:
-        return self._tune_on(self.tune_env) if self.tune_env else None
+        return _configs.tune_on(self.tune_env) if self.tune_env else None
 
     def run(self, *args, **kwargs):
         switch = self._tune_switch()
@@ -225,8 +310,8 @@ class PersistentAutotuner(Autotuner):
             self._restored = False
         if not self._restored:
             self._restored = True
-            if len(self.configs) > 1 and not retune():
-                self.cache.update(stored_choices(env_key(), self.tuning_name, self.configs))
+            if len(self.configs) > 1:  # shipped, then the file's (none with --retune)
+                self.cache.update(known_choices(env_key(), self.tuning_name, self.configs))
         before = set(self.cache)
         ret = super().run(*args, **kwargs)
         new = {k: self.cache[k] for k in set(self.cache) - before}
@@ -252,10 +337,26 @@ class PersistentAutotuner(Autotuner):
         return configs
 
 
-def _bench(kernel_call, quantiles=None):
-    from ...run.timing import autotune_bench
+_bench_fn = None  # the registered timer (set_bench)
 
-    return autotune_bench(kernel_call, quantiles)
+
+def set_bench(fn):
+    """Time autotuning candidates with ``fn(kernel_call, quantiles)`` (``do_bench``'s contract:
+    ms, or a list of ms per quantile); None: Triton's ``do_bench``. The harness registers its
+    timer here (the backends, before their first launch); returns the previous one."""
+    global _bench_fn
+    previous, _bench_fn = _bench_fn, fn
+    return previous
+
+
+def bench(kernel_call, quantiles=None):
+    """Time ``kernel_call`` with the registered timer, else Triton's ``do_bench``."""
+    fn = _bench_fn
+    if fn is None:
+        from triton.testing import do_bench
+
+        return do_bench(kernel_call, quantiles=quantiles)
+    return fn(kernel_call, quantiles)
 
 
 def autotune(name: str, configs: list[Config], key: list[str], prune):
@@ -270,7 +371,7 @@ def autotune(name: str, configs: list[Config], key: list[str], prune):
             None,
             None,
             prune_configs_by={"early_config_prune": prune},
-            do_bench=_bench,
+            do_bench=bench,
             tuning_name=name,
             tune_env=getattr(prune, "tune_env", None),
         )
