@@ -60,12 +60,21 @@ class Settings:
         nd = self.nondefault()
         return json.dumps(nd, sort_keys=True) if nd else None
 
-    def activate(self) -> Settings:
-        """Make these the process's settings: pinned into the kernels' switches too."""
+    def activate(self):
+        """Make these the process's settings, pinned into the kernels' switches too. Returns a
+        function that puts back what was active before (one process may drive several runs)."""
         global _current
+        before, pinned = _current, switches.pinned()
         _current = self
         switches.pin(**{k: v for k, v in asdict(self).items() if k in switches.ENV})
-        return self
+
+        def restore() -> None:
+            global _current
+            _current = before
+            switches.unpin()
+            switches.pin(**pinned)
+
+        return restore
 
     def with_(self, **changes) -> Settings:
         return replace(self, **changes)

@@ -113,3 +113,25 @@ def test_fa1_moves_more_hbm_bytes_than_fa2():
         assert 4 < fa1 / fa2 < 6
     with pytest.raises(ValueError):
         fwd_hbm_bytes(case, "fa3")
+
+
+def test_autograd_interface_lives_beside_the_kernels():
+    """The backend module holds only the Backend classes; the autograd Function over the
+    extension is ``attnbench.kernels.cuda.interface`` (as triton_fa2 has its interface.py)."""
+    import inspect
+
+    from attnbench.backends import cuda_fa
+    from attnbench.kernels.cuda import interface
+
+    assert issubclass(interface.FlashAttnCudaFunc, torch.autograd.Function)
+    assert cuda_fa.flash_attn_cuda is interface.flash_attn_cuda
+    functions = [
+        c
+        for _, c in inspect.getmembers(cuda_fa, inspect.isclass)
+        if issubclass(c, torch.autograd.Function)
+    ]
+    assert not functions
+    if not torch.cuda.is_available():  # the build is asked for, and says why it cannot run
+        q = torch.zeros(1, 4, 2, 64, dtype=torch.float16)
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            interface.flash_attn_cuda(q, q, q, causal=True)

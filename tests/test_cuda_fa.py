@@ -94,7 +94,7 @@ def test_strided_inputs(name):
     g = torch.Generator(device="cuda").manual_seed(0)
     qkv = torch.randn(2, 257, 3, 4, 64, device="cuda", generator=g).half()
     q, k, v = qkv.unbind(2)
-    from attnbench.backends.cuda_fa import flash_attn_cuda
+    from attnbench.kernels.cuda.interface import flash_attn_cuda
 
     kernel = REGISTRY[name].kernel
     o1, l1 = flash_attn_cuda(q, k, v, causal=True, kernel=kernel)

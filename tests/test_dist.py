@@ -451,6 +451,65 @@ def test_cli_usage_errors_before_launch(tmp_path):
         assert p.returncode == 2 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
+def test_cli_only_skip_where_json_and_the_launchers_settings(tmp_path):
+    """``--only``/``--skip`` pick strategies, ``--where`` cases, ``--json`` puts the rows on
+    stdout (the rest on stderr), and every rank runs under the launcher's settings, which every
+    row records."""
+    import json
+
+    import pandas as pd
+
+    cmd = [sys.executable, "-m", "attnbench", "dist", "accuracy", "--nproc", "2", "--device"]
+    cmd += ["cpu", "--out", str(tmp_path), "--local-backends", "naive", "--json"]
+    cmd += ["--only", "ring,zigzag", "--skip", "zigzag", "--where", "causal=true,heads_kv=4"]
+    env = dict(os.environ, ATTNBENCH_FLEX_DYNAMIC="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = [json.loads(line) for line in p.stdout.splitlines()]  # nothing else on stdout
+    # 2 cases (fp32 S128 and bf16 S64, both causal with 4 kv heads) x 2 ranks x 5 tensors
+    assert len(rows) == 20 and {r["strategy"] for r in rows} == {"ring"}
+    assert {(r["causal"], r["heads_kv"]) for r in rows} == {(True, 4)}
+    assert {r["settings"] for r in rows} == {'{"flex_dynamic": true}'}
+    assert "run " in p.stderr and "world size 2 (gloo)" in p.stderr
+    assert "20 finished rows kept in" in p.stderr
+    df = pd.read_parquet(tmp_path)
+    assert len(df) == 20 and set(df["settings"]) == {'{"flex_dynamic": true}'}
+
+
+STRATEGY_PICKS = {
+    "config-default": ({}, ["ring", "zigzag", "ulysses"]),
+    "only-in-given-order": ({"only": "zigzag,ring"}, ["zigzag", "ring"]),
+    "skip": ({"skip": "ulysses"}, ["ring", "zigzag"]),
+    "only-minus-skip": ({"only": "ring,hybrid", "skip": "ring"}, ["hybrid"]),
+    "old-name-strategies": ({"strategies": "ulysses"}, ["ulysses"]),
+}
+
+
+@pytest.mark.parametrize("flags, expected", list(STRATEGY_PICKS.values()), ids=list(STRATEGY_PICKS))
+def test_only_and_skip_pick_strategies(flags, expected):
+    from attnbench.distributed.driver import DistRequest, strategies
+
+    req = DistRequest("accuracy", "dist", **flags)
+    assert strategies(["ring", "zigzag", "ulysses"], req) == expected
+
+
+def test_cli_new_flag_errors_before_launch(cli, tmp_path):
+    """The new flags fail like the single-device ones: one line, exit 2, before any launch (in
+    this process: nothing is started)."""
+    for flags, msg in (
+        (("--where", "foo=1"), "--where: unknown field 'foo'"),
+        (("--where", "seqlen>=100000"), "no cases to run on cpu at world size 2 where seqlen"),
+        (("--skip", "spiral"), "unknown strategy 'spiral'"),
+        (("--only", "ring", "--skip", "ring"), "--only/--skip leave no strategy to run"),
+        (("--only", "ring", "--strategies", "ring"), "--strategies is the old name of --only"),
+        (("--only", ""), "--only given an empty list"),
+    ):
+        res = cli("dist", "accuracy", "--nproc", 2, "--device", "cpu", "--out", tmp_path, *flags)
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and msg in out, res.output
+        assert "Traceback" not in out and "torchrun" not in out, res.output
+
+
 HANG = """
 import os, time
 if os.environ.get("RANK") == "1":

@@ -154,7 +154,7 @@ def split_band(monkeypatch):
             cfg = kernel.configs[0]
             tile = (cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.num_warps, cfg.num_stages)
             tile += (variant,)
-            monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}, "UNSET_ENV_VAR"))
+            monkeypatch.setattr(kernel, "configs", _make({ARCH: [tile]}))
 
     return apply
 
@@ -185,8 +185,8 @@ def test_split_band_matches_fused_and_reference(case, variant, split_band):
     (the merged split: each side's pairs over its pure tiles and the band in one class, the
     other side masked to -inf forward, 0 backward) sums the same products in yet another
     order."""
+    from attnbench.kernels._triton.tuning import describe
     from attnbench.kernels.piecewise import bwd, fwd
-    from attnbench.kernels.triton_fa2.tuning import describe
 
     kernels = (fwd._fwd_kernel, bwd._bwd_dkdv_kernel, bwd._bwd_dq_kernel)
     fused = _grade(case, "cpu")
@@ -322,16 +322,17 @@ def test_tile_env_accepts_split_tiles_for_every_kernel(env, monkeypatch):
 
 
 def test_band_stages_default_to_the_kernels_and_are_described():
+    from attnbench.kernels._triton.tuning import describe
     from attnbench.kernels.piecewise.configs import ARCH, _make
-    from attnbench.kernels.triton_fa2.tuning import describe
 
-    same, fewer = _make({ARCH: [(128, 64, 8, 3), (128, 64, 8, 4, 2)]}, "UNSET_ENV_VAR")
+    same, fewer = _make({ARCH: [(128, 64, 8, 3), (128, 64, 8, 4, 2)]})
     assert same.kwargs["BAND_STAGES"] == 3 and describe(same) == "128x64 w8 s3"
     assert fewer.kwargs["BAND_STAGES"] == 2 and describe(fewer) == "128x64 w8 s4 bs2"
     assert "SPLIT_BAND" not in same.kwargs  # the kernels' default: the fused band
 
 
 def test_split_band_tiles_are_described_for_every_kernel():
+    from attnbench.kernels._triton.tuning import describe
     from attnbench.kernels.piecewise.configs import (
         ARCH,
         SP,
@@ -342,15 +343,14 @@ def test_split_band_tiles_are_described_for_every_kernel():
         fwd_configs,
         parse_tiles,
     )
-    from attnbench.kernels.triton_fa2.tuning import describe
 
-    (split,) = _make({ARCH: [(64, 128, 8, 3, SP)]}, "UNSET_ENV_VAR")
+    (split,) = _make({ARCH: [(64, 128, 8, 3, SP)]})
     assert split.kwargs == {"BLOCK_M": 64, "BLOCK_N": 128, "BAND_STAGES": 3, "SPLIT_BAND": True}
     assert describe(split) == "64x128 w8 s3 sp"
     assert parse_tiles(describe(split).replace(" ", "")) == [(64, 128, 8, 3, SP)]
     for configs in (fwd_configs, bwd_dkdv_configs, bwd_dq_configs):  # sp: forward too
         assert any(c.kwargs.get("SPLIT_BAND") for c in configs("hopper")), configs
-    (merged,) = _make({ARCH: [(64, 128, 8, 2, SP2)]}, "UNSET_ENV_VAR")
+    (merged,) = _make({ARCH: [(64, 128, 8, 2, SP2)]})
     assert merged.kwargs == {"BLOCK_M": 64, "BLOCK_N": 128, "BAND_STAGES": 2, "SPLIT_BAND": 2}
     assert describe(merged) == "64x128 w8 s2 sp2"
     assert parse_tiles(describe(merged).replace(" ", "")) == [(64, 128, 8, 2, SP2)]
@@ -397,7 +397,7 @@ def test_merged_split_tile_specs_reach_every_kernel(monkeypatch):
 def test_shared_memory_estimate_matches_triton(kind, tile, kib):
     from attnbench.kernels.piecewise.configs import ARCH, _make, _smem_estimate
 
-    (cfg,) = _make({ARCH: [tile]}, "UNSET_ENV_VAR")
+    (cfg,) = _make({ARCH: [tile]})
     assert abs(_smem_estimate(cfg, 128, kind) / 1024 - kib) <= 2
 
 

@@ -357,3 +357,72 @@ def test_list_and_env(cli):
         "git_sha",
     ):
         assert key in res.output
+
+
+# ---- the run's settings ------------------------------------------------------------------------
+ONE_CASE = """
+name: one
+warmup_ms: 1
+rep_ms: 5
+modes: [fwd]
+cases:
+  - {batch: 1, heads_q: 2, seqlen: 32, head_dim: 16, dtype: fp32}
+"""
+
+
+class SeesSettings(Backend):
+    """Records the settings active while it runs."""
+
+    name = "test_sees_settings"
+    caps = Capabilities(devices={"cpu"}, lse=True)
+    seen: list = []
+
+    def forward(self, p, case):
+        from attnbench.settings import current
+
+        SeesSettings.seen.append(current())
+        q, k, v = p.leaves
+        return attention_ref(q, k, v, upcast=False, **case_kwargs(case))
+
+
+SETTINGS_RUNS = {
+    "default-null": ((), {}, None),
+    "flex-dynamic-from-env": ((), {"ATTNBENCH_FLEX_DYNAMIC": "1"}, {"flex_dynamic": True}),
+    "retune-flag": (("--retune",), {}, {"retune": True}),
+}
+
+
+@pytest.mark.parametrize(
+    "flags, env, expected", list(SETTINGS_RUNS.values()), ids=list(SETTINGS_RUNS)
+)
+def test_rows_carry_the_runs_settings(
+    cli, tmp_path, tmp_backend, monkeypatch, flags, env, expected
+):
+    """Every row records the run's non-default settings (null when all are default); the
+    backends run under them; afterwards the process is as before (no ATTNBENCH_RETUNE left in
+    the environment, no switch pinned)."""
+    from attnbench.kernels import switches
+    from attnbench.settings import Settings, current
+
+    for name in (Settings.env_name(f) for f in Settings.__dataclass_fields__):
+        monkeypatch.delenv(name, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    SeesSettings.seen = []
+    tmp_backend(SeesSettings())
+    f = tmp_path / "one.yaml"
+    f.write_text(ONE_CASE)
+    out = tmp_path / "res"
+    only = ("--only", "test_sees_settings,naive")
+    res = cli("perf", "--sweep", f, "--device", "cpu", "--out", out, "--json", *only, *flags)
+    assert res.exit_code == 0, res.output
+    column = json.dumps(expected, sort_keys=True) if expected else None
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and [r["settings"] for r in rows] == [column, column]
+    stored = pd.read_parquet(out).settings
+    assert [v if isinstance(v, str) else None for v in stored] == [column, column]
+    assert SeesSettings.seen and {s.column() for s in SeesSettings.seen} == {column}
+    for k in env:
+        monkeypatch.delenv(k)
+    assert "ATTNBENCH_RETUNE" not in os.environ and not switches.on("retune")
+    assert current().column() is None

@@ -1,5 +1,6 @@
-"""The one timer (rep planning, argument checks, the CPU path), the triton_fa2 tuning cache and
-the ``kernel_config`` column."""
+"""The one timer (rep planning, argument checks, the CPU path), the Triton kernels' tuning cache
+(:mod:`attnbench.kernels._triton.tuning`: kept choices, the registered timer) and the
+``kernel_config`` column."""
 
 import json
 import os
@@ -79,13 +80,13 @@ def test_cpu_bench_counts_reps_and_resets_grads():
     assert x.grad is None and t.peak_mem_mb is None
 
 
-# ---- triton_fa2 tuning cache -------------------------------------------------------------------
+# ---- Triton kernels' tuning cache ------------------------------------------------------------------
 @pytest.fixture
 def tuner(tmp_path, monkeypatch):
     import triton
     import triton.language as tl
 
-    from attnbench.kernels.triton_fa2 import tuning
+    from attnbench.kernels._triton import tuning
 
     monkeypatch.setenv(tuning.ENV_FILE, str(tmp_path / "t" / "tuning.json"))
     monkeypatch.delenv(tuning.ENV_RETUNE, raising=False)
@@ -163,7 +164,7 @@ def test_precompile_compiles_every_candidate_in_parallel_threads():
     import triton
     from triton.runtime._async_compile import active_mode
 
-    from attnbench.kernels.triton_fa2 import tuning
+    from attnbench.kernels._triton import tuning
 
     class FakeKernel:  # stands for a JITFunction: run(warmup=True) submits a compile
         def __init__(self):
@@ -200,7 +201,7 @@ def test_precompile_stops_queued_compiles_when_the_run_is_stopped(during):
     import triton
     from triton.runtime._async_compile import active_mode
 
-    from attnbench.kernels.triton_fa2 import tuning
+    from attnbench.kernels._triton import tuning
 
     class Stop(BaseException):
         pass
@@ -249,10 +250,10 @@ def test_precompile_stops_queued_compiles_when_the_run_is_stopped(during):
 def test_autotuner_precompiles_before_tuning(tuner, monkeypatch, n_configs, warmup, env, want):
     tuning, _, configs = tuner
     calls = []
-    from attnbench.kernels.triton_fa2 import configs as fa2_configs
+    from attnbench.kernels._triton import configs as shared_configs
 
     monkeypatch.setattr(tuning.torch.cuda, "is_available", lambda: True)  # as on a GPU
-    monkeypatch.setattr(fa2_configs, "INTERPRET", False)  # the suite runs Triton interpreted
+    monkeypatch.setattr(shared_configs, "INTERPRET", False)  # the suite runs Triton interpreted
     if env is None:
         monkeypatch.delenv(tuning.ENV_PRECOMPILE, raising=False)
     else:
@@ -273,10 +274,12 @@ def test_autotuner_forgets_lone_choices_when_tuning_is_turned_on(tuner, monkeypa
     switch at each new key, and choices made while it was off (the first config alone) are not
     kept in memory once it is on: that test tunes and stores a real choice."""
     tuning, _, configs = tuner
-    from attnbench.kernels.triton_fa2 import configs as fa2_configs
+    from attnbench.kernels._triton import configs as shared_configs
 
     env = "ATTNBENCH_TEST_TUNE"
-    prune = fa2_configs.make_pruner("fwd", lambda c, d, k: 0, lambda c, d, k, fp32: True, "X", env)
+    prune = shared_configs.make_pruner(
+        "fwd", lambda c, d, k: 0, lambda c, d, k, fp32: True, "X", env
+    )
     at = tuning.autotune("test_k", configs, ["N"], prune=prune)(_tuner_kernel(tuning))
     assert at.tune_env == env
     timed = []
@@ -316,6 +319,117 @@ def test_tuning_cache_survives_a_corrupt_file(tuner):
     assert tuning.stored_choices(tuning.env_key(), "test_k", configs) == {}
     tuning.store(tuning.env_key(), "test_k", {(1,): configs[0]})
     assert tuning.stored_choices(tuning.env_key(), "test_k", configs) == {(1,): configs[0]}
+
+
+def test_autotuning_times_with_the_registered_timer(tuner, monkeypatch):
+    """The kernels never import the harness: the harness registers its timer
+    (``tuning.set_bench``) and the autotuner times every candidate with it; with none
+    registered, Triton's ``do_bench``."""
+    import triton.testing
+
+    tuning, make, configs = tuner
+    monkeypatch.setattr(tuning, "_bench_fn", None)
+    seen = []
+    monkeypatch.setattr(
+        triton.testing, "do_bench", lambda fn, quantiles=None: seen.append(quantiles) or 1.0
+    )
+    assert tuning.bench(lambda: None, (0.5,)) == 1.0 and seen == [(0.5,)]
+
+    def mine(kernel_call, quantiles):  # the second candidate is the faster one
+        seen.append(kernel_call)
+        return [3.0 - len(seen)] * 3
+
+    assert tuning.set_bench(mine) is None
+    seen.clear()
+    at = make()
+    at[(1,)](torch.zeros(4), N=64)
+    assert len(seen) == 2 and at.best_config is configs[1]
+    assert tuning.set_bench(None) is mine
+
+
+def test_host_side_choice_is_timed_once_and_kept(tuner, monkeypatch):
+    """``tuning.choose``: a config picked on the host (the decode kernel's splits) is timed with
+    the registered timer once per key, kept in the tuning file and found again; with the
+    kernel's tuning switch off, the first candidate; ``retune`` times again."""
+    tuning, _, configs = tuner
+    configs = [*configs, triton_config(64, 4)]
+    launched = []
+
+    def timer(kernel_call, quantiles):
+        kernel_call()
+        return {16: 2.0, 32: 1.0, 64: 3.0}[launched[-1]]
+
+    def launch(cfg):
+        if cfg.kwargs["BLOCK"] == 64:
+            raise RuntimeError("out of resources")
+        launched.append(cfg.kwargs["BLOCK"])
+
+    monkeypatch.setattr(tuning, "_bench_fn", timer)
+    key = (128, "torch.float16")
+    assert tuning.choose("test_host", key, configs, launch) is configs[1]
+    assert launched == [16, 32]
+    assert tuning.stored_choices(tuning.env_key(), "test_host", configs) == {key: configs[1]}
+    assert tuning.choose("test_host", key, configs, launch) is configs[1] and len(launched) == 2
+    monkeypatch.setenv("ATTNBENCH_TEST_TUNE", "0")
+    assert tuning.choose("test_host", (1,), configs, launch, "ATTNBENCH_TEST_TUNE") is configs[0]
+    monkeypatch.setenv(tuning.ENV_RETUNE, "1")
+    assert tuning.choose("test_host", key, configs, launch) is configs[1] and len(launched) == 4
+
+
+def triton_config(block: int, warps: int):
+    import triton
+
+    return triton.Config({"BLOCK": block}, num_warps=warps, num_stages=2)
+
+
+def test_triton_backends_register_the_harness_timer(monkeypatch):
+    from attnbench.backends import piecewise_triton, triton_fa2
+    from attnbench.kernels._triton import tuning
+    from attnbench.run.timing import autotune_bench
+
+    for backend in (triton_fa2, piecewise_triton):
+        monkeypatch.setattr(backend, "_KERNELS", None)
+        monkeypatch.setattr(tuning, "_bench_fn", None)
+        kernels = backend._kernels()
+        assert tuning._bench_fn is autotune_bench and backend._kernels() is kernels
+
+
+def kernel_imports(root):
+    """(file, its package under ``root``, each module it imports: ``..x`` for
+    ``from .. import x``)."""
+    import re
+
+    stmt = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import\s+\(?([\w, ]+)|import\s+([\w.]+))", re.M)
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        pkg = parts[0] if len(parts) > 1 else ""
+        for frm, names, mod in stmt.findall(path.read_text()):
+            if mod:
+                yield path, pkg, mod
+            elif frm.strip(".") or not frm:
+                yield path, pkg, frm
+            else:  # from .. import a, b
+                for n in names.split(","):
+                    yield path, pkg, frm + n.split(" as ")[0].strip()
+
+
+def test_kernels_never_import_the_harness_nor_each_other():
+    """``attnbench.kernels`` imports nothing of the harness (run, problems, results, views, cli,
+    backends, settings), and the Triton kernel packages share code through ``_triton`` only."""
+    import re
+    from pathlib import Path
+
+    import attnbench.kernels
+
+    harness = re.compile(r"^(\.\.\.|attnbench\.(run|problems|results|views|cli|backends|settings))")
+    sibling = re.compile(r"^(?:\.\.|attnbench\.kernels\.)(\w+)")
+    own = {"triton_fa2", "piecewise", "cuda"}  # decode: another author's, not checked here
+    root = Path(attnbench.kernels.__file__).parent
+    for path, pkg, name in kernel_imports(root):
+        assert not harness.match(name), f"{path}: imports {name}"
+        other = sibling.match(name)
+        if pkg in own and other:
+            assert other.group(1) in ("_triton", "switches", pkg), f"{path}: imports {name}"
 
 
 # ---- kernel_config column ----------------------------------------------------------------------

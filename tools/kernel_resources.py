@@ -47,7 +47,7 @@ def packages():
     from attnbench.kernels.triton_fa2 import configs as tc
 
     def pw_make(tiles):
-        return pc._make({pc.ARCH: tiles}, "ATTNBENCH_UNSET")
+        return pc._make({pc.ARCH: tiles})
 
     def fa2_make(tiles):
         return tc._make({tc.ARCH: tiles}, ("BLOCK_M", "BLOCK_N"))
@@ -147,8 +147,8 @@ def wgmma_state(notes: list[str]) -> str:
 
 
 def main(argv=None) -> int:
+    from attnbench.kernels._triton.tuning import describe
     from attnbench.kernels.piecewise.configs import parse_tiles
-    from attnbench.kernels.triton_fa2.tuning import describe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("package", choices=["piecewise", "triton_fa2"])

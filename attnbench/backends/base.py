@@ -61,6 +61,7 @@ class Capabilities:
     deterministic: bool = False
     block: bool = False  # block_forward: (out, lse) of one block, no autograd (distributed)
     block_backward: bool = False  # block_backward from a given out/lse (else fp32 recomputation)
+    cuda_graph: bool = True  # its forward may be captured in a CUDA graph (--cuda-graph)
     # capabilities of other problems, by name (e.g. "paged"): what their ``needs`` ask for
     features: frozenset[str] = frozenset()
 

@@ -6,15 +6,25 @@ interpreter's bf16 ``tl.dot`` is wrong in triton 3.6)."""
 
 from __future__ import annotations
 
+from ..kernels._triton import chosen_configs_text, interpreting
 from ..problems.piecewise import case_kwargs
 from .base import Backend, Capabilities, register
-from .triton_fa2 import _interpret, chosen_configs_text
+
+_KERNELS = None
 
 
 def _kernels():
-    from ..kernels import piecewise
+    """The kernel package, imported on first use; its autotuning times with the harness's
+    timer (registered here, before the first launch: the kernels never import the harness)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from ..kernels import piecewise
+        from ..kernels._triton import tuning
+        from ..run.timing import autotune_bench
 
-    return piecewise
+        tuning.set_bench(autotune_bench)
+        _KERNELS = piecewise
+    return _KERNELS
 
 
 @register
@@ -26,10 +36,10 @@ class PiecewiseTriton(Backend):
     @property
     def caps(self) -> Capabilities:
         """CPU is listed only while ``TRITON_INTERPRET=1`` is set (read at each query)."""
-        return Capabilities(devices={"cuda", "cpu"} if _interpret() else {"cuda"}, **self._caps)
+        return Capabilities(devices={"cuda", "cpu"} if interpreting() else {"cuda"}, **self._caps)
 
     def availability(self, device):
-        if device == "cpu" and not _interpret():
+        if device == "cpu" and not interpreting():
             return "piecewise_triton runs on the CPU only with TRITON_INTERPRET=1"
         try:
             _kernels()
@@ -49,4 +59,4 @@ class PiecewiseTriton(Backend):
         return _kernels().piecewise_attention(*p.leaves, deterministic=case.deterministic, **kw)
 
     def kernel_config(self, p, case, mode):
-        return chosen_configs_text(_kernels(), mode)
+        return chosen_configs_text(_kernels().chosen_configs(), mode)

@@ -9,31 +9,26 @@ interpreter's bf16 ``tl.dot`` is wrong in triton 3.6.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ..kernels._triton import chosen_configs_text, interpreting
 from .base import Backend, Capabilities, register
 
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+_KERNELS = None
 
 
 def _kernels():
-    from ..kernels import triton_fa2
+    """The kernel package, imported on first use; its autotuning times with the harness's
+    timer (registered here, before the first launch: the kernels never import the harness)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from ..kernels import triton_fa2
+        from ..kernels._triton import tuning
+        from ..run.timing import autotune_bench
 
-    return triton_fa2
-
-
-def chosen_configs_text(kernels, mode: str) -> str | None:
-    """The autotuned config of each kernel a ``mode`` call ran (the last one launched), from a
-    kernel package with ``chosen_configs()`` (fwd, bwd_dkdv, bwd_dq)."""
-    names = {"fwd": ("fwd",), "bwd": ("bwd_dkdv", "bwd_dq")}.get(
-        mode, ("fwd", "bwd_dkdv", "bwd_dq")
-    )
-    chosen = kernels.chosen_configs()
-    return "; ".join(f"{n} {chosen[n]}" for n in names if chosen.get(n)) or None
+        tuning.set_bench(autotune_bench)
+        _KERNELS = triton_fa2
+    return _KERNELS
 
 
 @register
@@ -65,7 +60,7 @@ class TritonFA2(Backend):
             import triton  # noqa: F401
         except ImportError as e:
             return f"triton not importable: {e}"
-        if device == "cpu" and not _interpret():
+        if device == "cpu" and not interpreting():
             return (
                 "triton_fa2 runs on the CPU only under Triton's interpreter: set "
                 "TRITON_INTERPRET=1 (fp16/fp32 cases)"
@@ -104,7 +99,7 @@ class TritonFA2(Backend):
         )
 
     def kernel_config(self, p, case, mode):
-        return chosen_configs_text(_kernels(), mode)
+        return chosen_configs_text(_kernels().chosen_configs(), mode)
 
     def block_forward(self, q, k, v, causal, softmax_scale):
         with torch.no_grad():

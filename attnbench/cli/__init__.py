@@ -23,7 +23,7 @@ from ..backends.base import REGISTRY
 from ..results.env import default_device, environment
 from ..run.session import Request
 from ..run.session import run as run_session
-from ..views.compare import compare_command
+from .compare import compare_command
 from .dist import app as dist_app
 from .options import (
     DEVICE,
@@ -68,7 +68,11 @@ def accuracy(
     json_out: bool = JSON,
 ):
     """Max/mean error of out, lse, dq, dk, dv of every backend against the fp32 reference."""
-    _run(Request("accuracy", suite, only, skip, device, dtype, where, None, out, json_out))
+    req = Request(
+        "accuracy", suite, only=only, skip=skip, device=device, dtype=dtype, where=where,
+        out=out, json_out=json_out,
+    )  # fmt: skip
+    _run(req)
 
 
 @app.command()
@@ -89,13 +93,20 @@ def perf(
         metavar="",
     ),
     repeat: int = typer.Option(1, "--repeat", help="time every case N times; report the spread"),
+    cuda_graph: bool = typer.Option(
+        False,
+        "--cuda-graph",
+        help="time fwd by CUDA-graph replay where a backend allows capture (settings column)",
+        metavar="",
+    ),
 ):
     """Median-time TFLOP/s (p20-p80, peak memory), each with its accuracy verdict."""
-    _run(
-        Request(
-            "perf", sweep, only, skip, device, dtype, where, modes, out, json_out, retune, repeat
-        )
-    )
+    req = Request(
+        "perf", sweep, only=only, skip=skip, device=device, dtype=dtype, where=where,
+        modes=modes, out=out, json_out=json_out, retune=retune, repeat=repeat,
+        cuda_graph=cuda_graph,
+    )  # fmt: skip
+    _run(req)
 
 
 @app.command("list")

@@ -5,10 +5,10 @@ same kernel (:mod:`attnbench.distributed.check`)."""
 from __future__ import annotations
 
 from ..problems.base import Case
+from ..results.text import status_text
 from ..run.check import failure_message
 from ..run.runner import classify
 from ..run.state import CaseState
-from ..views.tables import status_text
 from .check import compare, report_lines, run_distributed, single_of
 from .context import DistRun
 from .local import get_local_kernel

@@ -11,11 +11,11 @@ import torch
 
 from ..problems.attention.case import case_flops
 from ..problems.base import Case
+from ..results.text import status_text
 from ..run.check import grade, verdict
 from ..run.runner import classify
 from ..run.state import CaseState
 from ..run.timing import bench, mode_fn, timing_columns
-from ..views.tables import status_text
 from .check import single_of
 from .context import DistRun
 from .local import LocalKernel, local_attention

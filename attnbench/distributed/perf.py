@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from ..problems.attention.case import case_flops
 from ..problems.base import Case
+from ..results.text import status_text
 from ..run.check import verdict
 from ..run.runner import classify
 from ..run.state import CaseState
 from ..run.timing import mode_fn, timing_columns
-from ..views.tables import status_text
 from .baseline import single_device_ms
 from .bench import dist_bench
 from .check import compare, run_distributed, single_of

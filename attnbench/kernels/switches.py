@@ -34,6 +34,11 @@ def pin(**values) -> None:
     _pinned.update(values)
 
 
+def pinned() -> dict:
+    """The switches pinned now (to put them back later)."""
+    return dict(_pinned)
+
+
 def unpin() -> None:
     """Back to the environment variables."""
     _pinned.clear()

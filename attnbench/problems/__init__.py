@@ -33,9 +33,10 @@ def register_problem(problem: Problem) -> Problem:
 
 def _builtin() -> None:
     from .attention import ATTENTION
+    from .decode import DECODE
     from .piecewise import PIECEWISE
 
-    for p in (ATTENTION, PIECEWISE):
+    for p in (ATTENTION, PIECEWISE, DECODE):
         register_problem(p)
 
 

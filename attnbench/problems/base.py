@@ -159,6 +159,12 @@ class Problem:
     # (case, mode) -> [(capability, what to say when a backend lacks it)]: the features a case
     # needs of a backend; Backend.why_unsupported checks them against its Capabilities
     needs: Callable[[Case, str], list[tuple[str, str]]] = _no_needs
+    # perf figures: (x column, y metric: tflops | gbps | latency_ms, the size that may co-vary
+    # with x: batch or heads_q, or None); a figure per value of every other case column
+    plot_axes: tuple[tuple[str, str, str | None], ...] = (
+        ("seqlen_q", "tflops", "batch"),
+        ("head_dim", "tflops", "heads_q"),
+    )
 
     @property
     def tensors(self) -> tuple[str, ...]:

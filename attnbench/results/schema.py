@@ -60,8 +60,11 @@ METRIC = [
     ("latency_ms_max", pa.float64()),
     ("repeat_spread", pa.float64()),
     ("pct_of_peak", pa.float64()),  # 100 x tflops / matmul_tflops
+    ("pct_of_bw", pa.float64()),  # 100 x gbps / bw_gbps
     ("kernel_config", pa.string()),  # what a choosing backend ran (Triton config, SDPA kernel)
     ("peak_mem_mb", pa.float64()),
+    # wall ms of the backend's untimed per-call preparation (packing, block tables, a plan)
+    ("plan_ms", pa.float64()),
     ("wall_s", pa.float64()),
     # perf rows: wall time of the backend's first call on the case (fwd+bwd when it times a
     # backward), untimed: compiles, autotuning, JIT, extension builds
@@ -86,6 +89,9 @@ CEILING = [
     # measured at the start of a GPU perf run (attnbench/run/ceiling.py), same on every row
     ("matmul_tflops", pa.float64()),  # dense matmul of the row's dtype
     ("copy_gbps", pa.float64()),  # device copy, read + write bytes
+    ("read_gbps", pa.float64()),  # read-only pass
+    ("bw_gbps", pa.float64()),  # memory-bandwidth ceiling: max(copy_gbps, read_gbps)
+    ("ceiling_method", pa.string()),  # how the ceilings were measured
     ("sm_clock_mhz_start", pa.float64()),
     ("sm_clock_mhz_end", pa.float64()),
     ("gpu_temp_c_start", pa.float64()),

@@ -22,19 +22,9 @@ import torch
 from ..backends.base import Backend
 from ..problems import problem_of
 from ..problems.base import Case
+from ..rule import FLOOR, factor, label, passes  # noqa: F401  (re-exported)
 
 TENSORS = ("out", "lse", "dq", "dk", "dv")  # plain attention's; problem_of(case).tensors in general
-FLOOR = {"fp16": 1e-5, "bf16": 1e-5, "fp32": 1e-7}
-
-
-def factor(tensor: str) -> float:
-    """The rule's k: 2 for the outputs (out, lse), 3 for every gradient."""
-    return 2.0 if tensor in ("out", "lse") else 3.0
-
-
-def label(tensor: str) -> str:
-    """``out`` -> Output, ``lse`` -> LSE, ``dq1`` -> dQ1 (flash-attention's report words)."""
-    return {"out": "Output", "lse": "LSE"}.get(tensor, tensor[:1] + tensor[1:].upper())
 
 
 @dataclass
@@ -84,12 +74,6 @@ def abs_error(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     if torch.isnan(diff).any():
         return math.nan, math.nan
     return float(diff.max()), float(diff.mean())
-
-
-def passes(tensor: str, err: float, baseline: float, dtype: str) -> bool:
-    if not math.isfinite(err):
-        return False
-    return err <= factor(tensor) * baseline + FLOOR[dtype]
 
 
 @dataclass

@@ -11,17 +11,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import settings
 from ..backends.base import Backend, Unsupported
 from ..problems import problem_of
 from ..problems.base import Case
 from ..results import ResultsWriter, now_utc
 from ..results.env import environment
+from ..results.text import case_line, status_text
 from ..settings import Settings, current
-from ..views.tables import case_line, status_text
 from . import ceiling
 from .check import check_backend, failure_message, report_lines, verdict
 from .state import CaseState
-from .timing import bench, first_call_s, mode_fn, timing_columns
+from .timing import as_graph, bench, first_call_s, mode_fn, timed_prepare, timing_columns
 
 
 @dataclass
@@ -57,6 +58,8 @@ class RunContext:
         r.update(values)
         if "tflops" in values:
             r["pct_of_peak"] = ceiling.pct_of_peak(r["tflops"], r.get("matmul_tflops"))
+        if values.get("gbps") is not None:
+            r["pct_of_bw"] = ceiling.pct_of_bw(r["gbps"], r.get("bw_gbps"))
         return r
 
     def start_gpu_env(self, dtypes) -> None:
@@ -213,10 +216,14 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
     for m in modes:
         ok, msg = verdict(errs, m)
         try:
-            p = be.prepare(inp, case)
+            p, plan_ms = timed_prepare(be, inp, case, dev)
             fn = mode_fn(lambda p=p: be.forward(p, case), inp.dout, m)
+            fn, graph_note = as_graph(
+                fn, dev, m, be.caps.cuda_graph and settings.current().cuda_graph
+            )
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms, repeat=ctx.repeat)
             config = be.kernel_config(p, case, m)
+            config = f"{config} ({graph_note})" if config and graph_note else config or graph_note
             del p, fn
         except Exception as e:
             status, emsg = classify(e, be)
@@ -245,6 +252,7 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
                 accuracy_ok=ok,
                 first_call_s=first_s,
                 kernel_config=config,
+                plan_ms=plan_ms,
                 **timing_columns(t, flops, nbytes=nbytes),
             )
         )

@@ -130,17 +130,11 @@ def where_cases(cases: list, where: str | None, case_types: list[type]) -> list:
 def activated(settings: Settings):
     """``settings`` are the process's (and the kernels' switches) inside the block; afterwards
     what was active before is again (one process may drive several runs: tests, notebooks)."""
-    from .. import settings as settings_mod
-    from ..kernels import switches
-
-    before, pinned = settings_mod._current, dict(switches._pinned)
-    settings.activate()
+    restore = settings.activate()
     try:
         yield settings
     finally:
-        settings_mod._current = before
-        switches.unpin()
-        switches.pin(**pinned)
+        restore()
 
 
 # ---- one run: context, signals, accounting, verdict -------------------------------------------
@@ -224,9 +218,7 @@ class Session:
         for (_, backend), s in firsts.items():
             per_backend[backend] = per_backend.get(backend, 0.0) + s
         split = ", ".join(
-            f"{b} {s:.1f}"
-            for b, s in sorted(per_backend.items(), key=lambda x: -x[1])
-            if s >= 0.05
+            f"{b} {s:.1f}" for b, s in sorted(per_backend.items(), key=lambda x: -x[1]) if s >= 0.05
         )
         split = f": {split}" if split else ""
         # the single-device baselines of a distributed run time shares of its cases
@@ -234,7 +226,11 @@ class Session:
         return (
             f"({cases} cases, wall {time.perf_counter() - self.t0:.1f} s"
             + (f", of which {timed:.1f} s in timing calls" if timed else "")
-            + (f", {first:.1f} s in first calls (compiles, autotuning, JIT{split})" if first else "")
+            + (
+                f", {first:.1f} s in first calls (compiles, autotuning, JIT{split})"
+                if first
+                else ""
+            )
             + ")"
         )
 
@@ -279,6 +275,7 @@ class Request:
     out: Path = Path("results")
     json_out: bool = False
     retune: bool = False
+    cuda_graph: bool = False
     repeat: int = 1
 
 
@@ -347,7 +344,9 @@ def plan(req: Request) -> Plan:
             f"{path}: kind: {cfg.kind}, not {kind}; run it with `attnbench {cfg.kind} {flag} ...`"
         )
     if not cases:
-        raise RunError(f"{path}: no cases to run on {dev}" + (f" where {req.where}" if req.where else ""))
+        raise RunError(
+            f"{path}: no cases to run on {dev}" + (f" where {req.where}" if req.where else "")
+        )
     run_modes = run_modes or cfg_modes
     why = nothing_runs(cases, backends, run_modes if kind == "perf" else None, dev)
     if why:
@@ -365,7 +364,12 @@ def run(req: Request) -> int:
 
     if req.repeat < 1:
         raise RunError(f"--repeat must be >= 1, got {req.repeat}")
-    session = Session(req.json_out, Settings.from_env(retune=True if req.retune else None))
+    session = Session(
+        req.json_out,
+        Settings.from_env(
+            retune=True if req.retune else None, cuda_graph=True if req.cuda_graph else None
+        ),
+    )
     with activated(session.settings):
         p = plan(req)
         ctx = session.open(req.kind, p.cfg.name, p.cfg.name, p.device, p.out, p.cfg.seed)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..results.units import gbps, tflops  # noqa: F401  (re-exported)
+
 QUANTILES = (0.5, 0.2, 0.8)
 MIN_REPS = 100  # reps per timing at least, however long rep_ms says
 MAX_REPS = 2000  # and at most (bounds the wall time of a 10 us kernel)
@@ -43,16 +45,6 @@ class Timing:
     wall_s: float  # wall time spent in the timing call (warm-up, reps, flushes)
     reps: int | None = None  # timed reps
     repeat_ms: list[float] | None = None  # medians of the repeated timings (--repeat N > 1)
-
-
-def tflops(flops, ms):
-    """TFLOP/s of ``flops`` done in ``ms`` milliseconds (numbers or pandas columns)."""
-    return flops / (ms * 1e-3) / 1e12
-
-
-def gbps(nbytes, ms):
-    """GB/s of ``nbytes`` moved in ``ms`` milliseconds (None when the bytes are unknown)."""
-    return None if nbytes is None else nbytes / (ms * 1e-3) / 1e9
 
 
 def timing_columns(t: Timing, flops: float, devices: int = 1, nbytes: float | None = None) -> dict:
@@ -246,6 +238,41 @@ def gpu_times(
         fn()
     torch.cuda.synchronize(device)
     return reps(n_rep, int(cycles * spin_ms(host_ms, est_ms)))
+
+
+def timed_prepare(backend, inp, case, device: torch.device):
+    """``backend.prepare(inp, case)`` (untimed by the timer: packing, block tables, a library's
+    plan) and its wall ms, the row's ``plan_ms``."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    sync(device)
+    t0 = time.perf_counter()
+    p = backend.prepare(inp, case)
+    sync(device)
+    return p, (time.perf_counter() - t0) * 1e3
+
+
+def as_graph(fn, device: torch.device, mode: str, wanted: bool):
+    """``(fn, note)``: with ``wanted`` (``--cuda-graph``), on CUDA, in fwd mode, ``fn`` captured
+    once into a CUDA graph and timed by replay (no launch overhead at all; what a serving engine
+    that replays graphs sees). A capture that fails leaves ``fn`` eager and says why in the
+    note (the row's ``kernel_config``); otherwise the note is ``cuda graph``."""
+    if not wanted or device.type != "cuda" or mode != "fwd":
+        return fn, None
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize(device)
+    except Exception as e:  # a host sync, a CPU tensor, an unsupported op
+        torch.cuda.synchronize(device)
+        return fn, f"eager: no cuda graph ({type(e).__name__})"
+    return graph.replay, "cuda graph"
 
 
 def autotune_bench(kernel_call, quantiles=QUANTILES):

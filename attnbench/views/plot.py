@@ -30,7 +30,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 
 from ..results import load_results  # noqa: E402
 from ..results.schema import ENV_COLUMNS  # noqa: E402
-from ..run.timing import tflops  # noqa: E402
+from ..results.units import tflops  # noqa: E402
 from .plot_accuracy import accuracy_plot, device_label, rule_ratio, run_label  # noqa: E402, F401
 
 # Named the usual way in titles and file names; every other case column that is fixed in a
@@ -65,7 +65,29 @@ def backend_colors(backends: pd.Series) -> dict:
     return {b: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, b in enumerate(names)}
 
 
+# y metric -> (axis label, the roof column and its legend words)
+_Y = {
+    "tflops": ("TFLOP/s (median; band p20-p80)", "matmul_tflops", "matmul ceiling"),
+    "gbps": ("GB/s (median; band p20-p80)", "bw_gbps", "memory bandwidth"),
+    "latency_ms": ("latency ms (median; band p20-p80)", None, None),
+}
+_XLABEL = {"seqlen_q": "sequence length", "head_dim": "head dim"}
+
+
+def _band(ok: pd.DataFrame, y: str):
+    """(y, low, high) of the rows: the median and the p20-p80 band in the metric ``y``."""
+    if y == "latency_ms":
+        return ok.latency_ms, ok.latency_ms_p20, ok.latency_ms_p80
+    work = ok.flops if y == "tflops" else ok.bytes * 1e-3  # GB/s = bytes / ms / 1e6
+    per = tflops if y == "tflops" else (lambda w, ms: w / ms / 1e3)
+    return ok[y], per(work, ok.latency_ms_p80), per(work, ok.latency_ms_p20)
+
+
 def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) -> None:
+    """One figure: a line per backend and series, the metric ``g.attrs["y"]`` (TFLOP/s unless
+    said) against ``x``, the run's measured roof dashed."""
+    y = g.attrs.get("y", "tflops")
+    ylabel, roof, roof_words = _Y[y]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     many = len(series) > 1
     for s_label, srows in series:
@@ -75,21 +97,21 @@ def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) ->
             ok = d[d.status == "ok"]
             if len(ok):
                 style = {"color": d.color.iloc[0]} if "color" in d and not many else {}
-                (line,) = ax.plot(ok[x], ok.tflops, marker="o", label=label, **style)
-                lo, hi = tflops(ok.flops, ok.latency_ms_p80), tflops(ok.flops, ok.latency_ms_p20)
+                mid, lo, hi = _band(ok, y)
+                (line,) = ax.plot(ok[x], mid, marker="o", label=label, **style)
                 ax.fill_between(ok[x], lo, hi, alpha=0.2, color=line.get_color())
             wrong = d[d.status == "accuracy_failed"]
             if len(wrong):
                 ax.scatter(
                     wrong[x],
-                    wrong.tflops,
+                    wrong[y],
                     marker="x",
                     s=80,
                     color="red",
                     zorder=5,
                     label=f"{label}: wrong output",
                 )
-                for xv, yv in zip(wrong[x], wrong.tflops):
+                for xv, yv in zip(wrong[x], wrong[y]):
                     ax.annotate(
                         "wrong",
                         (xv, yv),
@@ -98,16 +120,16 @@ def _perf_plot(g: pd.DataFrame, x: str, series: list, title: str, path: Path) ->
                         textcoords="offset points",
                         xytext=(4, 4),
                     )
-    if "matmul_tflops" in g and g.matmul_tflops.notna().any():
-        peak = g.matmul_tflops.median()
-        ax.axhline(peak, color="gray", ls="--", lw=1, label=f"matmul ceiling {peak:.0f}")
+    if roof and roof in g and g[roof].notna().any():
+        peak = g[roof].median()
+        ax.axhline(peak, color="gray", ls="--", lw=1, label=f"{roof_words} {peak:.0f}")
     ax.set_xscale("log", base=2)
     xs = sorted(set(g[x]))
     ax.xaxis.set_major_locator(FixedLocator(xs))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_label(v)))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel({"seqlen_q": "sequence length", "head_dim": "head dim"}[x])
-    ax.set_ylabel("TFLOP/s (median; band p20-p80)")
+    ax.set_xlabel(_XLABEL.get(x, x.replace("_", " ")))
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -213,9 +235,17 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         ratio=perf.heads_q // perf.heads_kv,
         color=perf.backend.map(backend_colors(perf.backend)),
     )
-    files = []
+    from ..problems import PROBLEMS
+
+    axes = {p: PROBLEMS[p].plot_axes for p in perf.problem.unique() if p in PROBLEMS}
+
+    def rows_for(axis):
+        return perf[perf.problem.isin([p for p, a in axes.items() if axis in [x[0] for x in a]])]
+
+    files = _other_axes(perf, axes, out)
     # x = seqlen: fixed head dim and heads; batch fixed or tokens per batch fixed
-    for keys, cov, g in _figures(perf, "seqlen_q", ["heads_kv", "sk", "custom_scale"], "batch"):
+    fixed = ["heads_kv", "sk", "custom_scale"]
+    for keys, cov, g in _figures(rows_for("seqlen_q"), "seqlen_q", fixed, "batch"):
         if g.seqlen_q.nunique() < 2:
             continue
         r = g.iloc[0]
@@ -238,7 +268,7 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         files.append(path)
     # x = head dim: fixed sequence lengths and batch; heads fixed or model dim fixed
     fixed = ["seqlen_q", "seqlen_k", "batch", "ratio", "custom_scale"]
-    for keys, cov, g in _figures(perf, "head_dim", fixed, "heads_q"):
+    for keys, cov, g in _figures(rows_for("head_dim"), "head_dim", fixed, "heads_q"):
         if g.head_dim.nunique() < 2:
             continue
         r = g.iloc[0]
@@ -259,6 +289,41 @@ def perf_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         path = out / f"{name}.png"
         _perf_plot(g, "head_dim", series, title, path)
         files.append(path)
+    return files
+
+
+def _other_axes(perf: pd.DataFrame, axes: dict, out: Path) -> list[Path]:
+    """Figures along the axes a problem declares besides seqlen_q and head_dim (decode: GB/s
+    against cache length, latency against batch), named ``perf_<x>_<problem>_<mode>_...``."""
+    files = []
+    for problem, plot_axes in axes.items():
+        rows = perf[perf.problem == problem]
+        for x, y, covar in plot_axes:
+            if x in ("seqlen_q", "head_dim") or x not in rows or rows[x].isna().all():
+                continue
+            for keys, cov, g in _figures(rows, x, ["custom_scale"], covar or x):
+                if g[x].nunique() < 2:
+                    continue
+                r = g.iloc[0]
+                g = g.copy()
+                g.attrs["y"] = y
+                if covar and covar != x:
+                    series = [(f"{covar} {v}", d) for v, d in g.groupby(covar, sort=True)]
+                else:
+                    series = [("", g)]
+                extra = _extras(r, keys)
+                name = f"perf_{x}_{problem}_{r['mode']}_d{r.head_dim}_{r['dtype']}"
+                name += "".join(f"_{f}" for f, _ in extra if not f.startswith(f"{covar}"))
+                what = "one line per " + covar if len(series) > 1 else ""
+                title = (
+                    f"{problem} {r['mode']}, head dim {r.head_dim}, {r['dtype']}"
+                    + "".join(f", {t}" for _, t in extra)
+                    + f"\nx: {_XLABEL.get(x, x)}; {what}{_along(g, cov)}"
+                    + f"\n{run_label(g)} on {device_label(g)}"
+                )
+                path = out / f"{name}.png"
+                _perf_plot(g, x, series, title, path)
+                files.append(path)
     return files
 
 

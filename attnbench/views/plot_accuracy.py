@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..run.check import factor  # noqa: E402
+from ..rule import factor  # noqa: E402
 
 
 def device_label(g: pd.DataFrame) -> str:

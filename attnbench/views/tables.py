@@ -8,7 +8,8 @@ from collections import defaultdict
 
 from rich.table import Table
 
-from ..run.check import factor
+from ..results.text import case_line, perf_cell, sig3, status_text, throughput  # noqa: F401
+from ..rule import ratio
 
 _STATUS_CELL = {"unsupported": "[dim]—[/]", "oom": "[yellow]OOM[/]", "error": "[red]ERR[/]"}
 
@@ -53,31 +54,7 @@ def accuracy_table(rows: list[dict]) -> Table:
 
 
 def _rule_fraction(r) -> float:
-    base = r.get("baseline_max_abs_err")
-    err = r.get("max_abs_err")
-    if err is None or base is None:
-        return -1.0
-    if not math.isfinite(err):
-        return math.inf
-    limit = factor(r["tensor"]) * base
-    return err / limit if limit > 0 else (0.0 if err == 0 else math.inf)
-
-
-def sig3(x: float) -> str:
-    """Three significant figures, trailing zeros kept (2.00, 64.0, 0.913); whole from 100."""
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:#.3g}"
-
-
-def throughput(tflops: float | None) -> str:
-    """Three significant figures, in GFLOP/s below 1 TFLOP/s (CPU runs), else TFLOP/s."""
-    if tflops is None or not math.isfinite(tflops):
-        return "-"
-    return f"{sig3(tflops)} TFLOP/s" if tflops >= 1 else f"{sig3(tflops * 1e3)} GFLOP/s"
-
-
-def perf_cell(r: dict) -> str:
-    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives."""
-    return f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
+    return ratio(r["tensor"], r.get("max_abs_err"), r.get("baseline_max_abs_err"))
 
 
 def perf_table(rows: list[dict]) -> Table:
@@ -150,14 +127,6 @@ def unrepeatable(rows: list[dict], tolerance: float = 0.02) -> list[str]:
 _NOT_HERE = re.compile(r"^(\S+) does not run on (\w+) \(runs on: (.+)\)$")
 
 
-def status_text(status: str, message: str | None) -> str:
-    """``status: message``, once: unsupported reasons already start with ``unsupported:``."""
-    message = (message or "").strip()
-    if message.startswith(f"{status}:") or message.startswith(f"{status} "):
-        return message
-    return f"{status}: {message}".strip().rstrip(":")
-
-
 def unsupported_reasons(rows: list[dict]) -> list[str]:
     """One line per backend and distinct reason, for the end of a run; the backends that do
     not run on this device at all share one line."""
@@ -209,20 +178,6 @@ def failed_cases(rows: list[dict]) -> list[str]:
             what = status_text(r["status"], r.get("message"))
         lines.append(f"  {be}  {case}" + (f"  {mode}" if mode else "") + f"  {what}")
     return lines
-
-
-def case_line(rows: list[dict]) -> str:
-    """One line for one backend on one case (perf, output that is not a terminal)."""
-    r0 = rows[0]
-    parts = []
-    for r in rows:
-        if r["status"] == "ok":
-            parts.append(f"{r['mode']} {perf_cell(r)}")
-        elif r["status"] == "accuracy_failed":
-            parts.append(f"{r['mode']} wrong ({r.get('message') or 'accuracy failed'})")
-        else:
-            parts.append(f"{r['mode']} {r['status']}")
-    return f"{r0['case_id']} · {r0['backend']}: " + "; ".join(parts)
 
 
 def dist_perf_table(rows: list[dict], world: int) -> Table:

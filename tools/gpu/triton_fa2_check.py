@@ -46,12 +46,16 @@ import torch  # noqa: E402
 from common import candidate_line, grade_cases  # noqa: E402  (tools/gpu/common.py)
 
 from attnbench.backends import REGISTRY  # noqa: E402
-from attnbench.kernels.triton_fa2 import bwd, fwd  # noqa: E402
+from attnbench.kernels import switches  # noqa: E402
+from attnbench.kernels._triton import tuning  # noqa: E402
+from attnbench.kernels.triton_fa2 import bwd, configs, fwd  # noqa: E402
 from attnbench.problems.attention import AttentionCase as Case  # noqa: E402
 from attnbench.problems.attention.case import case_flops  # noqa: E402
 from attnbench.problems.attention.inputs import make_inputs  # noqa: E402
 from attnbench.run.check import check_backend, make_truth, verdict  # noqa: E402
-from attnbench.run.timing import bench, mode_fn, timing_columns  # noqa: E402
+from attnbench.run.timing import autotune_bench, bench, mode_fn, timing_columns  # noqa: E402
+
+tuning.set_bench(autotune_bench)  # candidates timed as attnbench perf times them
 
 DEV = torch.device("cuda")
 
@@ -201,9 +205,8 @@ def bench_case(d, s, causal):
 
 def main():
     dev = torch.cuda.get_device_name()
-    from attnbench.kernels.triton_fa2 import configs
-
-    print(f"{dev}  torch {torch.__version__}  arch-table {configs.ARCH}  tune {configs.tune_on()}")
+    tune = switches.on(configs.ENV_TUNE)
+    print(f"{dev}  torch {torch.__version__}  arch-table {configs.ARCH}  tune {tune}")
     t0 = time.time()
     ok = True
     if not ARGS.skip_check:

@@ -21,8 +21,8 @@ arguments). A stored choice is reused only while it is still one of the kernel's
   shipped choices, tunes again and overwrites the file's.
 
 A kernel whose config is picked on the host rather than by ``triton.autotune`` (one that changes
-the grid or a second launch, like the decode kernel's splits) can keep its choices in the same
-file: :func:`lookup` before timing, :func:`bench` to time, :func:`remember` the winner.
+the grid or a second launch, like the decode kernel's splits) keeps its choices in the same file
+through :func:`choose` (or :func:`lookup`, :func:`bench` and :func:`remember` on its own).
 
 Before a new tuning key is timed, its candidates are compiled in parallel threads
 (:func:`precompile`, Triton's ``AsyncCompileMode``); the timing then finds them compiled. Triton's
@@ -357,6 +357,35 @@ def bench(kernel_call, quantiles=None):
 
         return do_bench(kernel_call, quantiles=quantiles)
     return fn(kernel_call, quantiles)
+
+
+def choose(kernel: str, key, candidates: list[Config], launch, tune_env: str | None = None):
+    """The config of a kernel picked on the host, for the tuning ``key`` (a tuple of plain
+    values): what ``triton.autotune`` cannot do where a config changes the grid or a second
+    launch (the decode kernel's split count). The known choice (:func:`lookup`: the file's,
+    else the shipped one); else, while the switch ``tune_env`` is on (None: always), each
+    candidate timed as ``launch(cfg)`` with :func:`bench` (one that fails to launch is left
+    out) and the fastest :func:`remember`-ed; else the first. Reads the files: keep the answer
+    in memory per key."""
+    if len(candidates) == 1:
+        return candidates[0]
+    known = lookup(kernel, key, candidates)
+    if known is not None:
+        return known
+    if tune_env is not None and not _configs.tune_on(tune_env):
+        return candidates[0]
+    times = {}
+    for i, cfg in enumerate(candidates):
+        try:
+            times[i] = bench(lambda cfg=cfg: launch(cfg))
+        except Exception:  # noqa: BLE001  (out of resources here: not a candidate)
+            continue
+    if not times:
+        return candidates[0]
+    best = candidates[min(times, key=times.get)]
+    if len(times) > 1:
+        remember(kernel, key, best)
+    return best
 
 
 def autotune(name: str, configs: list[Config], key: list[str], prune):

@@ -7,8 +7,10 @@ Usage::
     out, lse = ext.fwd(q, k, v, causal, scale, "fa2")          # "fa2" | "fa2_simt" | "fa1"
     dq, dk, dv = ext.bwd(dout, q, k, v, out, lse, causal, scale, "fa2")   # "fa2" | "fa1"
 
-Sources (``*.cu`` compile with nvcc alone; ``fa_binding.cpp`` is the only torch file):
-``fa2_fwd.cu``, ``fa2_bwd.cu``, ``fa2_simt_fwd.cu``, ``fa1.cu``; helpers in ``fa_common.cuh``.
+The autograd Function over ``fwd``/``bwd`` (what the backends call) is :mod:`.interface`
+(``flash_attn_cuda``). Sources (``*.cu`` compile with nvcc alone; ``fa_binding.cpp`` is the
+only torch file): ``fa2_fwd.cu``, ``fa2_bwd.cu``, ``fa2_simt_fwd.cu``, ``fa1.cu``; helpers in
+``fa_common.cuh``.
 The build uses ``torch.utils.cpp_extension.load`` (ninja) for the GPU's own architecture into
 ``$ATTNBENCH_CACHE/cuda`` (default ``~/.cache/attnbench/cuda``), one folder per architecture;
 the compiler output of the last real build (ptxas register/spill lines included) is kept in

@@ -144,11 +144,12 @@ def parse_tiles(spec: str) -> list[tuple[int | str, ...]]:
     return tiles
 
 
-def _table(table: dict, env: str, arch: str | None = None) -> list[tuple[int | str, ...]]:
-    """This GPU's table, or the tiles of ``env`` (tuning sessions); ``arch`` names a table."""
+def _table(table: dict, env: str | None, arch: str | None = None) -> list[tuple[int | str, ...]]:
+    """This GPU's table, or the tiles of the switch ``env`` (tuning sessions; None: no
+    override); ``arch`` names a table."""
     if arch is not None:
         return table[arch]
-    spec = switches.text(env)
+    spec = switches.text(env) if env else ""
     if spec and not INTERPRET:
         return parse_tiles(spec)
     return table[ARCH]
@@ -164,7 +165,7 @@ def _kwargs(t: tuple[int | str, ...]) -> dict:
     return {**kw, "SPLIT_BAND": True if t[4] == SP else 2} if split else kw
 
 
-def _make(table, env, arch: str | None = None) -> list[triton.Config]:
+def _make(table, env: str | None = None, arch: str | None = None) -> list[triton.Config]:
     return [
         triton.Config(_kwargs(t), num_warps=t[2], num_stages=t[3]) for t in _table(table, env, arch)
     ]

@@ -1,0 +1,100 @@
+"""``decode_triton``: attnbench's own split-KV ("flash-decoding") kernel in Triton
+(:func:`attnbench.kernels.decode.decode_attention`), contiguous or paged caches of any page
+size, q_len >= 1, GQA/MQA, fp16/bf16/fp32, head dims 16-256 (powers of two), with the lse.
+
+The timed call passes ``max_cache_len`` (the python lengths' max) so the kernel does not read
+the lengths back from the device. Runs on CUDA; on the CPU only through Triton's interpreter
+(``TRITON_INTERPRET=1`` set before triton is imported), fp16/fp32 (the interpreter's bf16
+``tl.dot`` is wrong in triton 3.6). ``kernel_config`` names the heuristic's split plan.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..problems.decode import page_size_refusal
+from .base import Backend, Capabilities, Prepared, register
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kernels():
+    from ..kernels import decode
+
+    return decode
+
+
+@register
+class DecodeTriton(Backend):
+    name = "decode_triton"
+    description = "split-KV flash-decoding in Triton (attnbench's own; contiguous or paged)"
+    caps = Capabilities(
+        problem="decode",
+        devices={"cuda", "cpu"},
+        dtypes={"fp16", "bf16", "fp32"},
+        head_dims={16, 32, 64, 128, 256},  # kernels.decode.interface.HEAD_DIMS
+        backward=False,
+        lse=True,
+        features={"paged", "q_len_gt_1"},
+    )
+    page_sizes = None  # every page size >= 1 (the table is read per key when pages are small)
+
+    def availability(self, device):
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            return f"triton not importable: {e}"
+        if device == "cpu" and not _interpret():
+            return (
+                "decode_triton runs on the CPU only under Triton's interpreter: set "
+                "TRITON_INTERPRET=1 (fp16/fp32 cases)"
+            )
+        try:
+            kernels = _kernels()
+        except Exception as e:  # a broken triton install: say so instead of crashing the run
+            return f"decode kernels not importable: {type(e).__name__}: {e}"
+        if device == "cpu" and not kernels.interface.INTERPRET:
+            return "the decode kernels were imported before TRITON_INTERPRET=1 was set"
+        return None
+
+    def extra_check(self, case, device, mode):
+        if device == "cpu" and case.dtype == "bf16":
+            return (
+                "unsupported: bf16 under TRITON_INTERPRET (the interpreter's bf16 tl.dot is "
+                "wrong in triton 3.6)"
+            )
+        return page_size_refusal(case, self.page_sizes)
+
+    def prepare(self, inp, case):
+        return Prepared((inp.q,), {"inputs": inp})
+
+    def forward(self, p, case):
+        (q,) = p.leaves
+        inp = p.args["inputs"]
+        return _kernels().decode_attention(
+            q,
+            inp.k_cache,
+            inp.v_cache,
+            inp.cache_lens,
+            block_table=inp.block_table,
+            softmax_scale=case.scale,
+            max_cache_len=inp.max_cache_len,
+        )
+
+    def kernel_config(self, p, case, mode):
+        """The heuristic's config with the split length the kernel uses for the longest cache,
+        e.g. ``split 8x4096 BN64 w4 s2``."""
+        k = _kernels()
+        (q,) = p.leaves
+        longest = p.args["inputs"].max_cache_len
+        cfg = k.choose_config(
+            case.batch,
+            case.heads_kv,
+            longest,
+            case.heads_q // case.heads_kv * case.q_len,
+            case.head_dim,
+            k.num_sms(q.device),
+        )
+        return str(k.resolve_config(cfg, longest))

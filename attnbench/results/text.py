@@ -1,0 +1,45 @@
+"""Rows as short text: status words, a perf cell, one line per (backend, case). Shared by the
+run's progress lines and the tables."""
+
+from __future__ import annotations
+
+import math
+
+
+def sig3(x: float) -> str:
+    """Three significant figures, trailing zeros kept (2.00, 64.0, 0.913); whole from 100."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:#.3g}"
+
+
+def throughput(tflops: float | None) -> str:
+    """Three significant figures, in GFLOP/s below 1 TFLOP/s (CPU runs), else TFLOP/s."""
+    if tflops is None or not math.isfinite(tflops):
+        return "-"
+    return f"{sig3(tflops)} TFLOP/s" if tflops >= 1 else f"{sig3(tflops * 1e3)} GFLOP/s"
+
+
+def perf_cell(r: dict) -> str:
+    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives."""
+    return f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
+
+
+def status_text(status: str, message: str | None) -> str:
+    """``status: message``, once: unsupported reasons already start with ``unsupported:``."""
+    message = (message or "").strip()
+    if message.startswith(f"{status}:") or message.startswith(f"{status} "):
+        return message
+    return f"{status}: {message}".strip().rstrip(":")
+
+
+def case_line(rows: list[dict]) -> str:
+    """One line for one backend on one case (perf, output that is not a terminal)."""
+    r0 = rows[0]
+    parts = []
+    for r in rows:
+        if r["status"] == "ok":
+            parts.append(f"{r['mode']} {perf_cell(r)}")
+        elif r["status"] == "accuracy_failed":
+            parts.append(f"{r['mode']} wrong ({r.get('message') or 'accuracy failed'})")
+        else:
+            parts.append(f"{r['mode']} {r['status']}")
+    return f"{r0['case_id']} · {r0['backend']}: " + "; ".join(parts)
