@@ -1,15 +1,18 @@
 """Result rows: the schema by role (:mod:`.schema`), the atomic parquet store (:mod:`.store`)
 and the environment every row carries (:mod:`.env`).
 
-    from attnbench.results import load_results
+    from attnbench.results import json_row, load_results
     df = load_results("results/")      # one DataFrame, one row per result row, every run
+    print(json_row(row))               # a row as one line of valid JSON (NaN as null)
 """
 
 from . import schema as _schema
 from .schema import STATUSES, row_schema
 from .store import (
+    NotResultsFile,
     ResultsWriteError,
     ResultsWriter,
+    json_row,
     load_results,
     new_run_id,
     now_utc,
@@ -20,8 +23,10 @@ __all__ = [
     "COLUMNS",
     "SCHEMA",
     "STATUSES",
+    "NotResultsFile",
     "ResultsWriteError",
     "ResultsWriter",
+    "json_row",
     "load_results",
     "new_run_id",
     "now_utc",

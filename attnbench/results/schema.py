@@ -100,6 +100,16 @@ CEILING = [
     ("gpu_power_w_end", pa.float64()),
     ("env_note", pa.string()),  # why ceiling or telemetry columns are null
 ]
+# Columns every results file has had, whatever attnbench version wrote it: a parquet file without
+# one of them (or with a null run_id) is another tool's file, and ``load_results`` skips it.
+REQUIRED_COLUMNS = ("run_id", "backend", "status")
+
+
+def required_columns() -> tuple[str, ...]:
+    """The columns a parquet file needs to be read as results (``run_id`` non-null on every row)."""
+    return REQUIRED_COLUMNS
+
+
 ENV_COLUMNS = [n for n, _ in ENVIRONMENT]
 PROVENANCE_COLUMNS = [n for n, _ in PROVENANCE]
 

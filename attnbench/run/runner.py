@@ -4,7 +4,6 @@ backend), then each backend; every outcome is a row, written as soon as the back
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +14,7 @@ from .. import settings
 from ..backends.base import Backend, Unsupported
 from ..problems import problem_of
 from ..problems.base import Case
-from ..results import ResultsWriter, now_utc
+from ..results import ResultsWriter, json_row, now_utc
 from ..results.env import environment
 from ..results.text import case_line, status_text
 from ..settings import Settings, current
@@ -83,7 +82,7 @@ class RunContext:
         self.rows.extend(rows)
         if self.json_out:
             for r in rows:
-                print(json.dumps(r, default=str), flush=True)
+                print(json_row(r), flush=True)
 
 
 def classify(e: BaseException, backend: Backend | None = None) -> tuple[str, str]:
