@@ -112,7 +112,10 @@ def perf(
 @app.command("list")
 def list_backends(device: str = DEVICE):
     """Every registered backend, whether it can run here, and why not."""
-    dev = (device or default_device()).split(":")[0]
+    dev = device or default_device()
+    if dev.split(":")[0] != "cuda":  # cuda is listed without a GPU: what would run there
+        dev = check_device(dev)
+    dev = dev.split(":")[0]
     con = make_console()
     # the names users type after --only never truncate: a narrow terminal gets fewer columns
     wide = con.width >= 140
@@ -176,8 +179,12 @@ def env(device: str = DEVICE):
 
 @app.command()
 def plot(
-    results_dir: Path = typer.Argument(Path("results"), help="folder of parquet results"),
-    out: Path = typer.Option(None, "--out", help="PNG folder (default RESULTS_DIR/_plots)"),
+    results_dir: Path = typer.Argument(
+        Path("results"), help="folder of parquet results, or one results file"
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="PNG folder (default RESULTS_DIR/_plots, or _plots next to the file)"
+    ),
     run: str = typer.Option(None, "--run", help="comma-separated run ids (or unique prefixes)"),
     latest: bool = typer.Option(
         False, "--latest", help="only the newest run of each kind", metavar=""
@@ -190,7 +197,7 @@ def plot(
     ),
 ):
     """TFLOP/s-vs-seqlen and accuracy charts from stored results, one folder per run."""
-    from ..views.plot import make_plots
+    from ..views.plot import PlotWriteError, make_plots
 
     try:
         files = make_plots(
@@ -203,6 +210,8 @@ def plot(
         )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
+    except PlotWriteError as e:  # checked writable, then failed (disk full): not a usage error
+        fail(str(e), 1)
     for f in files:
         make_console().print(str(f), highlight=False)
 
@@ -212,7 +221,29 @@ app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, 
 
 
 def main() -> None:
-    app(prog_name="attnbench")
+    """The console script (and ``python -m attnbench``): output that cannot fail on a terminal
+    short of characters, ``--where`` repeatable, and a Ctrl-C before any run started (imports,
+    checks, plots) one line and exit 130, as a run's own Ctrl-C is."""
+    import typer.main
+
+    from ..run.session import safe_stdio
+    from .options import interrupted, repeatable_where
+
+    safe_stdio()
+    try:
+        command = typer.main.get_command(app)
+        repeatable_where(command)
+        command(prog_name="attnbench")
+    except SystemExit as e:
+        # typer ends a KeyboardInterrupt it caught with a silent exit 130 (Exit from the
+        # interrupt); the run driver's own Ctrl-C already printed its line (Exit from RunError)
+        ctx = e.__context__
+        if e.code == 130 and isinstance(getattr(ctx, "__cause__", None), KeyboardInterrupt):
+            interrupted()
+        raise
+    except KeyboardInterrupt:
+        interrupted()
+        sys.exit(130)
 
 
 if __name__ == "__main__":

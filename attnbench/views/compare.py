@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..results import load_results
@@ -29,24 +30,53 @@ ENV_COLUMNS = (*_ENV, "settings")
 INFO_COLUMNS = tuple(c for c in PROVENANCE_COLUMNS if c != "timestamp")
 
 
+def _positive(s: pd.Series) -> pd.Series:
+    """Where ``s`` is a finite number above zero (a throughput or time a ratio can use)."""
+    x = pd.to_numeric(s, errors="coerce").astype(float)
+    return (x > 0) & np.isfinite(x)
+
+
 def _case_columns() -> list[str]:
     """Rows are joined on these: every case column of every registered problem, and tensor."""
     return list(dict.fromkeys([*case_columns(), "tensor"]))
 
 
-def resolve(spec: str, results: Path) -> pd.DataFrame:
-    """Rows of a run id, a parquet file or a folder; FileNotFoundError with a one-line reason."""
+def resolve(spec: str, results: Path, warn=None) -> pd.DataFrame:
+    """Rows of a run id, a parquet file or a folder; FileNotFoundError with a one-line reason
+    (a file that is not attnbench results is named as such). ``warn`` gets one line per file
+    skipped in a folder (default: printed on stderr)."""
     p = Path(spec)
     if p.exists():
-        return load_results(p)
+        return _load(p, warn)
     matches = sorted(Path(results).glob(f"*{spec}*.parquet"))
     exact = [m for m in matches if m.stem == spec]
     if exact or len(matches) == 1:
-        return load_results((exact or matches)[0])
+        return _load((exact or matches)[0], warn)
     if not matches:
         raise FileNotFoundError(f"{spec!r}: no such file, folder or run id in {results}/")
     names = ", ".join(m.stem for m in matches[:4])
     raise FileNotFoundError(f"{spec!r} matches {len(matches)} runs in {results}/: {names}, ...")
+
+
+def _load(p: Path, warn=None) -> pd.DataFrame:
+    """The rows of one results file or folder; one file that is not results (another tool's
+    parquet, no parquet at all) is one line naming it, with the store's reason."""
+    if p.is_dir():
+        return load_results(p, warn)
+    why: list[str] = []
+    try:
+        df = load_results(p, warn=why.append)
+    except FileNotFoundError:
+        df = None
+    if df is None or df.empty or not df["run_id"].notna().any():
+        reason = why[0].removeprefix(f"skipping {p}: ") if why else ""
+        for prefix in ("not a results file: ", "not a readable results file "):
+            reason = reason.removeprefix(prefix)
+        reason = reason.strip().removeprefix("(").removesuffix(")")
+        raise FileNotFoundError(
+            f"{p}: not an attnbench results file" + (f" ({reason})" if reason else "")
+        )
+    return df
 
 
 def _prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +126,9 @@ class Comparison:
 
     @property
     def geomean(self) -> dict[str, float]:
-        ok = self.cases.dropna(subset=["speedup"])
+        """Geometric mean speedup per backend over the pairs that have one (:attr:`no_speedup`
+        left out)."""
+        ok = self.cases[_positive(self.cases.speedup)]
         return {
             b: math.exp(g.speedup.map(math.log).mean())
             for b, g in ok.groupby("backend", sort=False)
@@ -114,6 +146,14 @@ class Comparison:
             row["worst"] = float(dev.max()) if len(g) else None
             out.append(row)
         return out
+
+    @property
+    def no_speedup(self) -> list[str]:
+        """Pairs measured ok on both sides whose throughput is zero or missing on a side: they
+        get no speedup and are left out of the geometric mean."""
+        c = self.cases
+        both_ok = (c.status_base == "ok") & (c.status_new == "ok")
+        return c[both_ok & c.speedup.isna()].case_key.tolist()
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -146,6 +186,7 @@ class Comparison:
             agreement=self.agreement(),
             config_changed=self.cases[self.cases.config_changed].case_key.tolist(),
             regressions=self.regressions.case_key.tolist(),
+            no_speedup=self.no_speedup,
             lost_verdicts=[c["case"] for c in self.lost],
             base_only=self.base_only,
             new_only=self.new_only,
@@ -200,8 +241,13 @@ def compare_frames(
             )
     perf = m[(m["_merge"] == "both") & (m["kind"] == "perf")].copy()
     good = (perf.status_base == "ok") & (perf.status_new == "ok")
-    perf["speedup"] = (perf.tflops_new / perf.tflops_base).where(good)
-    perf["ms_ratio"] = (perf.latency_ms_new / perf.latency_ms_base).where(good)
+    tb, tn, mb, mn = (
+        pd.to_numeric(perf[c], errors="coerce").astype(float)
+        for c in ("tflops_base", "tflops_new", "latency_ms_base", "latency_ms_new")
+    )
+    # a zero or missing throughput (or time) on a side: no ratio, never 0, inf or a log error
+    perf["speedup"] = (tn / tb).where(good & _positive(tb) & _positive(tn))
+    perf["ms_ratio"] = (mn / mb).where(good & _positive(mb) & _positive(mn))
     perf = perf.rename(columns={"latency_ms_base": "ms_base", "latency_ms_new": "ms_new"})
     for side in ("base", "new"):
         if f"kernel_config_{side}" not in perf:

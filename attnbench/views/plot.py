@@ -18,6 +18,7 @@ mixes runs unless ``--merge`` says so; merged runs must share the machine and so
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -383,6 +384,30 @@ def merge_runs(df: pd.DataFrame, warn=None) -> pd.DataFrame:
     return newest.drop(columns="_order")
 
 
+class PlotWriteError(Exception):
+    """Figures could not be written after the folder checked writable (disk full, folder gone):
+    one line naming the folder and how many figures were written."""
+
+
+def _check_folder(out: Path, default: bool) -> None:
+    """``out`` as a folder figures can be written into (made if missing); ValueError with one
+    line otherwise: a file in the way, a read-only folder or mount, a path no one may write
+    (``/sys``). ``default``: ``out`` is RESULTS_DIR/_plots, not a ``--out`` given."""
+    hint = "; give --out FOLDER to write them elsewhere" if default else ""
+    name = f"{out}" if default else f"--out {out}"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name}: is a file, not a folder{hint}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out, prefix=".attnbench-probe-"):
+            pass
+    except OSError as e:
+        why = e.strerror or str(e)
+        if default:
+            raise ValueError(f"cannot write plots to {out} ({why}){hint}") from None
+        raise ValueError(f"{name}: not a writable folder ({why})") from None
+
+
 def make_plots(
     results_dir: str | Path,
     out: str | Path | None = None,
@@ -391,22 +416,37 @@ def make_plots(
     latest: bool = False,
     merge: bool = False,
 ) -> list[Path]:
-    """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots) from
-    every readable results file under ``results_dir`` (``warn`` gets one line per unreadable file
-    skipped); with ``merge``, the chosen runs drawn together under ``<out>/merged/``."""
+    """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots, or
+    ``<folder>/_plots`` next to one results file given as RESULTS_DIR) from every readable
+    results file under ``results_dir`` (``warn`` gets one line per unreadable file skipped); with
+    ``merge``, the chosen runs drawn together under ``<out>/merged/``. Raises ValueError (one
+    line) when ``out`` is not a folder figures can go in, :class:`PlotWriteError` when a figure
+    cannot be written after that."""
     results_dir = Path(results_dir)
     df = load_results(results_dir, warn)
-    out = Path(out) if out is not None else results_dir / "_plots"
+    default = out is None
+    if default:
+        home = results_dir.parent if results_dir.is_file() else results_dir
+        out = home / "_plots"
+    out = Path(out)
     chosen = choose_runs(df, runs, latest)
     if merge:
         groups = [("merged", merge_runs(df[df.run_id.isin(chosen)], warn))]
     else:
         groups = [(run_id, df[df.run_id == run_id]) for run_id in chosen]
+    _check_folder(out, default)
     files = []
     for name, d in groups:
         folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        files += perf_plots(d, folder) + accuracy_plot(d, folder)
+        try:
+            folder.mkdir(exist_ok=True)
+            files += perf_plots(d, folder) + accuracy_plot(d, folder)
+        except OSError as e:
+            plt.close("all")  # the figure whose file failed
+            raise PlotWriteError(
+                f"cannot write plots to {folder} ({e.strerror or e}); "
+                f"{len(files)} figures written before"
+            ) from None
     if not files:
         raise FileNotFoundError(
             f"{results_dir}: no perf sweep with two or more sizes, and no accuracy rows, to plot"
@@ -416,10 +456,14 @@ def make_plots(
 
 def compare_plot(comp, path: Path) -> Path:
     """Speedup (NEW / BASE TFLOP/s) per matched case, one bar per case, grouped by backend and
-    mode; the threshold drawn as a dashed line below 1."""
+    mode; the threshold drawn as a dashed line below 1. Returns the file written (``.png``
+    appended to a name without a suffix); LookupError when no matched pair has a speedup."""
     d = comp.cases.dropna(subset=["speedup"])
     if d.empty:
-        raise FileNotFoundError("no matched ok cases to plot")
+        raise LookupError("no matched ok cases to plot")
+    path = Path(path)
+    if not path.suffix:  # what savefig would write: say the name it writes
+        path = path.with_name(path.name + ".png")
     labels = [f"{r.backend} {r.mode} {r.case_id}" for r in d.itertuples()]
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(d) + 1.5)))
     lim = comp.threshold if comp.threshold is not None else 0.02
@@ -435,7 +479,9 @@ def compare_plot(comp, path: Path) -> Path:
     ax.set_title(f"{comp.new_label} vs {comp.base_label}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
