@@ -123,6 +123,9 @@ def test_pages_in_random_order_and_nan_outside_the_cache():
     for b, n in enumerate(c.lens):  # table entries past a sequence's pages: NaN pages
         for p in table[b, -(-n // 4) :].tolist():
             assert inp.k_cache[p].isnan().all()
+    indptr, indices, last = inp.page_csr()  # FlashInfer's form of the same pages
+    assert torch.equal(indices, owned) and indptr.tolist()[-1] == len(owned)
+    assert last.tolist() == [n - (-(-n // 4) - 1) * 4 for n in c.lens]
     again = make_inputs(c, "cpu", seed=0)
     assert torch.equal(again.block_table, table) and torch.equal(again.q, inp.q)
 
@@ -132,6 +135,9 @@ def test_pages_in_random_order_and_nan_outside_the_cache():
     assert inp.k_cache[0, 7:].isnan().all() and inp.k_cache[1, 20:].isnan().all()
     assert not inp.k_cache[0, :7].isnan().any() and not inp.k_cache[1, :20].isnan().any()
     assert inp.differentiable == (inp.q,) and inp.dout.shape == inp.q.shape
+    k, v = inp.contiguous_kv()  # zero-padded, never NaN
+    assert k.shape == (2, 20, 2, 16) and torch.equal(k[0, :7], inp.k_cache[0, :7])
+    assert not k.isnan().any() and not v.isnan().any() and (k[0, 7:] == 0).all()
 
 
 def test_page_order_is_never_the_identity():
@@ -279,6 +285,10 @@ def test_perf_sweep_on_cpu_writes_bytes(cli, tmp_path):
         assert r.bytes == decode_bytes(case) and r.case_id == case.id
     triton = df[df.backend == "decode_triton"]
     assert triton.kernel_config.str.match(r"split \d+x\d+ BN\d+ w\d+ s\d+").all()
+    res = cli("plot", out, "--out", tmp_path / "png")  # GB/s along the cache length
+    assert res.exit_code == 0, res.output
+    pngs = sorted(p.name for p in (tmp_path / "png").rglob("*.png"))
+    assert any(p.startswith("perf_cache_len_decode_fwd") for p in pngs), pngs
 
 
 def test_backward_modes_are_refused(cli, tmp_path):
@@ -303,6 +313,7 @@ BAD = {
     "empty_cache": ("batch: 2, cache_len: 0", "cache_len must be >= 1, got 0"),
     "negative_cache": ("batch: 2, cache_len: -5", "cache_len must be >= 1, got -5"),
     "empty_length_list": ("cache_lens: [[]]", "every entry needs at least one length"),
+    "no_length_lists": ("cache_lens: []", "give at least one list of lengths"),
     "zero_listed_length": ("cache_lens: [[5, 0]]", "cache lengths must be >= 1, got 0"),
     "negative_page_size": ("batch: 1, cache_len: 64, page_size: -16", "page_size must be >= 0"),
     "q_len_zero": ("batch: 1, cache_len: 64, q_len: 0", "q_len must be >= 1"),

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import types
+import typing
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DTYPE_ALIASES = {
@@ -173,8 +175,57 @@ class Problem:
 
 
 # ---- config grids -----------------------------------------------------------------------------
+def _leaf_types(annotation) -> set:
+    """The types a field's annotation admits at its leaves (``int | list[int] | None`` ->
+    {int, NoneType}); a ``Literal`` counts as the types of its values."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {type(a) for a in typing.get_args(annotation)}
+    if origin is None:
+        return {annotation}
+    if origin is typing.Annotated:
+        return _leaf_types(typing.get_args(annotation)[0])
+    leaves = set()
+    for a in typing.get_args(annotation):
+        if a is not Ellipsis:
+            leaves |= _leaf_types(a)
+    if origin not in (typing.Union, types.UnionType, list, tuple, set, frozenset, dict):
+        leaves.add(origin)
+    return leaves
+
+
+def _leaves(v):
+    if isinstance(v, list | tuple):
+        for x in v:
+            yield from _leaves(x)
+    else:
+        yield v
+
+
 class Strict(BaseModel):
+    """Unknown keys are errors, and so are a boolean or a string where a number is due: pydantic
+    would read ``batch: true`` as 1 and ``head_dim: "64"`` as 64 (lax mode)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, v, info: ValidationInfo):
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        if field is None or v is None:
+            return v
+        leaves = _leaf_types(field.annotation)
+        if not leaves & {int, float}:
+            return v
+        what = "an integer" if float not in leaves else "a number"
+        for x in _leaves(v):
+            # the value itself is shown for a scalar (config.py adds "(got ...)"), not for a list
+            shown = f" ({x!r} in the list)" if isinstance(v, list | tuple) else ""
+            if isinstance(x, bool) and bool not in leaves:
+                raise ValueError(f"expected {what}, not a boolean{shown}")
+            if isinstance(x, str) and str not in leaves:
+                raise ValueError(f"expected {what}, not a string{shown}")
+        return v
 
 
 class BaseGrid(Strict):
@@ -252,12 +303,25 @@ def expand(grid: BaseGrid) -> list[Case]:
         if model_dim is not None:
             if "heads_q" in d:
                 raise ValueError("give heads_q or model_dim, not both")
-            d["heads_q"] = model_dim // d["head_dim"]
+            hd = d["head_dim"]
+            if hd > 0 and model_dim % hd:
+                raise ValueError(
+                    f"model_dim {model_dim} is not a multiple of head_dim {hd} "
+                    f"({model_dim // hd} heads of {hd} would be {model_dim // hd * hd} wide); "
+                    f"give a model_dim that head_dim divides, or heads_q"
+                )
+            d["heads_q"] = model_dim // hd if hd > 0 else 0
         tokens = d.pop("tokens", None)
         if tokens is not None:
             if "batch" in d:
                 raise ValueError("give batch or tokens, not both")
-            d["batch"] = max(1, tokens // grid.tokens_per(d))
+            per = grid.tokens_per(d)
+            if per > 0 and tokens < per:
+                raise ValueError(
+                    f"tokens {tokens} is fewer than the {per} of one sequence "
+                    f"(batch = tokens // {per} would be 0); give tokens >= {per}, or batch"
+                )
+            d["batch"] = tokens // per if per > 0 else 0
         if "heads_q" not in d or "batch" not in d:
             raise ValueError("give heads_q (or model_dim) and batch (or tokens)")
         d.setdefault("heads_kv", d["heads_q"])

@@ -87,7 +87,7 @@ class Truth:
 def make_truth(inp, case: Case, grads: bool = True, ref=None) -> Truth:
     """The truth of ``case``; ``ref`` is its upcast reference when already computed."""
     prob = problem_of(case)
-    if ref is None or (grads and getattr(ref, prob.grads[0], None) is None):
+    if ref is None or (grads and prob.grads and getattr(ref, prob.grads[0], None) is None):
         ref = prob.reference(inp, case, upcast=True, grads=grads)
     same = prob.reference(inp, case, upcast=False, grads=grads)
     names = prob.tensors if grads else ("out", "lse")

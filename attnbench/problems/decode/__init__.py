@@ -70,6 +70,8 @@ DECODE = Problem(
     flops=decode_flops,
     bytes=decode_bytes,
     needs=needs,
+    # GB/s along the cache length, a line per batch; latency along the batch, a line per length
+    plot_axes=(("cache_len", "gbps", "batch"), ("batch", "latency_ms", "cache_len")),
 )
 
 __all__ = [

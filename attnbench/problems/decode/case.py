@@ -216,8 +216,9 @@ def _gpu_memory() -> tuple[str, int] | None:
 
 
 def device_memory_refusal(case: DecodeCase) -> str | None:
-    """Why the case cannot fit the GPU (:func:`memory_estimate` against its total memory);
-    None when it fits or there is no CUDA GPU here (CPU runs are not checked)."""
+    """Why the case cannot fit the GPU (:func:`memory_estimate` against the current CUDA
+    device's total memory); None when it fits or this machine has no CUDA GPU (CPU-only machines
+    are not checked; on a GPU machine every case of a config is, ``--device cpu`` too)."""
     gpu = _gpu_memory()
     if gpu is None:
         return None
@@ -226,8 +227,8 @@ def device_memory_refusal(case: DecodeCase) -> str | None:
     if need <= total:
         return None
     gib = 2.0**30
+    caches = 2 * cache_slots(case) * case.heads_kv * case.head_dim * case.torch_dtype.itemsize
     return (
-        f"the KV cache is too large for {name}: about {need / gib:.1f} GiB needed "
-        f"(K+V caches {2 * cache_slots(case) * case.heads_kv * case.head_dim * case.torch_dtype.itemsize / gib:.1f} GiB), "
-        f"{total / gib:.1f} GiB on the device"
+        f"the KV cache is too large for {name}: about {need / gib:.1f} GiB needed (K+V caches "
+        f"{caches / gib:.1f} GiB), {total / gib:.1f} GiB on the device"
     )

@@ -33,7 +33,7 @@ class DecodeGrid(BaseGrid):
     case_type: ClassVar[type] = DecodeCase
     q_len: int | list[int] = 1
     cache_len: int | list[int] | None = None
-    cache_dist: str | list[str] = "fixed"  # fixed | uniform (the case says which are known)
+    cache_dist: str | list[str] = "fixed"  # fixed | uniform (checked by the case)
     cache_lens: list[list[int]] | None = None  # explicit lengths: one list per case
     page_size: int | list[int] = 0
 
@@ -41,6 +41,8 @@ class DecodeGrid(BaseGrid):
         axes = super().axes()
         axes.pop("cache_lens", None)
         if self.cache_lens is not None:
+            if not self.cache_lens:
+                raise ValueError("cache_lens: give at least one list of lengths")
             if self.cache_len is not None:
                 raise ValueError("give cache_len or cache_lens, not both")
             axes["_lens"] = self.cache_lens

@@ -18,6 +18,7 @@ accuracy instead of passing by luck.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,19 @@ class DecodeInputs:
         for i, n in enumerate(self.lens):
             k[i, :n], v[i, :n] = self.sequence_kv(i)
         return k, v
+
+    def page_csr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A paged cache in FlashInfer's CSR form, int32 on the device: ``kv_indptr`` (B + 1,)
+        (each sequence's first entry in ``kv_indices``), ``kv_indices`` (the pages each sequence
+        owns, in order) and ``kv_last_page_len`` (B,) (keys in each sequence's last page)."""
+        if not self.paged:
+            raise ValueError("page_csr: the cache is contiguous")
+        ps, dev = self.page_size, self.q.device
+        per = [cdiv(n, ps) for n in self.lens]
+        indices = torch.cat([self.block_table[b, :p] for b, p in enumerate(per)])
+        indptr = torch.tensor([0, *itertools.accumulate(per)], dtype=torch.int32, device=dev)
+        last = [n - (p - 1) * ps for n, p in zip(self.lens, per)]
+        return indptr, indices, torch.tensor(last, dtype=torch.int32, device=dev)
 
 
 def page_order(case: DecodeCase, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
