@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from attnbench.kernels.triton_fa2.tuning import describe
+from attnbench.kernels._triton.tuning import describe
 from attnbench.problems import problem_of
 from attnbench.run.check import check_backend, make_truth
 from attnbench.run.timing import tflops

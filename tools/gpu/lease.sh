@@ -33,9 +33,9 @@
 #   --fa4            FlashAttention-4, call 2 (carry .fa4b) and later calls: install, PYTHONPATH
 #   --tuning FILE    keep Triton tuning choices across device sessions: ATTNBENCH_TUNING_CACHE=FILE,
 #                    copied back to $OUT/tuning.json with each pack (copy it over FILE here to keep
-#                    it). tools/gpu/tuning-h200.json holds the H200's choices (torch 2.11, triton
-#                    3.6) for triton_fa2 and the piecewise kernels: it saves minutes of autotuning
-#                    per call; `attnbench perf --retune` or piecewise_check.py --configs re-tune
+#                    it). The H200's choices (torch 2.11, triton 3.6) for triton_fa2 and the
+#                    piecewise kernels ship in attnbench/kernels/_triton/tuning_data/h200.json and
+#                    are used on a matching GPU with no flag; `attnbench perf --retune` re-tunes
 #   --flag           FlagAttention from .flag/FlagAttention-ee91638.tar.gz (copy
 #                    ../shared/device/flag_attn/ to .flag; carry .flag)
 # Folders to carry: .whl always (unless --again), plus .gpu / .fa4a / .fa4b / .flag as above.

@@ -25,7 +25,7 @@ import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if INTERPRET:
-    from ..triton_fa2._interpret_compat import install
+    from .._triton.interpret_compat import install
 
     install()
 

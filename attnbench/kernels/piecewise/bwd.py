@@ -43,7 +43,7 @@ import triton.language as tl
 
 from .._triton import tuning
 from .._triton.softmax import probs, probs_t
-from .._triton.tiles import key_ranges, load_rows, query_ranges, row_values, store_rows
+from .._triton.tiles import key_ranges, load_rows, row_values, store_rows
 from . import configs
 from .fwd import key_classes, scores
 
@@ -190,7 +190,7 @@ def _dkdv_class(
     BAND: tl.constexpr,
 ):
     """The query tiles [c_lo, c_hi) of one class, for every query head of the group in order:
-    masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q) (``query_ranges``)."""
+    masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q) (triton_fa2's split)."""
     for g in range(0, group):
         off_h = off_hk * group + g
         q_off = b64 * stride_qb + off_h * stride_qh
@@ -281,8 +281,19 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
 
     shift = seqlen_k - seqlen_q
+    m_full = seqlen_q // BLOCK_M * BLOCK_M  # query blocks [0, m_full) are inside seqlen_q
+    if CAUSAL:
+        # first row that sees key start_n, and first row that sees the whole key block
+        m_lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
+        m_diag = tl.maximum(start_n + BLOCK_N - 1 - shift, 0)
+        m_diag = (m_diag + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        m_lo = tl.minimum(m_lo, seqlen_q)
+    else:
+        m_lo = 0
+        m_diag = 0
     # masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q)
-    m_lo, a, m_full, b = query_ranges(start_n, seqlen_q, shift, BLOCK_M, BLOCK_N, CAUSAL)
+    a = tl.maximum(tl.minimum(m_diag, m_full), m_lo)
+    b = tl.maximum(a, m_full)
     e1, s2 = query_classes(start_n, shift, w, BLOCK_M, BLOCK_N)
     MERGED: tl.constexpr = SPLIT_BAND == 2
     # near tiles (q1 . k1), the threshold band (both, selected; or split: its near pairs with

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .._triton import tuning
 from .._triton.softmax import probs, probs_t
-from .._triton.tiles import key_ranges, load_rows, query_ranges, row_values, store_rows
+from .._triton.tiles import key_ranges, load_rows, row_values, store_rows
 from . import configs
 
 
@@ -189,8 +189,19 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PAD], dtype=tl.float32)
 
     shift = seqlen_k - seqlen_q
-    # masked [m_lo, a), unmasked [a, m_full), masked [b, seqlen_q)
-    m_lo, a, m_full, b = query_ranges(start_n, seqlen_q, shift, BLOCK_M, BLOCK_N, CAUSAL)
+    m_full = seqlen_q // BLOCK_M * BLOCK_M  # query blocks [0, m_full) are inside seqlen_q
+    if CAUSAL:
+        # first row that sees key start_n, and first row that sees the whole key block
+        m_lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
+        m_diag = tl.maximum(start_n + BLOCK_N - 1 - shift, 0)
+        m_diag = (m_diag + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        m_lo = tl.minimum(m_lo, seqlen_q)
+    else:
+        m_lo = 0
+        m_diag = 0
+    # masked [m_lo, a), unmasked [a, m_full), masked [max(a, m_full), seqlen_q)
+    a = tl.maximum(tl.minimum(m_diag, m_full), m_lo)
+    b = tl.maximum(a, m_full)
     for g in range(0, group):
         off_h = off_hk * group + g
         q_base = Q + b64 * stride_qb + q_start.to(tl.int64) * stride_qs + off_h * stride_qh
