@@ -26,6 +26,14 @@ def _kernels():
     return decode
 
 
+def _register_timer() -> None:
+    """Tuning times candidates with the harness's timer (L2 flushed, launches hidden)."""
+    from ..kernels._triton import tuning
+    from ..run.timing import autotune_bench
+
+    tuning.set_bench(autotune_bench)
+
+
 @register
 class DecodeTriton(Backend):
     name = "decode_triton"
@@ -68,7 +76,20 @@ class DecodeTriton(Backend):
         return page_size_refusal(case, self.page_sizes)
 
     def prepare(self, inp, case):
-        return Prepared((inp.q,), {"inputs": inp})
+        """Untimed: the split plan for this shape class (kept tuning; tuned on first use)."""
+        from ..kernels.decode.tuning import tuned_config
+
+        _register_timer()
+        config = tuned_config(
+            inp.q,
+            inp.k_cache,
+            inp.v_cache,
+            inp.cache_lens,
+            block_table=inp.block_table,
+            softmax_scale=case.scale,
+            max_cache_len=inp.max_cache_len,
+        )
+        return Prepared((inp.q,), {"inputs": inp, "config": config})
 
     def forward(self, p, case):
         (q,) = p.leaves
@@ -80,21 +101,11 @@ class DecodeTriton(Backend):
             inp.cache_lens,
             block_table=inp.block_table,
             softmax_scale=case.scale,
+            config=p.args["config"],
             max_cache_len=inp.max_cache_len,
         )
 
     def kernel_config(self, p, case, mode):
-        """The heuristic's config with the split length the kernel uses for the longest cache,
-        e.g. ``split 8x4096 BN64 w4 s2``."""
-        k = _kernels()
-        (q,) = p.leaves
-        longest = p.args["inputs"].max_cache_len
-        cfg = k.choose_config(
-            case.batch,
-            case.heads_kv,
-            longest,
-            case.heads_q // case.heads_kv * case.q_len,
-            case.head_dim,
-            k.num_sms(q.device),
-        )
-        return str(k.resolve_config(cfg, longest))
+        """The split plan that ran, with the split length the kernel uses for the longest
+        cache, e.g. ``split 8x4096 BN64 w4 s2``."""
+        return str(_kernels().resolve_config(p.args["config"], p.args["inputs"].max_cache_len))
