@@ -147,7 +147,7 @@ def list_backends(device: str = DEVICE):
                 "deterministic",
             )
             if getattr(c, f)
-        ]
+        ] + sorted(c.features)
         hd = ",".join(map(str, sorted(c.head_dims))) if c.head_dims else f"<={c.max_head_dim}"
         t.add_row(
             name,
@@ -222,23 +222,20 @@ app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, 
 
 def main() -> None:
     """The console script (and ``python -m attnbench``): output that cannot fail on a terminal
-    short of characters, ``--where`` repeatable, and a Ctrl-C before any run started (imports,
-    checks, plots) one line and exit 130, as a run's own Ctrl-C is."""
-    import typer.main
-
+    short of characters, every ``--where`` applied when given several times, and a Ctrl-C
+    before any run started (imports, checks, plots) one line and exit 130, as a run's own is."""
     from ..run.session import safe_stdio
-    from .options import interrupted, repeatable_where
+    from .options import interrupted, merge_where
 
     safe_stdio()
     try:
-        command = typer.main.get_command(app)
-        repeatable_where(command)
-        command(prog_name="attnbench")
+        app(args=merge_where(sys.argv[1:]), prog_name="attnbench")
     except SystemExit as e:
-        # typer ends a KeyboardInterrupt it caught with a silent exit 130 (Exit from the
-        # interrupt); the run driver's own Ctrl-C already printed its line (Exit from RunError)
-        ctx = e.__context__
-        if e.code == 130 and isinstance(getattr(ctx, "__cause__", None), KeyboardInterrupt):
+        # typer ends a KeyboardInterrupt it caught with a silent exit 130 (an Exit raised from
+        # the interrupt); the run driver's own Ctrl-C already printed its line (Exit from RunError)
+        if e.code == 130 and isinstance(
+            getattr(e.__context__, "__cause__", None), KeyboardInterrupt
+        ):
             interrupted()
         raise
     except KeyboardInterrupt:

@@ -10,7 +10,10 @@
 Under torchrun every rank runs the loop; rank 0 prints and writes ``<out>/<run_id>.parquet``
 (rows with ``strategy``, ``world_size``, ``rank``). Without torchrun the command starts the ranks
 with torchrun's launcher (``--standalone --nproc_per_node N``) for ``--nproc`` or for each of the
-config's ``world_sizes``; a rank that dies is one line, not a launcher traceback. ``--only`` and
+config's ``world_sizes``, refusing before the start what the machine cannot hold (more CPU
+ranks than 4 per CPU or ~300 MB each of the free memory; more CUDA ranks than GPUs). A rank that
+dies is one line, not a launcher traceback (its tracebacks stay in a log file the line names);
+the ranks die with the launcher, even one killed with SIGKILL. ``--only`` and
 ``--skip`` pick strategies (``--strategies`` is the old name of ``--only``), ``--local-backends``
 the local kernels. Exit codes: 0 all good; 1 a row failed accuracy or errored, no case ran, or a
 rank died; 2 usage or config error (checked before launching); 124 a collective timed out (the
@@ -46,8 +49,12 @@ _LOCAL = typer.Option(None, "--local-backends", help="comma-separated local back
 _ONLY = typer.Option(None, "--only", help=f"comma-separated strategies ({','.join(STRATEGIES)})")
 _SKIP = typer.Option(None, "--skip", help="comma-separated strategies to skip")
 _STRATS = typer.Option(None, "--strategies", help="old name of --only")
-_NPROC = typer.Option(None, "--nproc", help="start torchrun with this many processes")
-_TIMEOUT = typer.Option(None, "--timeout", help="collective timeout in seconds (config: 120)")
+_NPROC = typer.Option(
+    None, "--nproc", help="start torchrun with this many processes (what the machine can hold)"
+)
+_TIMEOUT = typer.Option(
+    None, "--timeout", help="collective timeout in seconds, at least 1 (config: 120)"
+)
 
 
 @app.command()

@@ -232,7 +232,8 @@ class BaseGrid(Strict):
     """The grid fields every problem has. A problem's grid adds its own fields and may override
     :meth:`axes` (how fields become crossed axes) and :meth:`case_fields` (turning its own axes
     into case fields); :func:`expand` does the rest. ``tokens`` derives ``batch = tokens //
-    seqlen_q`` and ``model_dim`` derives ``heads_q = model_dim // head_dim``."""
+    seqlen_q`` (at least one sequence) and ``model_dim`` derives ``heads_q = model_dim //
+    head_dim`` (a multiple of ``head_dim``)."""
 
     case_type: ClassVar[type[Case]] = Case
     batch: int | list[int] | None = None

@@ -14,8 +14,11 @@ exit code), which the command line prints as ``error: ...``.
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import signal
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -38,8 +41,41 @@ class RunError(Exception):
 
 
 # ---- consoles and the checks of flags shared by every command ---------------------------------
+# what the tables and lines print, on a terminal that cannot show it (PYTHONIOENCODING=ascii)
+_ASCII = {"·": ".", "—": "-", "–": "-", "…": "...", "×": "x", "≤": "<=", "≥": ">=", "→": "->"}
+
+
+def _ascii_fallback(e: UnicodeError):
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    bad = e.object[e.start : e.end]
+    return "".join(_ASCII.get(ch, "?") for ch in bad), e.end
+
+
+codecs.register_error("attnbench-ascii", _ascii_fallback)
+
+
+def safe_stdio() -> None:
+    """stdout and stderr that cannot fail on a character their encoding lacks: where the
+    encoding is not UTF (``PYTHONIOENCODING=ascii``, a C locale), what it cannot show is
+    written as its ASCII look-alike (``·`` -> ``.``) or ``?``, never a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "")
+        if (
+            isinstance(stream, io.TextIOWrapper)
+            and not enc.startswith("utf")
+            and stream.errors == "strict"
+        ):
+            try:
+                stream.reconfigure(errors="attnbench-ascii")
+            except (AttributeError, ValueError, io.UnsupportedOperation):
+                pass
+
+
 def make_console(stderr: bool = False) -> Console:
-    """A console that does not squeeze tables to 80 columns when output is not a terminal."""
+    """A console that does not squeeze tables to 80 columns when output is not a terminal (and
+    does not fail on a terminal that cannot show every character: :func:`safe_stdio`)."""
+    safe_stdio()
     con = Console(stderr=stderr)
     if not con.is_terminal:
         con = Console(stderr=stderr, width=200)
@@ -96,33 +132,57 @@ def check_device(device: str | None) -> str:
     return dev
 
 
-def check_out_dir(out: Path, flag: str = "--out") -> Path:
+def check_out_dir(out: Path | str, flag: str = "--out") -> Path:
     """``--out`` as a folder this process can write into (made if missing), checked before
-    anything is computed (a file, a read-only or full disk: an error)."""
-    out = Path(out)
-    if flag == "--out" and os.environ.get("ATTNBENCH_OUT") == str(out):
+    anything is computed (a file, a read-only or full disk, a name too long: an error). ``~`` is
+    the home folder; an empty path is an error (it would mean the current folder)."""
+    if not str(out).strip():
+        raise RunError(f"{flag} given an empty path; name a folder (default: results)")
+    out = Path(out).expanduser()
+    env = os.environ.get("ATTNBENCH_OUT")
+    if flag == "--out" and env and Path(env).expanduser() == out:
         flag = "--out (from $ATTNBENCH_OUT)"
-    if out.exists() and not out.is_dir():
-        raise RunError(f"{flag} {out}: is a file, not a folder")
+    shown = (
+        str(out) if len(str(out)) <= 160 else f"{str(out)[:160]}... ({len(str(out))} characters)"
+    )
     try:
+        if out.exists() and not out.is_dir():
+            raise RunError(f"{flag} {shown}: is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out, prefix=".attnbench-probe-") as f:
             f.write(b"x" * 4096)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise RunError(f"{flag} {out}: not a writable folder ({e.strerror or e})") from None
+        raise RunError(f"{flag} {shown}: not a writable folder ({e.strerror or e})") from None
     return out
 
 
-def where_cases(cases: list, where: str | None, case_types: list[type]) -> list:
-    """The cases ``--where`` keeps (its conditions checked against ``case_types``' fields)."""
+def where_cases(
+    cases: list, where: str | list[str] | None, case_types: list[type], say=None
+) -> list:
+    """The cases ``--where`` keeps (its conditions checked against ``case_types``' fields; given
+    several times, all apply). ``say``: called with one line, how many of how many were kept."""
     from .where import keep, parse_where
 
+    if where is not None and not isinstance(where, str):
+        where = list(where) or None
+    if where == "":
+        raise RunError("--where given empty; leave it out to run every case")
     try:
-        return keep(cases, parse_where(where, case_types))
+        kept = keep(cases, parse_where(where, case_types))
     except ValueError as e:
         raise RunError(str(e)) from None
+    if where is not None and say is not None:
+        say(f"--where: {len(kept)} of {len(cases)} cases")
+    return kept
+
+
+def where_text(where: str | list[str] | None) -> str:
+    """``--where`` as given, for a message (several: joined with commas, as they all apply)."""
+    if where is None or isinstance(where, str):
+        return where or ""
+    return ",".join(where)
 
 
 # ---- settings ---------------------------------------------------------------------------------
@@ -291,6 +351,7 @@ class Plan:
     modes: list[str] | None
     note: str | None
     out: Path
+    where_note: str | None = None  # "--where: 12 of 48 cases"
 
 
 def nothing_runs(cases, backends, modes, dev) -> str | None:
@@ -312,7 +373,7 @@ def plan(req: Request) -> Plan:
     from .. import backends as _backends  # noqa: F401  (registers every backend)
     from ..backends.base import get_backends
     from ..problems import PROBLEMS
-    from .config import ConfigError, load_config, select_cases
+    from .config import ConfigError, DistConfigFile, load_config, select_cases
 
     kind = req.kind
     dev = check_device(req.device)
@@ -327,9 +388,16 @@ def plan(req: Request) -> Plan:
     try:
         cfg, path = load_config(req.config)
         cases, cfg_modes, note = select_cases(cfg, dev.split(":")[0], dtypes)
+    except DistConfigFile as e:
+        flag = "--suite" if kind == "accuracy" else "--sweep"
+        raise RunError(
+            f"{e.path.name} is a distributed config; run it with "
+            f"attnbench dist {kind} {flag} {req.config}"
+        ) from None
     except (ConfigError, ValueError) as e:
         raise RunError(str(e)) from None
-    cases = where_cases(cases, req.where, [PROBLEMS[cfg.problem].case_type])
+    said = []
+    cases = where_cases(cases, req.where, [PROBLEMS[cfg.problem].case_type], said.append)
     wrong = [b.name for b in backends if b.caps.problem != cfg.problem]
     if req.only and wrong:
         raise RunError(
@@ -344,9 +412,8 @@ def plan(req: Request) -> Plan:
             f"{path}: kind: {cfg.kind}, not {kind}; run it with `attnbench {cfg.kind} {flag} ...`"
         )
     if not cases:
-        raise RunError(
-            f"{path}: no cases to run on {dev}" + (f" where {req.where}" if req.where else "")
-        )
+        where = where_text(req.where)
+        raise RunError(f"{path}: no cases to run on {dev}" + (f" where {where}" if where else ""))
     run_modes = run_modes or cfg_modes
     why = nothing_runs(cases, backends, run_modes if kind == "perf" else None, dev)
     if why:
@@ -354,7 +421,7 @@ def plan(req: Request) -> Plan:
             f"nothing to run: no selected backend supports any of the {len(cases)} cases ({why})"
         )
     out = check_out_dir(req.out)
-    return Plan(cfg, path, dev, cases, backends, run_modes, note, out)
+    return Plan(cfg, path, dev, cases, backends, run_modes, note, out, said[0] if said else None)
 
 
 def run(req: Request) -> int:
@@ -377,6 +444,8 @@ def run(req: Request) -> int:
         con = session.console
         if p.note:
             con.print(f"[bold yellow]{p.note}[/] ({p.path.name}: {len(p.cases)} cases)")
+        if p.where_note:
+            con.print(p.where_note, highlight=False)
         con.print(
             f"run {ctx.run_id}: {len(p.cases)} cases x {len(p.backends)} backends on "
             f"{p.device} -> {p.out}/",

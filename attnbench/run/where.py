@@ -3,17 +3,20 @@
     attnbench perf --sweep piecewise_seqlen --where "seqlen>=2048,causal=true,head_dim=64|128"
 
 Comma-separated conditions on case fields (``attnbench.problems.attention.case.Case`` and its problem's fields,
-e.g. ``dist_threshold``), all of which must hold: ``field=a|b`` (any of), ``field!=a``,
-``field>=n``, ``field<=n``, ``field>n``, ``field<n``. ``seqlen`` means ``seqlen_q``; values are
-compared as the field's type (``true``/``false`` for booleans, dtype names as written in
-configs). The derived flags ``varlen``, ``gqa`` and ``windowed`` (result columns too) filter
-like boolean fields. An unknown field or a value of the wrong type is a one-line error (exit 2).
+e.g. ``dist_threshold``), all of which must hold: ``field=a|b`` (any of), ``field!=a|b`` (none
+of), ``field>=n``, ``field<=n``, ``field>n``, ``field<n`` (one value: ``|`` is an error there).
+``--where`` may be given several times: every condition of every one must hold. ``seqlen`` means
+``seqlen_q``; values are compared as the field's type (``true``/``false`` for booleans, dtype
+names as written in configs). The derived flags ``varlen``, ``gqa`` and ``windowed`` (result
+columns too) filter like boolean fields. An unknown field, a value of the wrong type or a
+``--where`` with no condition in it (``","``, ``" "``) is a one-line error (exit 2).
 """
 
 from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from ..problems.base import DTYPE_ALIASES, Case
@@ -43,6 +46,8 @@ class Condition:
         got = getattr(case, self.field)
         if self.op == "=":
             return got in self.values
+        if self.op == "!=":
+            return got not in self.values
         if got is None:
             return False
         return OPS[self.op](got, self.values[0])
@@ -72,8 +77,14 @@ def _convert(field: str, raw: str, kind: type | str):
     raise ValueError(f"{field}: cannot filter on this field")
 
 
-def parse_where(text: str | None, case_types: list[type[Case]]) -> list[Condition]:
-    """Conditions from ``--where`` text, checked against the fields of ``case_types``."""
+def parse_where(text: str | Sequence[str] | None, case_types: list[type[Case]]) -> list[Condition]:
+    """Conditions from ``--where`` text (or several: all of their conditions apply), checked
+    against the fields of ``case_types``. ``None`` or ``""``: no condition; text that holds no
+    condition (``","``, ``" "``) is an error, never "every case"."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        return [c for t in text for c in parse_where(t, case_types) or _nothing(t)]
     if not text:
         return []
     types = {f.name: f.type for t in case_types for f in fields(t)}
@@ -92,15 +103,24 @@ def parse_where(text: str | None, case_types: list[type[Case]]) -> list[Conditio
             raise ValueError(f"--where: unknown field {name!r} (fields: {known})")
         if name == "dtype" and op not in ("=", "!="):
             raise ValueError("--where: dtype takes = or !=")
+        if "|" in raw and op not in ("=", "!="):
+            raise ValueError(
+                f"--where: {part.strip()!r}: | (any of) goes with = or != only; "
+                f"{op} takes one value"
+            )
         try:
             values = tuple(_convert(name, v, types[name]) for v in raw.split("|"))
         except ValueError as e:
             raise ValueError(f"--where: {e}") from None
-        if op == "!=":
-            conds.append(Condition(name, "!=", values[:1]))
-        else:
-            conds.append(Condition(name, op, values if op == "=" else values[:1]))
-    return conds
+        conds.append(Condition(name, op, values))
+    return conds or _nothing(text)
+
+
+def _nothing(text: str) -> list[Condition]:
+    """A ``--where`` that was given but holds no condition: an error (it would run everything)."""
+    if not text:
+        raise ValueError("--where given empty; leave it out to run every case")
+    raise ValueError(f"--where {text!r} holds no condition; leave it out to run every case")
 
 
 def keep(cases: list[Case], conds: list[Condition]) -> list[Case]:
