@@ -519,10 +519,14 @@ def test_failed_cases_count_cases_not_rows():
         row(kind="dist_accuracy", strategy="ring", rank=0, status="accuracy_failed", tensor="dq"),
         row(kind="dist_accuracy", strategy="ring", rank=1, status="accuracy_failed", tensor="dq"),
     ]
-    assert failed_cases(rows) == [
+    lines = failed_cases(rows)
+    assert lines[:4] == [
         "3 cases failed:",
         "  b  C1  wrong dk, dv",
         "  b  C2  error: RuntimeError: boom",
         "  ring · b  C1  wrong dq",
     ]
+    # then in words: accuracy failures are findings about the backend, errors failures to run
+    assert "a finding about that backend" in lines[4] and lines[4].startswith("exit 1: b ")
+    assert lines[5] == "exit 1: b failed to run some cases (see above)"
     assert failed_cases([row()]) == []

@@ -7,7 +7,10 @@ compares its part of out, lse, dq, dk, dv with both.
 
 Rule: distributed error against the reference <= 2.5 x the non-distributed error against the
 reference (same rank's tokens) + a floor; NaN/Inf fails. The merges and gradient sums of the
-strategies run in fp32, so a correct strategy is usually *more* accurate than the single run.
+strategies run in fp32, so a correct strategy is usually *more* accurate than the single run,
+at any number of chunks, provided every block's lse is fp32: one rounded to bf16 skews each
+partial's merge weight ``e^(lse_b - lse)``, an error per chunk that the single run's out never
+has (16 ranks failed on it; see :mod:`attnbench.distributed.local`).
 """
 
 from __future__ import annotations

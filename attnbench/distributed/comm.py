@@ -5,8 +5,9 @@ One process per device: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` come from torchru
 ``NCCL_NVLS_ENABLE=0`` is always set: NVLink multicast stays off.
 
 A collective that never completes (a dead peer, a rank that skipped a step) must not hang the
-run: ``init_process_group`` gets a finite timeout, gloo raises on it (re-raised here as
-:class:`DistTimeout` naming the rank and the phase), and :class:`Watchdog` ends a rank stuck
+run: ``init_process_group`` gets a finite timeout (a rank that cannot join within it is a
+:class:`DistTimeout` too), gloo raises on it (re-raised here as :class:`DistTimeout` naming the
+rank and the phase), and :class:`Watchdog` ends a rank stuck
 past the timeout (NCCL kernels can block the host without raising) with the same message.
 """
 
@@ -77,9 +78,19 @@ def init(device: str, timeout_s: float = 120.0, high_priority: bool = True) -> D
         dev, backend = "cpu", "gloo"
     if not dist.is_initialized():
         extra = {"pg_options": nccl_options(high_priority)} if backend == "nccl" else {}
-        dist.init_process_group(
-            backend, rank=rank, world_size=world, timeout=dt.timedelta(seconds=timeout_s), **extra
-        )
+        try:
+            dist.init_process_group(
+                backend, rank=rank, world_size=world, timeout=dt.timedelta(seconds=timeout_s),
+                **extra,
+            )  # fmt: skip
+        except RuntimeError as e:  # DistNetworkError/DistStoreError included
+            if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DistTimeout(
+                f"rank {rank} could not join the process group of {world} within "
+                f"{timeout_s:g} s: {first}"
+            ) from None
     return DistEnv(rank, world, local_rank, dev, backend, timeout_s, high_priority)
 
 

@@ -29,6 +29,7 @@ from ..problems.base import Case, Mode, expand
 from ..run.config import load_config
 from .strategy import STRATEGIES
 
+MIN_TIMEOUT_S = 1.0  # a collective timeout below this is refused: no collective can meet it
 Strategy = Literal["ring", "zigzag", "ulysses", "hybrid", "hybrid_zigzag"]
 
 
@@ -75,8 +76,11 @@ class DistConfig(_Strict):
     @field_validator("timeout_s")
     @classmethod
     def _timeout(cls, v):
-        if not (v > 0 and v < float("inf")):
-            raise ValueError("timeout_s must be a finite number > 0")
+        if not (v >= MIN_TIMEOUT_S and v < float("inf")):
+            raise ValueError(
+                f"timeout_s must be a finite number of seconds >= {MIN_TIMEOUT_S:g} (a collective "
+                "between processes cannot complete in less)"
+            )
         return v
 
 

@@ -33,7 +33,7 @@ from ..run.session import (
 )
 from ..settings import Settings
 from . import comm
-from .config import DistConfig, Selection, load_dist_config, select
+from .config import MIN_TIMEOUT_S, DistConfig, Selection, load_dist_config, select
 from .strategy import STRATEGIES
 
 NOTHING_RAN = "no case ran: every strategy and local backend was unsupported (reasons above)"
@@ -111,19 +111,29 @@ def run(req: DistRequest) -> int:
         raise RunError(f"--nproc must be >= 1, got {req.nproc}")
     if req.timeout is not None and not (0 < req.timeout < float("inf")):
         raise RunError(f"--timeout must be a number of seconds > 0, got {req.timeout:g}")
+    if req.timeout is not None and req.timeout < MIN_TIMEOUT_S:
+        raise RunError(
+            f"--timeout must be at least {MIN_TIMEOUT_S:g} s (a collective between processes "
+            f"cannot complete in less), got {req.timeout:g}"
+        )
     torchrun = comm.launched_by_torchrun()
+    if torchrun:
+        from .launch import follow_launcher
+
+        follow_launcher()  # a rank never outlives its launcher
     if req.strategies is not None and (not torchrun or os.environ.get("RANK") == "0"):
         err_console.print("[dim]note: --strategies is now --only (strategies by name)[/]")
     return _rank(req) if torchrun else _launch(req)
 
 
 def _launch(req: DistRequest) -> int:
-    from .launch import launch, rank_args
+    from . import launch as launcher
 
     dev, cfg, _, _ = prepare(req, None)
     worlds = [req.nproc] if req.nproc else cfg.world_sizes
     for n in worlds:  # --where leaves cases at every world size
         prepare(req, n)
+    launcher.check_capacity(dev, worlds, req.nproc is not None)
     check_out_dir(req.out)
     flags = {
         "--local-backends": req.local,
@@ -135,9 +145,9 @@ def _launch(req: DistRequest) -> int:
         "--modes": req.modes,
         "--json": req.json_out,
     }
-    args = rank_args(req.kind, req.config, dev, req.out, flags)
+    args = launcher.rank_args(req.kind, req.config, dev, req.out, flags)
     console = err_console if req.json_out else make_console()
-    return launch(req.kind, worlds, dev, args, console)
+    return launcher.launch(req.kind, worlds, dev, args, console)
 
 
 def _rank(req: DistRequest) -> int:
@@ -157,7 +167,10 @@ def _rank(req: DistRequest) -> int:
     session = Session(req.json_out, Settings.from_env())  # the launcher's environment
     with activated(session.settings):
         timeout_s = req.timeout or cfg.timeout_s
-        env = comm.init(dev, timeout_s, cfg.nccl_high_priority)
+        try:
+            env = comm.init(dev, timeout_s, cfg.nccl_high_priority)
+        except comm.DistTimeout as e:  # a peer that never came: one line, 124
+            _exit(str(e), 124)
         wd = comm.Watchdog(env.rank, timeout_s)
         ctx = None
         if env.rank == 0:

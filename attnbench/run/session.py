@@ -444,6 +444,14 @@ def run(req: Request) -> int:
         con = session.console
         if p.note:
             con.print(f"[bold yellow]{p.note}[/] ({p.path.name}: {len(p.cases)} cases)")
+        if p.device.startswith("cpu") and os.environ.get("TRITON_INTERPRET") != "1":
+            con.print(
+                "[dim]the in-repo Triton kernels (triton_fa2, piecewise_triton, decode_triton) run "
+                "on the CPU only under Triton's interpreter: "
+                f"TRITON_INTERPRET=1 attnbench {req.kind} "
+                f"{'--suite' if req.kind == 'accuracy' else '--sweep'} {req.config} --device cpu[/]",
+                highlight=False,
+            )
         if p.where_note:
             con.print(p.where_note, highlight=False)
         con.print(

@@ -154,9 +154,18 @@ def unsupported_reasons(rows: list[dict]) -> list[str]:
 BAD = ("error", "oom", "accuracy_failed")
 
 
+def _wrong(r) -> str:
+    """``dv (1.16x the limit)``: a failing tensor and its error over the rule's limit."""
+    frac = _rule_fraction(r)
+    return r["tensor"] + (f" ({frac:.2f}x the limit)" if frac >= 0 else "")
+
+
 def failed_cases(rows: list[dict]) -> list[str]:
-    """``N cases failed:`` and one line per failed backend (strategy · local backend for
-    distributed rows) x case (x mode for perf), naming the failing tensors or the error; empty
+    """The run's last lines when something failed: one per failed backend (strategy · local
+    backend for distributed rows) x case (x mode for perf), naming the failing tensors with their
+    error over the rule's limit, or the error; then, in words, what the failures are: an
+    accuracy failure is a finding about that backend on that case (its output disagrees with the
+    fp32 reference by more than the rule allows), an error is the backend failing to run. Empty
     when nothing failed."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -167,16 +176,27 @@ def failed_cases(rows: list[dict]) -> list[str]:
     if not groups:
         return []
     lines = [f"{len(groups)} cases failed:"]
+    wrong, broken = set(), set()
     for (be, case, mode), rs in groups.items():
-        tens = list(dict.fromkeys(r["tensor"] for r in rs if r.get("tensor")))
+        bad = [r for r in rs if r.get("tensor") and r["status"] == "accuracy_failed"]
         r = rs[0]
-        if tens:
-            what = "wrong " + ", ".join(tens)
+        if bad:
+            what = "wrong " + ", ".join(dict.fromkeys(_wrong(x) for x in bad))
         elif r["status"] == "accuracy_failed":
             what = r.get("message") or "accuracy failed"
         else:
             what = status_text(r["status"], r.get("message"))
+        (wrong if r["status"] == "accuracy_failed" or bad else broken).add(be.split(" · ")[-1])
         lines.append(f"  {be}  {case}" + (f"  {mode}" if mode else "") + f"  {what}")
+    if wrong:
+        lines.append(
+            f"exit 1: {', '.join(sorted(wrong))} computed outputs further from the fp32 reference "
+            "than the rule allows (k x same-dtype torch's error): a finding about "
+            + ("that backend" if len(wrong) == 1 else "those backends")
+            + ", kept in the results with its numbers"
+        )
+    if broken:
+        lines.append(f"exit 1: {', '.join(sorted(broken))} failed to run some cases (see above)")
     return lines
 
 
