@@ -54,6 +54,8 @@ def test_a_new_problem_runs_through_every_command(cli, toy, tmp_path):
     acc = df[df.kind == "accuracy"]
     assert set(acc.tensor) == {"out", "lse", "dx"} and acc.accuracy_ok.all()
 
+    res = cli("show", out, "--latest")  # the stored runs' tables
+    assert res.exit_code == 0 and "toy_softmax_torch" in res.output and "perf" in res.output
     runs = sorted(perf.run_id.unique())
     res = cli("plot", out, "--out", tmp_path / "png", "--run", runs[0])
     assert res.exit_code == 0, res.output

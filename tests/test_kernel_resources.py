@@ -1,4 +1,4 @@
-"""tools/kernel_resources.py: the kernels compile offline for sm_90 (no GPU) and the pruners'
+"""python -m attnbench.kernels.resources: the kernels compile offline for sm_90 (no GPU) and the pruners'
 shared-memory estimates agree with Triton's own count, so a config the pruner keeps fits.
 
 Run in a subprocess: the test session interprets Triton (TRITON_INTERPRET=1), the tool compiles.
@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "kernel_resources.py"
+TOOL = ["-m", "attnbench.kernels.resources"]
 LINE = re.compile(r"shared\s+(\d+) KiB \(estimate (\d+)\) (fits|OOR)\s+regs (\d+)\s+stack (\d+) B")
 
 
 def run_tool(*args: str) -> list[str]:
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     out = subprocess.run(
-        [sys.executable, str(TOOL), *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *TOOL, *args], env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
@@ -62,7 +62,7 @@ def test_estimate_matches_tritons_count(package, kind, tiles):
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
     out = subprocess.run(
-        [sys.executable, str(TOOL), *args],
+        [sys.executable, *TOOL, *args],
         env={**os.environ, "TRITON_INTERPRET": "0"},
         capture_output=True,
         text=True,

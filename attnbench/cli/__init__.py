@@ -216,6 +216,44 @@ def plot(
         make_console().print(str(f), highlight=False)
 
 
+@app.command()
+def show(
+    results_dir: Path = typer.Argument(
+        Path("results"), help="folder of parquet results, or one results file"
+    ),
+    run: str = typer.Option(None, "--run", help="comma-separated run ids (or unique prefixes)"),
+    latest: bool = typer.Option(
+        False, "--latest", help="only the newest run of each kind", metavar=""
+    ),
+):
+    """The tables of stored runs (accuracy, perf, distributed perf), as the run printed them."""
+    from ..results import load_results
+    from ..views.plot import choose_runs
+    from ..views.tables import accuracy_table, dist_perf_table, perf_table
+
+    warn = lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False)  # noqa: E731
+    try:
+        df = load_results(results_dir, warn)
+        chosen = choose_runs(df, split_list(run, "--run"), latest)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    con = make_console()
+    for run_id in chosen:
+        d = df[df.run_id == run_id]
+        rows = d.astype(object).where(d.notna(), None).to_dict("records")
+        kind = rows[0]["kind"]
+        con.print(f"[bold]{run_id}[/] ({kind}, {len(rows)} rows)", highlight=False)
+        if kind == "accuracy":
+            con.print(accuracy_table(rows))
+        elif kind == "perf":
+            con.print(perf_table(rows))
+        elif kind == "dist_perf":
+            for world in sorted({r["world_size"] for r in rows if r.get("world_size")}):
+                con.print(dist_perf_table([r for r in rows if r["world_size"] == world], world))
+        else:
+            con.print(accuracy_table([r for r in rows if r.get("rank") in (None, 0)]))
+
+
 app.command("compare")(compare_command)
 app.add_typer(dist_app, name="dist", help="Distributed attention (ring, zigzag, Ulysses).")
 

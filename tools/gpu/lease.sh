@@ -126,8 +126,7 @@ for cmd in "$@"; do
 done
 if ls "$R"/*.parquet >/dev/null 2>&1; then
   echo "=== tables of $R"
-  python3 tools/gpu/summarize.py "$R" 2>&1 | head -n 60
-  if [[ "$*" == *"attnbench dist"* ]]; then python3 tools/gpu/dist_summary.py "$R" 2>&1 | head -n 60; fi
+  attnbench show "$R" 2>&1 | cut -c1-200 | head -n 120
 fi
 kill "$packer" 2>/dev/null
 pack

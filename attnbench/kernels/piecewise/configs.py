@@ -40,7 +40,7 @@ passes, each as one key (query) class, the band and the pure tiles of its side t
 band's mask applied to every tile of it: half the pipelined loops of ``sp`` (6 against 12 in
 dK/dV, 4 against 8 forward), hence fewer registers and spills (sm_90, offline), at the price
 of a compare and select on every tile and the band's tiles loaded twice as in ``sp``.
-``tools/kernel_resources.py`` compiles the tables offline for sm_90 (no GPU) and prints
+``python -m attnbench.kernels.resources`` compiles the tables offline for sm_90 (no GPU) and prints
 Triton's shared memory, registers and spills.
 """
 

@@ -3,10 +3,10 @@ offline for a GPU architecture: no GPU needed (Triton's compiler, its bundled pt
 cuobjdump). Use it before spending device time: a config whose shared memory exceeds the
 limit is refused on the GPU, and the package's pruner estimate should agree with Triton.
 
-    python tools/kernel_resources.py piecewise fwd,dkdv,dq --head-dims 64,128
-    python tools/kernel_resources.py triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
-    python tools/kernel_resources.py piecewise dkdv --tiles 64x128w8s3bs2,64x128w8s2sp
-    python tools/kernel_resources.py triton_fa2 fwd,dkdv,dq --ptx   # before/after a refactor
+    python -m attnbench.kernels.resources piecewise fwd,dkdv,dq --head-dims 64,128
+    python -m attnbench.kernels.resources triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
+    python -m attnbench.kernels.resources piecewise dkdv --tiles 64x128w8s3bs2,64x128w8s2sp
+    python -m attnbench.kernels.resources triton_fa2 fwd,dkdv,dq --ptx   # before/after a refactor
 
 One line per (kernel, head dim, config): Triton's shared-memory count against the pruner's
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
