@@ -67,7 +67,24 @@ SLOW_TESTS = {
 }
 
 
+# The GPU tests in parts that each fit one device call (10 minutes), by file:
+#   python -m pytest -m "gpu and gpu_kernels"   the in-repo kernels against the reference
+#   python -m pytest -m "gpu and gpu_backends"  library backends, the registry, the block API
+#   python -m pytest -m "gpu and gpu_runs"      whole runs: timing, ceilings, suites, dist
+GPU_PARTS = {
+    "gpu_kernels": {
+        "test_triton_fa2.py", "test_piecewise_kernel.py", "test_decode_kernel.py",
+        "test_cuda_fa.py",
+    },
+    "gpu_backends": {"test_flash_attn.py", "test_fa4_flex_gpu.py", "test_registry.py"},
+    "gpu_runs": {"test_gpu_core.py", "test_gpu_timing.py", "test_gpu_piecewise.py", "test_dist.py"},
+}  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("gpu"):
+            part = [p for p, files in GPU_PARTS.items() if item.path.name in files]
+            item.add_marker(getattr(pytest.mark, part[0] if part else "gpu_runs"))

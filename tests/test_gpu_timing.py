@@ -17,7 +17,28 @@ def test_ceiling_is_positive_and_plausible():
     c = ceiling.ceiling("cuda", "bf16")
     assert 10 < c["matmul_tflops"] < 5000
     assert 100 < c["copy_gbps"] < 20000
+    assert c["bw_gbps"] == max(c["copy_gbps"], c["read_gbps"]) and "warm-up" in c["ceiling_method"]
     assert ceiling.ceiling("cuda", "bf16") is c  # measured once per run
+
+
+def test_no_row_of_a_run_exceeds_its_ceilings(cli, tmp_path):
+    """The roofs are measured so that no kernel touches them: every TFLOP/s row of a run is below
+    its matmul ceiling and every GB/s row below its bandwidth (FA4's forward read 98-99% of a
+    cold 8192^3 matmul before the warm-up and the best-of-shapes)."""
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "name: g\nrep_ms: 30\nmodes: [fwd, bwd]\ncases:\n"
+        "  - {tokens: 16384, heads_q: 16, seqlen: [2048, 8192], head_dim: 128, dtype: bf16,"
+        " causal: [false, true]}\n"
+    )
+    out = tmp_path / "r"
+    res = cli("perf", "--sweep", f, "--only", "sdpa_flash,sdpa_cudnn,fa4", "--out", out)
+    assert res.exit_code in (0, 1), res.output
+    df = pd.read_parquet(out)
+    ok = df[df.status == "ok"]
+    assert len(ok) and (ok.tflops < ok.matmul_tflops).all(), ok[["backend", "tflops"]]
+    g = ok[ok.gbps.notna()]
+    assert (g.gbps < g.bw_gbps).all()
 
 
 def test_short_kernel_gets_enough_reps_and_a_tight_spread():
