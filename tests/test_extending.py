@@ -66,6 +66,9 @@ def test_a_new_problem_runs_through_every_command(cli, toy, tmp_path):
     assert fwd == ["perf_toy_softmax_fwd_full_d8_fp32_h2.png",
                    "perf_toy_softmax_fwd_full_d8_fp32_h2_temperature2.png"], pngs  # fmt: skip
 
+    res = cli("plot", out, "--out", tmp_path / "roof", "--run", runs[0], "--roofline")
+    assert res.exit_code == 0 and "roofline.png" in res.output, res.output  # bytes -> placed
+
     res = cli("compare", runs[0], runs[1], "--results", out, "--json")
     assert res.exit_code == 0, res.output
     comp = json.loads(res.stdout)
@@ -133,3 +136,29 @@ def test_a_threshold_that_grows_with_the_length_stays_one_line(cli, tmp_path, mo
     monkeypatch.setattr(plot, "_perf_plot", lambda g, x, series, title, path: drawn.append(title))
     assert cli("plot", out, "--out", tmp_path / "png").exit_code == 0
     assert len(drawn) == 1 and "dist_threshold 16-32 along x" in drawn[0], drawn
+
+
+def test_roofline_draws_both_measured_roofs(tmp_path, monkeypatch):
+    """Rows of two problems by FLOP/byte under the run's matmul and bandwidth roofs."""
+    from attnbench.views import plot_roofline
+
+    drawn = {}
+    real = plot_roofline.plt.Axes.plot
+
+    def spy(ax, *args, **kw):
+        drawn.setdefault("roof", []).append((args, kw))
+        return real(ax, *args, **kw)
+
+    monkeypatch.setattr(plot_roofline.plt.Axes, "plot", spy)
+    base = dict(kind="perf", status="ok", dtype="bf16", matmul_tflops=800.0, bw_gbps=4000.0,
+                run_id="r", device="cuda", gpu_name="H200", timestamp=pd.Timestamp.now())  # fmt: skip
+    df = pd.DataFrame([
+        {**base, "backend": "fa", "problem": "attention", "flops": 1e12, "bytes": 1e9, "tflops": 600.0},
+        {**base, "backend": "dec", "problem": "decode", "flops": 1e9, "bytes": 1e9, "tflops": 3.5},
+    ])  # fmt: skip
+    (path,) = plot_roofline.roofline_plot(df, tmp_path)
+    assert path.name == "roofline.png" and path.stat().st_size > 0
+    (args, kw), = drawn["roof"]  # fmt: skip
+    x, y = args[0], args[1]
+    assert y.max() == 800.0 and abs(y[0] - 4000.0 * x[0] / 1e3) < 1e-9  # flat roof, then the slope
+    assert "4000 GB/s" in kw["label"] and "800 TFLOP/s" in kw["label"]

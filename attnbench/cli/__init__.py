@@ -195,6 +195,12 @@ def plot(
         help="draw the chosen runs as one (a sweep run in slices; same machine and software)",
         metavar="",
     ),
+    roofline: bool = typer.Option(
+        False,
+        "--roofline",
+        help="also roofline.png: every perf row by FLOP/byte under the run's measured roofs",
+        metavar="",
+    ),
 ):
     """TFLOP/s-vs-seqlen and accuracy charts from stored results, one folder per run."""
     from ..views.plot import PlotWriteError, make_plots
@@ -207,6 +213,7 @@ def plot(
             runs=split_list(run, "--run"),
             latest=latest,
             merge=merge,
+            roofline=roofline,
         )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))

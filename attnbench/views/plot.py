@@ -33,6 +33,7 @@ from ..results import load_results  # noqa: E402
 from ..results.schema import ENV_COLUMNS  # noqa: E402
 from ..results.units import tflops  # noqa: E402
 from .plot_accuracy import accuracy_plot, device_label, rule_ratio, run_label  # noqa: E402, F401
+from .plot_roofline import roofline_plot  # noqa: E402
 
 # Named the usual way in titles and file names; every other case column that is fixed in a
 # figure and off its default is appended generically (``name value``), so a field of a new
@@ -415,6 +416,7 @@ def make_plots(
     runs: list[str] | None = None,
     latest: bool = False,
     merge: bool = False,
+    roofline: bool = False,
 ) -> list[Path]:
     """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots, or
     ``<folder>/_plots`` next to one results file given as RESULTS_DIR) from every readable
@@ -441,6 +443,8 @@ def make_plots(
         try:
             folder.mkdir(exist_ok=True)
             files += perf_plots(d, folder) + accuracy_plot(d, folder)
+            if roofline:
+                files += roofline_plot(d, folder)
         except OSError as e:
             plt.close("all")  # the figure whose file failed
             raise PlotWriteError(
