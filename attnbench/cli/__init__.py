@@ -5,6 +5,7 @@
     attnbench accuracy --suite basic [--only a,b] [--skip c] [--device cuda|cpu] [--dtype bf16]
     attnbench perf --sweep seqlen [--only ...] [--json]
     attnbench plot results/
+    attnbench repro RUN_ID [--backend b --case CASE_ID --mode fwd]
 
 Exit codes: 0 all good; 1 some case failed accuracy or errored, no case ran, or the results
 could not be written (rows written before are kept); 2 usage or config error (nothing run).
@@ -259,6 +260,63 @@ def show(
                 con.print(dist_perf_table([r for r in rows if r["world_size"] == world], world))
         else:
             con.print(accuracy_table([r for r in rows if r.get("rank") in (None, 0)]))
+
+
+@app.command()
+def repro(
+    row_or_run: str = typer.Argument(
+        ..., metavar="ROW_OR_RUN", help="a run id (or a unique prefix), or a results parquet file"
+    ),
+    results: Path = typer.Option(
+        Path("results"),
+        "--results",
+        envvar="ATTNBENCH_OUT",
+        help="the folder of results a run id is looked up in (default: $ATTNBENCH_OUT, else results)",
+    ),
+    backend: str = typer.Option(None, "--backend", help="only these backends' rows (a,b)"),
+    case: str = typer.Option(None, "--case", help="only this case id's rows"),
+    mode: str = typer.Option(None, "--mode", help="only these modes' rows (fwd,bwd,fwd_bwd)"),
+):
+    """The command lines that run stored rows' cases and backends again (their repro column),
+    one per distinct command of the matching rows."""
+    from ..results import load_results
+
+    warn = lambda m: err_console.print(f"[yellow]warning:[/] {m}", highlight=False)  # noqa: E731
+    given = Path(row_or_run).expanduser()
+    try:
+        if given.is_file():
+            df, what = load_results(given, warn), str(given)
+        else:
+            df = load_results(results, warn)
+            ids = list(dict.fromkeys(df.run_id))
+            hits = [r for r in ids if r == row_or_run] or [
+                r for r in ids if r.startswith(row_or_run)
+            ]
+            if len(hits) != 1:
+                which = "no run" if not hits else f"{len(hits)} runs ({', '.join(hits)})"
+                fail(f"{row_or_run!r}: {which} in {results} match (and no such file)")
+            df, what = df[df.run_id == hits[0]], hits[0]
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    picked = []
+    for col, want in (
+        ("backend", split_list(backend, "--backend")),
+        ("case_id", None if case is None else [case]),
+        ("mode", split_list(mode, "--mode")),
+    ):
+        if want is not None:
+            df = df[df[col].isin(want)]
+            picked.append(f"{col} {','.join(want)}")
+    if df.empty:
+        fail(f"no row of {what} has {' and '.join(picked)}" if picked else f"{what}: no rows")
+    commands = list(dict.fromkeys(c for c in df["repro"] if isinstance(c, str) and c))
+    if not commands:
+        fail(
+            f"{len(df)} matching rows of {what} have no repro command (distributed rows, rows of "
+            "a case --where cannot select alone, and rows written before the column have none)"
+        )
+    for c in commands:
+        typer.echo(c)
 
 
 app.command("compare")(compare_command)

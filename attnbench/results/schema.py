@@ -27,6 +27,7 @@ RUN = [
     ("backend", pa.string()),
     ("mode", pa.string()),  # fwd | bwd | fwd_bwd (accuracy rows: fwd or fwd_bwd)
     ("settings", pa.string()),  # the run's non-default settings, JSON (attnbench.run.settings)
+    ("repro", pa.string()),  # the attnbench command that runs this case and backend again
     ("strategy", pa.string()),  # distributed runs
     ("world_size", pa.int64()),
     ("rank", pa.int64()),
@@ -40,6 +41,13 @@ VERDICT = [
     ("baseline_max_abs_err", pa.float64()),
     ("baseline_mean_abs_err", pa.float64()),
     ("accuracy_ok", pa.bool_()),
+    # accuracy rows, every backend: fp64 against the same reference (attnbench.run.check)
+    ("cos_sim", pa.float64()),  # sum(x r) / sqrt(sum x^2 sum r^2)
+    ("rel_l1", pa.float64()),  # sum |x - r| / sum |r|
+    ("rmse", pa.float64()),  # sqrt(mean (x - r)^2)
+    # accuracy rows: the rule that graded the tensor, "exact" or the backend's lossy precision
+    # (fp8, int8, ...: cos_sim and rel_l1 tolerances, attnbench.rule)
+    ("precision", pa.string()),
 ]
 METRIC = [
     ("latency_ms", pa.float64()),

@@ -39,6 +39,9 @@ class RunContext:
     gpu_env: dict = field(default_factory=dict)  # ceiling/telemetry columns of the whole run
     ceilings: dict = field(default_factory=dict)  # dtype -> {matmul_tflops, copy_gbps}
     settings: Settings | None = None  # the run's (None: the active ones); every row records them
+    # the ``repro`` column's commands (attnbench.run.session.Repro; None: the column is null, as
+    # on distributed rows)
+    repro: object | None = None
 
     def row(self, case: Case, backend: str, mode: str, **values) -> dict:
         r = {
@@ -48,6 +51,7 @@ class RunContext:
             "backend": backend,
             "mode": mode,
             "settings": (self.settings or current()).column(),
+            "repro": self.repro.command(case, backend, mode) if self.repro is not None else None,
             **case.params(),
             **environment(self.device),
             **self.gpu_env,
