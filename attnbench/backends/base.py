@@ -64,8 +64,16 @@ class Capabilities:
     cuda_graph: bool = True  # its forward may be captured in a CUDA graph (--cuda-graph)
     # capabilities of other problems, by name (e.g. "paged"): what their ``needs`` ask for
     features: frozenset[str] = frozenset()
+    # "exact": graded by flash-attention's rule (k x same-dtype torch's error); a lossy precision
+    # ("fp8", "int8", ...: operands quantized on purpose) is graded by cosine similarity and
+    # relative L1 tolerances instead (attnbench.rule), and its rows say so
+    precision: str = "exact"
 
     def __post_init__(self):
+        if not isinstance(self.precision, str) or not self.precision.strip():
+            raise ValueError(
+                f"precision must be 'exact' or a lossy precision name, not {self.precision!r}"
+            )
         for name in ("devices", "dtypes", "head_dims", "features"):
             val = getattr(self, name)
             if val is not None and not isinstance(val, frozenset):

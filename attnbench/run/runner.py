@@ -265,6 +265,7 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
                 first_call_s=first_s,
                 kernel_config=config,
                 plan_ms=plan_ms,
+                precision=be.caps.precision,
                 **timing_columns(t, flops, nbytes=nbytes),
             )
         )

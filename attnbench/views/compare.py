@@ -8,13 +8,15 @@ BASE/NEW are run ids (looked up in ``--results``), parquet files or folders. Row
 problem, backend, mode and every case parameter; where a side holds the same point several times
 the newest row counts. speedup = NEW TFLOP/s / BASE TFLOP/s (> 1: NEW is faster), one geometric
 mean per backend. ``--threshold 3%`` makes the command exit 1 when a matched case got slower by
-more than 3% or lost its accuracy verdict.
+more than 3% or lost its accuracy verdict. An accuracy change carries both sides' cosine
+similarity, relative L1 and RMSE where the rows have them (``cos_sim_base``, ``cos_sim_new``, ...).
+A case column a run lacks (written before that field existed) reads as the field's default.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +94,28 @@ def _prepare(df: pd.DataFrame) -> pd.DataFrame:
         if c not in df:
             df[c] = None
     df = df.astype({c: object for c in case_cols}).where(df.notna(), None)
+    _fill_defaults(df, case_cols)
     if "timestamp" in df:
         df = df.sort_values("timestamp")
     return df.drop_duplicates(["kind", "backend", "mode", *case_cols], keep="last")
+
+
+def _fill_defaults(df: pd.DataFrame, case_cols: list[str]) -> None:
+    """A case column a row's problem has but the row lacks (written before the field existed:
+    ``q_std`` of a run older than the input distributions) reads as the field's default, so old
+    and new runs of the same case still join; another problem's columns stay empty."""
+    from ..problems import PROBLEMS
+
+    for name, prob in PROBLEMS.items():
+        mine = (df["problem"] == name).to_numpy()
+        if not mine.any():
+            continue
+        for f in fields(prob.case_type):
+            if f.name not in case_cols or f.default is MISSING or f.default is None:
+                continue
+            gap = mine & df[f.name].isna().to_numpy()
+            if gap.any():
+                df.loc[gap, f.name] = f.default
 
 
 def _env(df: pd.DataFrame, cols) -> dict[str, list[str]]:
@@ -110,6 +131,20 @@ def _verdict(r, side: str):
     if st in ("ok", "accuracy_failed"):
         return bool(r.get(f"accuracy_ok_{side}"))
     return None  # nothing measured: error, oom, unsupported
+
+
+METRICS = ("cos_sim", "rel_l1", "rmse")
+
+
+def _metrics(r) -> dict:
+    """An accuracy row's relative metrics on both sides (``cos_sim_base``, ``cos_sim_new``, ...;
+    None where a side has none: a perf row, a run older than the metrics)."""
+    out = {}
+    for m in METRICS:
+        for side in ("base", "new"):
+            v = r.get(f"{m}_{side}")
+            out[f"{m}_{side}"] = None if v is None or v != v else float(v)
+    return out
 
 
 @dataclass
@@ -237,6 +272,7 @@ def compare_frames(
                     status_base=r["status_base"],
                     status_new=r["status_new"],
                     message=r.get("message_new") or r.get("message_base"),
+                    **_metrics(r),
                 )
             )
     perf = m[(m["_merge"] == "both") & (m["kind"] == "perf")].copy()

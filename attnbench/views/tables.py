@@ -9,7 +9,7 @@ from collections import defaultdict
 from rich.table import Table
 
 from ..results.text import case_line, perf_cell, sig3, status_text, throughput  # noqa: F401
-from ..rule import ratio
+from ..rule import is_lossy, lossy_text, ratio
 
 _STATUS_CELL = {"unsupported": "[dim]—[/]", "oom": "[yellow]OOM[/]", "error": "[red]ERR[/]"}
 
@@ -18,9 +18,31 @@ def _backends(rows):
     return list(dict.fromkeys(r["backend"] for r in rows))
 
 
+def _is_lossy(r) -> bool:
+    """Whether a row was graded by the lossy rule: an accuracy row by its ``precision`` column, a
+    perf row (which has none) by its verdict's message (``lossy int8 rule: ...``)."""
+    if r.get("precision") is not None and r.get("precision") == r.get("precision"):
+        return is_lossy(r["precision"])
+    return str(r.get("message") or "").startswith("lossy ")
+
+
+def _lossy_worst(tens: list[dict]) -> dict:
+    """The worst lossy tensor: the lowest cosine similarity, then the highest relative L1."""
+
+    def key(r):
+        cos, rel = r.get("cos_sim"), r.get("rel_l1")
+        cos = -math.inf if cos is None or cos != cos else cos
+        rel = math.inf if rel is None or rel != rel else rel
+        return cos, -rel
+
+    return min(tens, key=key)
+
+
 def accuracy_table(rows: list[dict]) -> Table:
     """Cases x backends; a cell is PASS/FAIL with the worst error ratio to same-dtype torch
-    (relative to the rule's factor: 1.0 means right at the limit)."""
+    (relative to the rule's factor: 1.0 means right at the limit). A backend graded by the lossy
+    rule reads ``PASS lossy cos 0.9995 rL1 0.021``: its verdict, then the worst tensor's cosine
+    similarity and relative L1 (``FAIL lossy out cos ...`` names the failing tensor)."""
     names = [
         b
         for b in _backends(rows)
@@ -33,7 +55,13 @@ def accuracy_table(rows: list[dict]) -> Table:
     for (case, be), rs in grouped.items():
         st = {r["status"] for r in rs}
         tens = [r for r in rs if r.get("tensor")]
-        if tens:
+        if tens and any(_is_lossy(r) for r in tens):
+            ok = all(r["accuracy_ok"] for r in tens)
+            bad = [r for r in tens if not r["accuracy_ok"]]
+            worst = _lossy_worst(bad or tens)
+            label = "[green]PASS lossy[/]" if ok else f"[red]FAIL lossy {worst['tensor']}[/]"
+            cells[(case, be)] = f"{label} {lossy_text(worst.get('cos_sim'), worst.get('rel_l1'))}"
+        elif tens:
             worst = max(tens, key=lambda r: _rule_fraction(r))
             frac = _rule_fraction(worst)
             ok = all(r["accuracy_ok"] for r in tens)
@@ -41,10 +69,10 @@ def accuracy_table(rows: list[dict]) -> Table:
             cells[(case, be)] = f"{label} {frac:.2f}" if math.isfinite(frac) else label
         else:
             cells[(case, be)] = _STATUS_CELL.get(next(iter(st)), next(iter(st)))
-    t = Table(
-        title="accuracy: worst err / (k x torch same-dtype err), k=2 out/lse, 3 grads",
-        title_justify="left",
-    )
+    title = "accuracy: worst err / (k x torch same-dtype err), k=2 out/lse, 3 grads"
+    if any(_is_lossy(r) for r in rows if r.get("tensor")):
+        title += "; lossy backends: worst cosine similarity and relative L1 vs their tolerances"
+    t = Table(title=title, title_justify="left")
     t.add_column("case", no_wrap=True)
     for b in names:
         t.add_column(b, justify="center")
@@ -59,7 +87,8 @@ def _rule_fraction(r) -> float:
 
 def perf_table(rows: list[dict]) -> Table:
     """(mode, case) x backends: median ms and throughput; the best correct backend in bold
-    green; accuracy failures are marked, never shown as a plain number."""
+    green; accuracy failures are marked, never shown as a plain number; a backend that passed
+    the lossy rule is marked ``lossy`` (and is never the bold one: it computes something else)."""
     names = [
         b
         for b in _backends(rows)
@@ -67,7 +96,8 @@ def perf_table(rows: list[dict]) -> Table:
     ]
     t = Table(
         title="perf: median time and throughput [% of the measured matmul ceiling]; ✗ = failed "
-        "the accuracy check, number withheld",
+        "the accuracy check, number withheld; lossy = passed the lossy (fp8/int8) rule, not the "
+        "exact one",
         title_justify="left",
     )
     t.add_column("mode")
@@ -80,7 +110,9 @@ def perf_table(rows: list[dict]) -> Table:
         good = [
             by[(mode, case, b)]["tflops"]
             for b in names
-            if (mode, case, b) in by and by[(mode, case, b)]["status"] == "ok"
+            if (mode, case, b) in by
+            and by[(mode, case, b)]["status"] == "ok"
+            and not _is_lossy(by[(mode, case, b)])  # the best exact one: lossy is marked apart
         ]
         best = max(good) if good else None
         cells = []
@@ -92,7 +124,8 @@ def perf_table(rows: list[dict]) -> Table:
                 cell = perf_cell(r)
                 cell = f"[bold green]{cell}[/]" if r["tflops"] == best else cell
                 pct = r.get("pct_of_peak")
-                cells.append(cell + (f" [dim]{pct:.0f}%[/]" if pct is not None else ""))
+                cell += f" [dim]{pct:.0f}%[/]" if pct is not None else ""
+                cells.append(cell + (" [yellow]lossy[/]" if _is_lossy(r) else ""))
             elif r["status"] == "accuracy_failed":
                 cells.append("[bold red]✗ wrong[/]")
             else:
@@ -155,7 +188,10 @@ BAD = ("error", "oom", "accuracy_failed")
 
 
 def _wrong(r) -> str:
-    """``dv (1.16x the limit)``: a failing tensor and its error over the rule's limit."""
+    """``dv (1.16x the limit)``: a failing tensor and its error over the rule's limit (a lossy
+    one: ``out (lossy: cos 0.9812 rL1 0.124)``)."""
+    if _is_lossy(r):
+        return f"{r['tensor']} (lossy: {lossy_text(r.get('cos_sim'), r.get('rel_l1'))})"
     frac = _rule_fraction(r)
     return r["tensor"] + (f" ({frac:.2f}x the limit)" if frac >= 0 else "")
 
@@ -189,9 +225,13 @@ def failed_cases(rows: list[dict]) -> list[str]:
         (wrong if r["status"] == "accuracy_failed" or bad else broken).add(be.split(" · ")[-1])
         lines.append(f"  {be}  {case}" + (f"  {mode}" if mode else "") + f"  {what}")
     if wrong:
+        lossy = any(_is_lossy(r) for rs in groups.values() for r in rs)
+        rule = "k x same-dtype torch's error" + (
+            "; lossy backends: their cos_sim / rel_l1 tolerances" if lossy else ""
+        )
         lines.append(
             f"exit 1: {', '.join(sorted(wrong))} computed outputs further from the fp32 reference "
-            "than the rule allows (k x same-dtype torch's error): a finding about "
+            f"than the rule allows ({rule}): a finding about "
             + ("that backend" if len(wrong) == 1 else "those backends")
             + ", kept in the results with its numbers"
         )
@@ -256,7 +296,7 @@ def compare_header(comp) -> list[str]:
         verdict = f"{word[c['base']]} ({c['status_base']}) -> {word[c['new']]} ({c['status_new']})"
         style = "bold red" if lost else "green"
         msg = f": {c['message']}" if c.get("message") and lost else ""
-        lines.append(f"[{style}]accuracy {verdict}: {c['case']}{msg}[/]")
+        lines.append(f"[{style}]accuracy {verdict}: {c['case']}{msg}{_metric_change(c)}[/]")
     changed = comp.cases[comp.cases.config_changed]
     if len(changed):
         lines.append(
@@ -273,6 +313,19 @@ def compare_header(comp) -> list[str]:
             )
             lines.append(f"[dim]only in {side}: {shown}[/]")
     return lines
+
+
+def _metric_change(c: dict) -> str:
+    """`` (cos 0.999512 -> 0.981234, rL1 0.02104 -> 0.1241)``: an accuracy change's relative metrics on
+    both sides, where either side has them ("" where neither does)."""
+    parts = []
+    for m, word, f in (("cos_sim", "cos", ".6f"), ("rel_l1", "rL1", ".4g")):
+        a, b = c.get(f"{m}_base"), c.get(f"{m}_new")
+        if a is None and b is None:
+            continue
+        shown = ["—" if v is None else format(v, f) for v in (a, b)]
+        parts.append(f"{word} {shown[0]} -> {shown[1]}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def compare_table(comp) -> Table:

@@ -9,7 +9,7 @@ query ``i`` sees keys ``j <= i + seqlen_k - seqlen_q``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -42,6 +42,36 @@ class AttentionCase(Case):
     softcap: float = 0.0
     alibi: bool = False
     deterministic: bool = False
+    # input distributions (attnbench.problems.attention.inputs): q ~ N(0, q_std^2), k ~ N(0,
+    # k_std^2) (> 1: large logits), plus a per-(kv head, channel) offset of scale
+    # k_channel_offset shared by every token (K's outlier channels); defaults: standard normal
+    q_std: float = 1.0
+    k_std: float = 1.0
+    k_channel_offset: float = 0.0
+    # the config's ``lossy:`` tolerances (cos_sim, rel_l1; None: the precision's default) for
+    # backends graded by the lossy rule (attnbench.rule): grading policy the config carries, not
+    # a case field (no column, not in the id, not compared)
+    lossy: tuple[float | None, float | None] | None = field(default=None, compare=False, repr=False)
+
+    HIDDEN: ClassVar[tuple[str, ...]] = ("lossy",)
+
+    @classmethod
+    def columns(cls) -> dict:
+        cols = super().columns()
+        for name in cls.HIDDEN:
+            cols.pop(name, None)
+        return cols
+
+    def params(self) -> dict:
+        d = super().params()
+        for name in self.HIDDEN:
+            d.pop(name, None)
+        return d
+
+    @property
+    def standard_inputs(self) -> bool:
+        """Whether the inputs are standard normal (the distribution fields at their defaults)."""
+        return self.q_std == 1.0 and self.k_std == 1.0 and self.k_channel_offset == 0.0
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -64,7 +94,8 @@ class AttentionCase(Case):
 
     @property
     def id(self) -> str:
-        """Readable id, e.g. ``B2-H8/2-S1000x1000-D64-bf16-causal``."""
+        """Readable id, e.g. ``B2-H8/2-S1000x1000-D64-bf16-causal``; a non-standard input
+        distribution ends it, e.g. ``...-causal-qstd4-kstd4`` or ``...-full-koff8``."""
         heads = self.heads_id()
         if self.varlen:
             seq = "varlen[" + ",".join(map(str, self.seqlens)) + "]"
@@ -88,6 +119,13 @@ class AttentionCase(Case):
             parts.append(f"scale{self.softmax_scale:g}")
         if self.deterministic:
             parts.append("det")
+        # the input distribution, only off its default (so the ids of standard cases never change)
+        if self.q_std != 1.0:
+            parts.append(f"qstd{self.q_std:g}")
+        if self.k_std != 1.0:
+            parts.append(f"kstd{self.k_std:g}")
+        if self.k_channel_offset != 0.0:
+            parts.append(f"koff{self.k_channel_offset:g}")
         return "-".join(parts)
 
     def validate(self) -> None:
@@ -107,6 +145,15 @@ class AttentionCase(Case):
             )
         if not (math.isfinite(self.softcap) and self.softcap >= 0):
             raise ValueError(f"{self.id}: softcap must be a finite number >= 0 (0 = off)")
+        for name in ("q_std", "k_std"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{self.id}: {name} must be a finite number > 0 (got {v!r})")
+        if not (math.isfinite(self.k_channel_offset) and self.k_channel_offset >= 0):
+            raise ValueError(
+                f"{self.id}: k_channel_offset must be a finite number >= 0 (0 = none; got "
+                f"{self.k_channel_offset!r})"
+            )
 
 
 def attended_pairs(

@@ -13,15 +13,20 @@ smaller cases run when there is no GPU::
     cpu:
       note: CPU backends only, small sizes
       cases: [{tokens: 1024, model_dim: 256, seqlen: [128, 256], head_dim: 64, dtype: fp32}]
+
+An attention grid also takes the input distribution (``q_std``, ``k_std``, ``k_channel_offset``:
+see :mod:`attnbench.problems.attention.inputs`), and an attention config a top-level ``lossy:``
+(``{cos_sim: 0.999, rel_l1: 0.05}``, either or both) that replaces the default tolerances of the
+backends graded by the lossy rule (:mod:`attnbench.rule`) for every case of the file.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from ..base import BaseGrid, ConfigBase, CpuVariantBase
+from ..base import BaseGrid, ConfigBase, CpuVariantBase, Strict
 from .case import AttentionCase
 
 # the order axes are crossed in (the last varies fastest): the order of the files' cases
@@ -66,6 +71,12 @@ class Grid(SeqGrid):
     window: tuple[int, int] | list[tuple[int, int]] | None = None  # (left, right), -1 = unbounded
     softcap: float | list[float] = 0.0
     alibi: bool | list[bool] = False
+    # input distribution (defaults: standard normal, as every case before them)
+    q_std: float | list[float] = 1.0
+    k_std: float | list[float] = 1.0
+    k_channel_offset: float | list[float] = 0.0
+    # the config's lossy tolerances (Config.lossy), handed to every case of the grid
+    _lossy: tuple[float | None, float | None] | None = PrivateAttr(default=None)
 
     def axes(self) -> dict[str, list]:
         axes = super().axes()
@@ -90,11 +101,29 @@ class Grid(SeqGrid):
             d["seqlens"], d["seqlens_k"] = tuple(sq), tuple(sk) if sk is not None else None
             d["batch"] = len(sq)
             d["seqlen_q"], d["seqlen_k"] = max(sq), max(sk if sk is not None else sq)
+        if self._lossy is not None:
+            d["lossy"] = self._lossy
         return super().case_fields(d)
 
 
 class CpuVariant(CpuVariantBase):
     cases: list[Grid] = Field(min_length=1)
+
+
+class Lossy(Strict):
+    """``lossy: {cos_sim: 0.999, rel_l1: 0.05}``: the lossy rule's limits for this file's cases
+    (a tensor passes when its cosine similarity is >= cos_sim and its relative L1 error <=
+    rel_l1); a key left out keeps the default of the backend's precision (attnbench.rule)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    cos_sim: float | None = Field(None, gt=0, le=1)
+    rel_l1: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.cos_sim is None and self.rel_l1 is None:
+            raise ValueError("give cos_sim, rel_l1 or both (or leave lossy out: the defaults)")
+        return self
 
 
 class Config(ConfigBase):
@@ -103,3 +132,11 @@ class Config(ConfigBase):
     problem: Literal["attention"] = "attention"
     cases: list[Grid] = Field(min_length=1)
     cpu: CpuVariant | None = None
+    lossy: Lossy | None = None
+
+    @model_validator(mode="after")
+    def _hand_lossy_to_the_grids(self):
+        tol = None if self.lossy is None else (self.lossy.cos_sim, self.lossy.rel_l1)
+        for grid in [*self.cases, *(self.cpu.cases if self.cpu else [])]:
+            grid._lossy = tol
+        return self
