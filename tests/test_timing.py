@@ -390,12 +390,12 @@ def triton_config(block: int, warps: int):
 
 
 def test_triton_backends_register_the_harness_timer(monkeypatch):
-    from attnbench.backends import piecewise_triton, triton_fa2
+    from attnbench.backends import decode_triton, piecewise_triton, triton_common, triton_fa2
     from attnbench.kernels._triton import tuning
     from attnbench.run.timing import autotune_bench
 
-    for backend in (triton_fa2, piecewise_triton):
-        monkeypatch.setattr(backend, "_KERNELS", None)
+    for backend in (triton_fa2, piecewise_triton, decode_triton):
+        monkeypatch.setattr(triton_common, "_loaded", {})
         monkeypatch.setattr(tuning, "_bench_fn", None)
         kernels = backend._kernels()
         assert tuning._bench_fn is autotune_bench and backend._kernels() is kernels

@@ -10,28 +10,13 @@ the lengths back from the device. Runs on CUDA; on the CPU only through Triton's
 
 from __future__ import annotations
 
-import os
-
 from ..problems.decode import page_size_refusal
+from . import triton_common
 from .base import Backend, Capabilities, Prepared, register
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _kernels():
-    from ..kernels import decode
-
-    return decode
-
-
-def _register_timer() -> None:
-    """Tuning times candidates with the harness's timer (L2 flushed, launches hidden)."""
-    from ..kernels._triton import tuning
-    from ..run.timing import autotune_bench
-
-    tuning.set_bench(autotune_bench)
+    return triton_common.kernels("decode")
 
 
 @register
@@ -50,36 +35,17 @@ class DecodeTriton(Backend):
     page_sizes = None  # every page size >= 1 (the table is read per key when pages are small)
 
     def availability(self, device):
-        try:
-            import triton  # noqa: F401
-        except ImportError as e:
-            return f"triton not importable: {e}"
-        if device == "cpu" and not _interpret():
-            return (
-                "decode_triton runs on the CPU only under Triton's interpreter: set "
-                "TRITON_INTERPRET=1 (fp16/fp32 cases)"
-            )
-        try:
-            kernels = _kernels()
-        except Exception as e:  # a broken triton install: say so instead of crashing the run
-            return f"decode kernels not importable: {type(e).__name__}: {e}"
-        if device == "cpu" and not kernels.interface.INTERPRET:
-            return "the decode kernels were imported before TRITON_INTERPRET=1 was set"
-        return None
+        return triton_common.availability(self.name, "decode", device)
 
     def extra_check(self, case, device, mode):
-        if device == "cpu" and case.dtype == "bf16":
-            return (
-                "unsupported: bf16 under TRITON_INTERPRET (the interpreter's bf16 tl.dot is "
-                "wrong in triton 3.6)"
-            )
-        return page_size_refusal(case, self.page_sizes)
+        return triton_common.interpreter_refusal(case, device) or page_size_refusal(
+            case, self.page_sizes
+        )
 
     def prepare(self, inp, case):
         """Untimed: the split plan for this shape class (kept tuning; tuned on first use)."""
         from ..kernels.decode.tuning import tuned_config
 
-        _register_timer()
         config = tuned_config(
             inp.q,
             inp.k_cache,

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 from ..kernels._triton import chosen_configs_text, interpreting
 from ..problems.piecewise import case_kwargs
+from . import triton_common
 from .base import Backend, Capabilities, register
-
-_KERNELS = None
 
 
 def _kernels():
-    """The kernel package, imported on first use; its autotuning times with the harness's
-    timer (registered here, before the first launch: the kernels never import the harness)."""
-    global _KERNELS
-    if _KERNELS is None:
-        from ..kernels import piecewise
-        from ..kernels._triton import tuning
-        from ..run.timing import autotune_bench
-
-        tuning.set_bench(autotune_bench)
-        _KERNELS = piecewise
-    return _KERNELS
+    return triton_common.kernels("piecewise")
 
 
 @register
@@ -39,20 +28,10 @@ class PiecewiseTriton(Backend):
         return Capabilities(devices={"cuda", "cpu"} if interpreting() else {"cuda"}, **self._caps)
 
     def availability(self, device):
-        if device == "cpu" and not interpreting():
-            return "piecewise_triton runs on the CPU only with TRITON_INTERPRET=1"
-        try:
-            _kernels()
-        except Exception as e:  # not merged yet, or a broken triton install: say which
-            return f"attnbench.kernels.piecewise not importable: {type(e).__name__}: {e}"
-        return None
+        return triton_common.availability(self.name, "piecewise", device)
 
     def extra_check(self, case, device, mode):
-        if device == "cpu" and case.dtype == "bf16":
-            return (
-                "unsupported: bf16 under TRITON_INTERPRET (the interpreter's bf16 tl.dot is wrong)"
-            )
-        return None
+        return triton_common.interpreter_refusal(case, device)
 
     def forward(self, p, case):
         kw = case_kwargs(case)

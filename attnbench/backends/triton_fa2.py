@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels._triton import chosen_configs_text, interpreting
+from ..kernels._triton import chosen_configs_text
+from . import triton_common
 from .base import Backend, Capabilities, register
-
-_KERNELS = None
 
 
 def _kernels():
-    """The kernel package, imported on first use; its autotuning times with the harness's
-    timer (registered here, before the first launch: the kernels never import the harness)."""
-    global _KERNELS
-    if _KERNELS is None:
-        from ..kernels import triton_fa2
-        from ..kernels._triton import tuning
-        from ..run.timing import autotune_bench
-
-        tuning.set_bench(autotune_bench)
-        _KERNELS = triton_fa2
-    return _KERNELS
+    return triton_common.kernels("triton_fa2")
 
 
 @register
@@ -56,29 +45,12 @@ class TritonFA2(Backend):
         return Capabilities(devices={"cuda", "cpu"}, **self._caps)
 
     def availability(self, device):
-        try:
-            import triton  # noqa: F401
-        except ImportError as e:
-            return f"triton not importable: {e}"
-        if device == "cpu" and not interpreting():
-            return (
-                "triton_fa2 runs on the CPU only under Triton's interpreter: set "
-                "TRITON_INTERPRET=1 (fp16/fp32 cases)"
-            )
-        try:
-            kernels = _kernels()
-        except Exception as e:  # a broken triton install: say so instead of crashing the run
-            return f"triton_fa2 kernels not importable: {type(e).__name__}: {e}"
-        if device == "cpu" and not kernels.configs.INTERPRET:
-            return "triton_fa2 kernels were imported before TRITON_INTERPRET=1 was set"
-        return None
+        return triton_common.availability(self.name, "triton_fa2", device)
 
     def extra_check(self, case, device, mode):
-        if device == "cpu" and case.dtype == "bf16":
-            return (
-                "unsupported: bf16 under TRITON_INTERPRET (the interpreter's bf16 tl.dot is "
-                "wrong in triton 3.6)"
-            )
+        why = triton_common.interpreter_refusal(case, device)
+        if why:
+            return why
         if case.softmax_scale is not None and case.softmax_scale <= 0:
             return "unsupported: softmax_scale <= 0"
         return None
