@@ -364,3 +364,13 @@ def test_a_cache_too_large_for_the_gpu_exits_2(cli, tmp_path, monkeypatch):
     line = _exits_2_in_one_line(cli, tmp_path, text, "KV cache is too large for cuda:0 (fake)")
     assert "8.0 GiB on the device" in line
     DecodeCase(1, 32, 8, 4096, 128, "bf16").validate()  # a small one fits
+
+
+def test_decode_perf_cells_read_in_bytes():
+    """Decode is judged in bytes: its table cells and per-case lines give GB/s, attention's
+    keep TFLOP/s."""
+    from attnbench.results.text import perf_cell
+
+    row = {"latency_ms": 0.0316, "gbps": 16.6, "tflops": 0.0166}
+    assert perf_cell({**row, "problem": "decode"}) == "0.0316 ms 16.6 GB/s"
+    assert perf_cell({**row, "problem": "attention"}) == "0.0316 ms 16.6 GFLOP/s"

@@ -18,8 +18,26 @@ def throughput(tflops: float | None) -> str:
     return f"{sig3(tflops)} TFLOP/s" if tflops >= 1 else f"{sig3(tflops * 1e3)} GFLOP/s"
 
 
+def memory_bound(problem: str | None) -> bool:
+    """A problem judged in bytes (its first plot axis is GB/s: decode)."""
+    from ..problems import PROBLEMS
+
+    p = PROBLEMS.get(problem or "attention")
+    return p is not None and bool(p.plot_axes) and p.plot_axes[0][1] == "gbps"
+
+
+def bandwidth(gbps: float | None) -> str:
+    """Three significant figures of GB/s."""
+    if gbps is None or not math.isfinite(gbps):
+        return "-"
+    return f"{sig3(gbps)} GB/s"
+
+
 def perf_cell(r: dict) -> str:
-    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives."""
+    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives (GB/s for a
+    problem judged in bytes, e.g. ``0.031 ms 16.6 GB/s`` for decode)."""
+    if memory_bound(r.get("problem")) and r.get("gbps") is not None:
+        return f"{sig3(r['latency_ms'])} ms {bandwidth(r['gbps'])}"
     return f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
 
 

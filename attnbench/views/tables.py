@@ -8,7 +8,14 @@ from collections import defaultdict
 
 from rich.table import Table
 
-from ..results.text import case_line, perf_cell, sig3, status_text, throughput  # noqa: F401
+from ..results.text import (  # noqa: F401
+    case_line,
+    memory_bound,
+    perf_cell,
+    sig3,
+    status_text,
+    throughput,
+)
 from ..rule import is_lossy, lossy_text, ratio
 
 _STATUS_CELL = {"unsupported": "[dim]—[/]", "oom": "[yellow]OOM[/]", "error": "[red]ERR[/]"}
@@ -95,7 +102,8 @@ def perf_table(rows: list[dict]) -> Table:
         if any(r["backend"] == b and r["status"] != "unsupported" for r in rows)
     ]
     t = Table(
-        title="perf: median time and throughput [% of the measured matmul ceiling]; ✗ = failed "
+        title="perf: median time and throughput [% of the measured matmul ceiling, or of the memory "
+        "bandwidth for decode]; ✗ = failed "
         "the accuracy check, number withheld; lossy = passed the lossy (fp8/int8) rule, not the "
         "exact one",
         title_justify="left",
@@ -123,7 +131,9 @@ def perf_table(rows: list[dict]) -> Table:
             elif r["status"] == "ok":
                 cell = perf_cell(r)
                 cell = f"[bold green]{cell}[/]" if r["tflops"] == best else cell
-                pct = r.get("pct_of_peak")
+                # utilisation against the roof that binds: bandwidth for a problem judged in bytes
+                pct = r.get("pct_of_bw") if memory_bound(r.get("problem")) else None
+                pct = pct if pct is not None else r.get("pct_of_peak")
                 cell += f" [dim]{pct:.0f}%[/]" if pct is not None else ""
                 cells.append(cell + (" [yellow]lossy[/]" if _is_lossy(r) else ""))
             elif r["status"] == "accuracy_failed":
