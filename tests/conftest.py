@@ -64,6 +64,12 @@ SLOW_TESTS = {
     "test_dynamic_flex_traces_alibi_after_softcap",
     "test_piecewise_thresholds_draw_one_line_each_and_compare_matches",
     "test_a_threshold_that_grows_with_the_length_stays_one_line",
+    "test_split_band_matches_fused_and_reference",  # 18 interpreter runs of 1-4 s
+    "test_a_new_problem_runs_through_every_command",
+    "test_ascii_terminal_and_a_non_ascii_out_path_do_not_crash",
+    "test_where_given_twice_applies_both_on_the_command_line",
+    "test_ctrl_c_in_a_command_before_any_run_is_one_line_and_130",
+    "test_perf_rows_of_a_lossy_backend_carry_its_verdict",
 }
 
 

@@ -149,6 +149,7 @@ def list_backends(device: str = DEVICE):
             )
             if getattr(c, f)
         ] + sorted(c.features)
+        feats += [] if c.precision == "exact" else [f"precision={c.precision}"]
         hd = ",".join(map(str, sorted(c.head_dims))) if c.head_dims else f"<={c.max_head_dim}"
         t.add_row(
             name,
