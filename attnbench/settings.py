@@ -24,6 +24,7 @@ class Settings:
     triton_fa2_tune: bool = True  # autotune triton_fa2 (else its first config that fits)
     piecewise_tune: bool = True  # autotune the piecewise kernel
     decode_tune: bool = True  # autotune the decode kernel
+    fp8_tune: bool = True  # autotune the FP8 attention kernel (triton_fp8)
     retune: bool = False  # ignore kept tuning choices, tune again (perf --retune)
     precompile: bool = True  # compile a new key's candidates in parallel before timing them
     tuning_cache: str = ""  # the tuning-choices file ("" = ~/.cache/attnbench/tuning.json)

@@ -16,6 +16,7 @@ ENV = {
     "triton_fa2_tune": ("ATTNBENCH_TRITON_FA2_TUNE", "1"),
     "piecewise_tune": ("ATTNBENCH_PIECEWISE_TUNE", "1"),
     "decode_tune": ("ATTNBENCH_DECODE_TUNE", "1"),
+    "fp8_tune": ("ATTNBENCH_FP8_TUNE", "1"),
     "retune": ("ATTNBENCH_RETUNE", "0"),
     "precompile": ("ATTNBENCH_PRECOMPILE", "1"),
     "tuning_cache": ("ATTNBENCH_TUNING_CACHE", ""),
