@@ -18,11 +18,12 @@
 #     'attnbench perf --sweep seqlen --only triton_fa2,sdpa_cudnn'
 #
 # Setup options (each needs a git-ignored folder made here once and named in the call's carry):
-#   (always)         pydantic from .whl/ (the GPU image has none), then `pip install -e .`:
+#   (always)         pydantic (the GPU image has none) and sageattention (the sage backend; a
+#                    pure-Python wheel) from .whl/: every .whl/*.whl, then `pip install -e .`:
 #                      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 #                        --implementation cp --platform manylinux_2_17_x86_64 \
 #                        --platform manylinux2014_x86_64 -d .whl pydantic==2.13.4 \
-#                        pydantic_core==2.46.4 annotated-types typing-inspection
+#                        pydantic_core==2.46.4 annotated-types typing-inspection sageattention==1.0.6
 #   --again          a later call on the same warm machine: skip the installs (PYTHONPATH only)
 #   --flash-attn S   upstream flash-attn from .gpu/ (bash ../shared/device/flash_attn.sh download
 #                    .gpu): start its build (~7 min on x4, ~20 on x1) and wait up to S seconds
