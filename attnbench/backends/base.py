@@ -25,10 +25,15 @@ The runner asks :meth:`Backend.why_unsupported` before anything runs, so cases o
 declared capabilities become ``unsupported`` rows with the reason. A backend that finds out at
 run time that it cannot run a case raises :class:`Unsupported`; one whose library refuses a case
 (an exception from inside it, forward or backward) names it in :meth:`Backend.refusal`.
+
+A lossy backend (``Capabilities(precision="fp8")``, ...) whose :meth:`Backend.prepare` quantizes
+the inputs returns that quantization from :meth:`Backend.quant_fn`: perf times it apart from the
+attention (the row's ``quant_ms``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -142,6 +147,15 @@ class Backend:
     def forward(self, p: Prepared, case: Case) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Timed. Returns ``(out, lse)`` in attnbench layout; ``lse`` None if not returned."""
         raise NotImplementedError
+
+    def quant_fn(self, p: Prepared, case: Case) -> Callable[[], object] | None:
+        """The quantization of a lossy backend whose :meth:`prepare` quantizes the inputs (fp8 or
+        int8 operands, their scales), as a callable that does it again from the inputs ``p``
+        holds; None (the default): nothing to time. ``attnbench perf`` times it with the same
+        timer and settings as the attention and reports its median apart, as the row's
+        ``quant_ms`` (FlashAttention-3 style: the attention's time is the kernel on quantized
+        operands; the quantization is a separate number, never folded into ``latency_ms``)."""
+        return None
 
     def grads(self, p: Prepared) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The problem's gradients (dq, dk, dv for attention) in attnbench layout, unpacked

@@ -35,18 +35,22 @@ RUN = [
 VERDICT = [
     ("status", pa.string()),
     ("message", pa.string()),
-    ("tensor", pa.string()),  # accuracy rows: out | lse | the problem's gradients
+    ("tensor", pa.string()),  # accuracy rows: out | lse | the problem's gradients; perf rows: null
+    # accuracy rows: of the tensor; perf rows: of out, from the same-case check
     ("max_abs_err", pa.float64()),
     ("mean_abs_err", pa.float64()),
+    # accuracy rows: same-dtype torch's error of the tensor against the same reference
     ("baseline_max_abs_err", pa.float64()),
     ("baseline_mean_abs_err", pa.float64()),
     ("accuracy_ok", pa.bool_()),
-    # accuracy rows, every backend: fp64 against the same reference (attnbench.run.check)
+    # accuracy rows, every backend: fp64 against the same reference (attnbench.run.check);
+    # perf rows: of out, from the same-case check
     ("cos_sim", pa.float64()),  # sum(x r) / sqrt(sum x^2 sum r^2)
     ("rel_l1", pa.float64()),  # sum |x - r| / sum |r|
     ("rmse", pa.float64()),  # sqrt(mean (x - r)^2)
     # accuracy rows: the rule that graded the tensor, "exact" or the backend's lossy precision
-    # (fp8, int8, ...: cos_sim and rel_l1 tolerances, attnbench.rule)
+    # (fp8, int8, ...: cos_sim and rel_l1 tolerances, attnbench.rule); perf rows: the backend's
+    # declared precision
     ("precision", pa.string()),
 ]
 METRIC = [
@@ -73,6 +77,9 @@ METRIC = [
     ("peak_mem_mb", pa.float64()),
     # wall ms of the backend's untimed per-call preparation (packing, block tables, a plan)
     ("plan_ms", pa.float64()),
+    # perf rows of a lossy backend that quantizes in prepare(): median ms of that quantization,
+    # timed apart by the same timer (Backend.quant_fn); null otherwise
+    ("quant_ms", pa.float64()),
     ("wall_s", pa.float64()),
     # perf rows: wall time of the backend's first call on the case (fwd+bwd when it times a
     # backward), untimed: compiles, autotuning, JIT, extension builds

@@ -224,7 +224,9 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
         status, msg = classify(e, be)
         _cleanup(ctx.device)
         return [ctx.row(case, be.name, m, status=status, message=msg) for m in modes]
+    out_err = out_error_columns(errs)
     rows = []
+    quant: list[float | None] = []  # the quantization's median ms, timed once per case
     for m in modes:
         ok, msg = verdict(errs, m)
         try:
@@ -236,6 +238,8 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
             t = bench(fn, p.leaves, dev, warmup_ms, rep_ms, repeat=ctx.repeat)
             config = be.kernel_config(p, case, m)
             config = f"{config} ({graph_note})" if config and graph_note else config or graph_note
+            if not quant:
+                quant.append(_quant_ms(be, p, case, dev, warmup_ms, rep_ms, ctx.repeat))
             del p, fn
         except Exception as e:
             status, emsg = classify(e, be)
@@ -248,6 +252,8 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
                     message=emsg,
                     accuracy_ok=ok,
                     first_call_s=first_s,
+                    precision=be.caps.precision,
+                    **out_err,
                 )
             )
             _cleanup(ctx.device)
@@ -265,8 +271,32 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
                 first_call_s=first_s,
                 kernel_config=config,
                 plan_ms=plan_ms,
+                quant_ms=quant[0],
                 precision=be.caps.precision,
+                **out_err,
                 **timing_columns(t, flops, nbytes=nbytes),
             )
         )
     return rows
+
+
+# the columns of out's same-case error a perf row carries (its ``tensor`` stays null: a perf row
+# is not an accuracy row, and views tell the two apart by it)
+OUT_ERROR_COLUMNS = ("max_abs_err", "mean_abs_err", "cos_sim", "rel_l1", "rmse")
+
+
+def out_error_columns(errs) -> dict:
+    """The error of ``out`` from the same-case check (max/mean abs error, cos_sim, rel_l1, rmse),
+    for every perf row of that backend and case; empty when out was not graded."""
+    out = next((e for e in errs if e.tensor == "out"), None)
+    return {} if out is None else {c: getattr(out, c) for c in OUT_ERROR_COLUMNS}
+
+
+def _quant_ms(be, p, case, dev, warmup_ms, rep_ms, repeat) -> float | None:
+    """The median ms of the backend's quantization (:meth:`Backend.quant_fn`), timed by the same
+    timer with the same settings as the attention (no leaves: it takes no gradients); None when
+    the backend has none."""
+    fn = be.quant_fn(p, case)
+    if fn is None:
+        return None
+    return bench(fn, (), dev, warmup_ms, rep_ms, repeat=repeat).median_ms

@@ -137,8 +137,8 @@ METRICS = ("cos_sim", "rel_l1", "rmse")
 
 
 def _metrics(r) -> dict:
-    """An accuracy row's relative metrics on both sides (``cos_sim_base``, ``cos_sim_new``, ...;
-    None where a side has none: a perf row, a run older than the metrics)."""
+    """A row's relative metrics on both sides (``cos_sim_base``, ``cos_sim_new``, ...: of the
+    tensor, or of out on a perf row; None where a side has none: a run older than them)."""
     out = {}
     for m in METRICS:
         for side in ("base", "new"):
