@@ -203,6 +203,13 @@ def plot(
         help="also roofline.png: every perf row by FLOP/byte under the run's measured roofs",
         metavar="",
     ),
+    tradeoff: bool = typer.Option(
+        False,
+        "--tradeoff",
+        help="also per case tradeoff_*.png: TFLOP/s against the rel L1 error of out, every "
+        "backend a point, exact and lossy together",
+        metavar="",
+    ),
 ):
     """TFLOP/s-vs-seqlen and accuracy charts from stored results, one folder per run."""
     from ..views.plot import PlotWriteError, make_plots
@@ -216,6 +223,7 @@ def plot(
             latest=latest,
             merge=merge,
             roofline=roofline,
+            tradeoff=tradeoff,
         )
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))

@@ -11,6 +11,8 @@ one device call each) drawn as one sweep (:func:`merge_runs`).
 - ``accuracy.png``: per backend and tensor, the worst error over the rule's limit (error /
   (k x same-dtype torch error), the table's number; 1.0 = at the limit).
 - ``accuracy_cases.png``: the same ratio per case x backend, so a failing case is found.
+- with ``--roofline``, ``roofline.png`` (:mod:`.plot_roofline`); with ``--tradeoff``, per case
+  ``tradeoff_<mode>_<case_id>.png``: TFLOP/s against the rel L1 of out (:mod:`.plot_tradeoff`).
 
 A line never mixes devices or shapes (a point of another series is another line), and never
 mixes runs unless ``--merge`` says so; merged runs must share the machine and software.
@@ -34,6 +36,7 @@ from ..results.schema import ENV_COLUMNS  # noqa: E402
 from ..results.units import tflops  # noqa: E402
 from .plot_accuracy import accuracy_plot, device_label, rule_ratio, run_label  # noqa: E402, F401
 from .plot_roofline import roofline_plot  # noqa: E402
+from .plot_tradeoff import no_tradeoff_reason, tradeoff_plot, tradeoff_rows  # noqa: E402
 
 # Named the usual way in titles and file names; every other case column that is fixed in a
 # figure and off its default is appended generically (``name value``), so a field of a new
@@ -417,13 +420,15 @@ def make_plots(
     latest: bool = False,
     merge: bool = False,
     roofline: bool = False,
+    tradeoff: bool = False,
 ) -> list[Path]:
     """PNGs under ``<out>/<run_id>/`` for every chosen run (default out: RESULTS_DIR/_plots, or
     ``<folder>/_plots`` next to one results file given as RESULTS_DIR) from every readable
     results file under ``results_dir`` (``warn`` gets one line per unreadable file skipped); with
     ``merge``, the chosen runs drawn together under ``<out>/merged/``. Raises ValueError (one
-    line) when ``out`` is not a folder figures can go in, :class:`PlotWriteError` when a figure
-    cannot be written after that."""
+    line) when ``out`` is not a folder figures can go in or ``tradeoff`` finds no perf row with
+    the error of out in any chosen run, :class:`PlotWriteError` when a figure cannot be written
+    after that."""
     results_dir = Path(results_dir)
     df = load_results(results_dir, warn)
     default = out is None
@@ -436,6 +441,14 @@ def make_plots(
         groups = [("merged", merge_runs(df[df.run_id.isin(chosen)], warn))]
     else:
         groups = [(run_id, df[df.run_id == run_id]) for run_id in chosen]
+    if tradeoff:  # asked for and impossible: one line before any figure is written
+        placeable = [name for name, d in groups if len(tradeoff_rows(d))]
+        if not placeable:
+            chosen_rows = pd.concat([d for _, d in groups]) if groups else df.iloc[0:0]
+            raise ValueError(f"--tradeoff: {results_dir}: {no_tradeoff_reason(chosen_rows)}")
+        for name, d in groups:
+            if name not in placeable and (d.kind == "perf").any() and warn is not None:
+                warn(f"--tradeoff: run {name}: {no_tradeoff_reason(d)}")
     _check_folder(out, default)
     files = []
     for name, d in groups:
@@ -445,6 +458,8 @@ def make_plots(
             files += perf_plots(d, folder) + accuracy_plot(d, folder)
             if roofline:
                 files += roofline_plot(d, folder)
+            if tradeoff:
+                files += tradeoff_plot(d, folder)
         except OSError as e:
             plt.close("all")  # the figure whose file failed
             raise PlotWriteError(

@@ -4,10 +4,18 @@
   (k x same-dtype torch error): the accuracy table's number, one line at 1.0 (the limit).
 - ``accuracy_cases.png``: the same ratio per case x backend (worst tensor), failures marked,
   so a failing case is found at a glance.
+
+A backend graded by the lossy rule (``precision`` fp8, int8, ...) is drawn by that rule, never
+by the exact one it does not claim to meet: the larger of rel_l1 / its rel_l1 tolerance and
+(1 - cos_sim) / (1 - its cos_sim tolerance), also 1.0 at the limit; its name is marked
+``(lossy <precision>)`` on the axis. The tolerances are the ones the rows name (a lossy row's
+message quotes its rule), else :func:`attnbench.rule.lossy_tolerance`'s defaults.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..rule import factor  # noqa: E402
+from ..rule import EXACT, factor, lossy_tolerance  # noqa: E402
 
 
 def device_label(g: pd.DataFrame) -> str:
@@ -47,13 +55,95 @@ def rule_ratio(acc: pd.DataFrame) -> pd.Series:
     return r.where(np.isfinite(acc.max_abs_err), np.inf)
 
 
+def precisions(df: pd.DataFrame) -> pd.Series:
+    """Each row's declared precision (``exact`` where the column is missing or null: rows
+    written before it existed)."""
+    if "precision" not in df:
+        return pd.Series(EXACT, index=df.index, dtype=object)
+    return df.precision.where(df.precision.notna(), EXACT).astype(object)
+
+
+# a lossy row's message quotes its rule: "lossy int8 rule: cos >= 0.999, rL1 <= 0.05"
+_RULE_TEXT = re.compile(r"lossy (\S+) rule: cos >= ([^,\s]+), rL1 <= ([^\s):,]+)")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def lossy_tolerances(df: pd.DataFrame) -> pd.DataFrame:
+    """``cos_tol`` and ``rel_tol`` of each lossy row (NaN on exact rows): the rule its message
+    quotes (a config's ``lossy:`` override included), else the one another row of its run and
+    precision quotes (a passing accuracy row has no message), else the precision's default."""
+    prec = precisions(df).tolist()
+    msg = df.message.tolist() if "message" in df else [None] * len(df)
+    run = df.run_id.tolist() if "run_id" in df else [None] * len(df)
+    tols: list[tuple[float, float] | None] = [None] * len(df)
+    quoted: dict[tuple, tuple[float, float]] = {}  # (run, precision) -> the first rule quoted
+    for i, (p, m) in enumerate(zip(prec, msg)):
+        hit = _RULE_TEXT.search(m) if p != EXACT and isinstance(m, str) else None
+        if hit and hit.group(1) == p:
+            tols[i] = (_number(hit.group(2)), _number(hit.group(3)))
+            quoted.setdefault((run[i], p), tols[i])
+    cos, rel = [], []
+    for i, p in enumerate(prec):
+        if p == EXACT:
+            t = (math.nan, math.nan)
+        else:
+            default = lossy_tolerance(p)
+            t = tols[i] or quoted.get((run[i], p)) or (default.cos_sim, default.rel_l1)
+        cos.append(t[0])
+        rel.append(t[1])
+    return pd.DataFrame({"cos_tol": cos, "rel_tol": rel}, index=df.index, dtype=float)
+
+
+def lossy_ratio(acc: pd.DataFrame) -> pd.Series:
+    """A lossy row's distance to its rule, the larger of rel_l1 / rel_l1 tolerance and
+    (1 - cos_sim) / (1 - cos_sim tolerance): 1.0 at the limit, > 1 failing; NaN or infinite
+    metrics -> inf (they fail)."""
+    tol = lossy_tolerances(acc)
+
+    def over(x: pd.Series, limit: pd.Series) -> pd.Series:
+        x, limit = x.astype(float), limit.astype(float)
+        r = x / limit.where(limit > 0)
+        return r.where(limit > 0, np.where(x <= 0, 0.0, np.inf))
+
+    rel = acc.rel_l1.astype(float) if "rel_l1" in acc else pd.Series(np.nan, index=acc.index)
+    cos = acc.cos_sim.astype(float) if "cos_sim" in acc else pd.Series(np.nan, index=acc.index)
+    r = np.maximum(over(rel, tol.rel_tol), over(1.0 - cos, 1.0 - tol.cos_tol))
+    return r.where(np.isfinite(rel) & np.isfinite(cos), np.inf)
+
+
+def accuracy_ratio(acc: pd.DataFrame) -> pd.Series:
+    """Each accuracy row's distance to the rule that graded it (1.0 = at the limit): exact rows
+    by :func:`rule_ratio`, lossy rows by :func:`lossy_ratio`."""
+    lossy = precisions(acc) != EXACT
+    r = rule_ratio(acc)
+    if lossy.any():
+        r = r.where(~lossy, lossy_ratio(acc))
+    return r
+
+
+def _backend_labels(acc: pd.DataFrame, backends: list[str]) -> list[str]:
+    """Backend names for the axis, a lossy one marked ``(lossy int8)``."""
+    prec = precisions(acc).groupby(acc.backend).first()
+    return [b if prec.get(b, EXACT) == EXACT else f"{b} (lossy {prec[b]})" for b in backends]
+
+
+_LOSSY_WORDS = "lossy: max(rL1 / tol, (1 - cos) / (1 - tol))"
+
+
 def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
     """The accuracy figures of one run (or of runs merged): worst ratio per backend and tensor,
     and a case x backend heatmap of the worst ratio over the tensors."""
     acc = df[(df.kind == "accuracy") & df.tensor.notna()].copy()
     if acc.empty:
         return []
-    acc["ratio"] = rule_ratio(acc)
+    acc["ratio"] = accuracy_ratio(acc)
+    any_lossy = bool((precisions(acc) != EXACT).any())
     run = f"{run_label(acc)} on {device_label(acc)}"
     worst = (
         acc.groupby(["backend", "tensor"], sort=False)
@@ -86,14 +176,17 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xticks(
         [j + 0.4 - width / 2 for j in range(len(backends))],
-        backends,
+        _backend_labels(acc, backends),
         rotation=30,
         ha="right",
         fontsize=8,
     )
-    ax.set_ylabel("worst err / (k x same-dtype torch err)")
+    ylabel = "worst err / (k x same-dtype torch err)"
+    ax.set_ylabel(f"exact: {ylabel}\n{_LOSSY_WORDS}" if any_lossy else ylabel, fontsize=8)
+    lossy = "\nlossy backends by their own rule's tolerances (1 = the limit)" if any_lossy else ""
     ax.set_title(
-        f"accuracy against the fp32 reference, k = 2 out/lse, 3 grads (hatched red: failed)\n{run}",
+        f"accuracy against the fp32 reference, k = 2 out/lse, 3 grads (hatched red: failed)"
+        f"{lossy}\n{run}",
         fontsize=9,
     )
     ax.legend(fontsize=7, ncol=len(tensors))
@@ -101,10 +194,10 @@ def accuracy_plot(df: pd.DataFrame, out: Path) -> list[Path]:
     path = out / "accuracy.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path, _accuracy_heatmap(acc, run, out / "accuracy_cases.png")]
+    return [path, _accuracy_heatmap(acc, run, out / "accuracy_cases.png", any_lossy)]
 
 
-def _accuracy_heatmap(acc: pd.DataFrame, run: str, path: Path) -> Path:
+def _accuracy_heatmap(acc: pd.DataFrame, run: str, path: Path, any_lossy: bool = False) -> Path:
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     cases = list(dict.fromkeys(acc.case_id))
@@ -130,14 +223,14 @@ def _accuracy_heatmap(acc: pd.DataFrame, run: str, path: Path) -> Path:
         failed = ok.iat[i, j] is False or ok.iat[i, j] is np.False_
         txt = ("FAIL " if failed else "") + ("inf" if np.isinf(v) else f"{v:.2f}")
         ax.text(j, i, txt, ha="center", va="center", fontsize=6, weight="bold" if failed else None)
-    ax.set_xticks(range(len(backends)), backends, rotation=30, ha="right", fontsize=7)
+    labels = _backend_labels(acc, backends)
+    ax.set_xticks(range(len(backends)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_yticks(range(len(cases)), cases, fontsize=6)
     cb = fig.colorbar(im, ax=ax, ticks=[0.25, 0.75, 1.5, 6, 1e299])
     cb.ax.set_yticklabels(["< 0.5", "0.5-1", "1-2 (over)", "2-10", "> 10"], fontsize=7)
-    ax.set_title(
-        f"worst err / (k x same-dtype torch err) per case; 1 = the limit; blank: not run\n{run}",
-        fontsize=9,
-    )
+    what = "worst err / (k x same-dtype torch err)"
+    what = f"exact: {what}\n{_LOSSY_WORDS}\n" if any_lossy else f"{what} "
+    ax.set_title(f"{what}per case; 1 = the limit; blank: not run\n{run}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
