@@ -82,12 +82,21 @@ class LossyTolerance:
 #   at <= 4x the same-dtype PyTorch error + 2e-2 (40x in an earlier version).
 #
 # So cos_sim >= 0.999 (a relative L2 error of about 4.5%, since 1 - cos ~ rel_l2^2 / 2) and
-# rel_l1 <= 0.05 for both precisions: the accuracy these kernels are published at on benign
-# inputs, with margin; a kernel at those limits is a finding, not a rounding difference. These
-# are engineering defaults to be tightened against the confirmed table values, per precision
-# below, or per config with ``lossy:``.
+# rel_l1 <= 0.05 for int8 (INT8 Q.K^T, 16-bit P.V): the accuracy these kernels are published at
+# on benign inputs, with margin; a kernel at those limits is a finding, not a rounding difference.
+#
+# fp8 (e4m3 Q, K, V and P, FlashAttention-3's recipe) cannot reach that on standard-normal
+# inputs, whatever the kernel: e4m3 keeps 3 mantissa bits (about 2.6% RMS error per element),
+# on four operands. Attention of the e4m3 roundings, everything else in fp64 (per-token Q/K
+# scales, per-channel V, P as e4m3(p * 2^8)), on N(0, 1) inputs, S 1k/4k/8k, head dim 64/128,
+# causal both ways: cos 0.9986-0.9990, rel_l1 0.048-0.053 (the floor of the format;
+# tests/test_lossy.py::test_fp8_default_sits_above_the_e4m3_floor recomputes it). The fp8 default
+# is that floor with margin: cos_sim >= 0.998, rel_l1 <= 0.07. A kernel at the floor passes; one
+# with an extra error source (a scale ruined by a K channel offset: rel_l1 0.1-0.4) fails.
+# These are engineering defaults to be tightened against the confirmed table values, per
+# precision here, or per config with ``lossy:``.
 LOSSY_DEFAULTS: dict[str, LossyTolerance] = {
-    "fp8": LossyTolerance(cos_sim=0.999, rel_l1=0.05),
+    "fp8": LossyTolerance(cos_sim=0.998, rel_l1=0.07),
     "int8": LossyTolerance(cos_sim=0.999, rel_l1=0.05),
 }
 # a lossy precision with no entry above (int4, fp4, ...): the same limits until it gets its own

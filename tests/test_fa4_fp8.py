@@ -210,9 +210,10 @@ GLUE = [
 
 
 # e4m3 operands cost what they cost even computed exactly from them (this fake): on standard
-# normal inputs, cos ~0.9990 and rL1 ~0.045 for out (v alone: cos ~0.99965), at the edge of the
-# default fp8 tolerance (rule.py: cos >= 0.999, rL1 <= 0.05). The glue is graded here with a
-# looser one; what the real kernel scores against the default is for an sm100 run to say.
+# normal inputs, cos ~0.9990 and rL1 ~0.045 for out (v alone: cos ~0.99965), inside the default
+# fp8 tolerance (rule.py: cos >= 0.998, rL1 <= 0.07, the e4m3 floor with margin) but close. The
+# glue is graded here with a looser one; what the real kernel scores against the default is for
+# an sm100 run to say.
 LOOSE = (0.995, 0.08)
 
 

@@ -191,6 +191,47 @@ def test_tolerance_override_keeps_the_other_default():
     assert lossy_tolerance("fp4").cos_sim > 0  # a lossy precision with no entry: the fallback
 
 
+def _e4m3(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """x rounded to e4m3 with one scale per slice along ``dim`` (max |x| -> 448), in fp64."""
+    s = x.abs().amax(dim=dim, keepdim=True) / 448
+    return (x / s).clamp(-448, 448).to(torch.float8_e4m3fn).double() * s
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fp8_default_sits_above_the_e4m3_floor(causal):
+    """The fp8 default is the floor of e4m3 with margin: attention of the e4m3 roundings of q, k
+    (per token), v (per channel) and P (e4m3(p * 2^8)), all else exact in fp64, passes it on
+    standard-normal inputs, and would fail the int8 default; a K channel offset with one scale
+    per tensor (the error an outlier-blind kernel adds) fails it."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 1024, 128, generator=g, dtype=torch.float64) for _ in range(3))
+
+    def attention(q, k, v, round_p):
+        s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if causal:
+            s = s.masked_fill(torch.ones(1024, 1024, dtype=torch.bool).triu(1), -math.inf)
+        p = torch.exp(s - s.amax(-1, keepdim=True))
+        l = p.sum(-1, keepdim=True)
+        p = (p * 256).to(torch.float8_e4m3fn).double() / 256 if round_p else p
+        return (p @ v) / l
+
+    def metrics(o, ref):
+        m = error_metrics(o, ref)
+        return m.cos_sim, m.rel_l1
+
+    ref = attention(q, k, v, False)
+    floor = metrics(attention(_e4m3(q, -1), _e4m3(k, -1), _e4m3(v, -2), True), ref)
+    fp8, int8 = LOSSY_DEFAULTS["fp8"], LOSSY_DEFAULTS["int8"]
+    assert 0.998 < floor[0] < 0.9992 and 0.04 < floor[1] < 0.06  # the floor itself
+    assert floor[0] >= fp8.cos_sim and floor[1] <= fp8.rel_l1  # fp8 passes at its floor ...
+    assert not (floor[0] >= int8.cos_sim and floor[1] <= int8.rel_l1)  # ... int8's rule: no
+    offset = 16 * torch.randn(1, 2, 1, 128, generator=g, dtype=torch.float64)
+    ko = k + offset  # softmax unchanged; one scale for the whole tensor
+    blind = (ko / (ko.abs().max() / 448)).to(torch.float8_e4m3fn).double() * (ko.abs().max() / 448)
+    worse = metrics(attention(_e4m3(q, -1), blind, _e4m3(v, -2), True), attention(q, ko, v, False))
+    assert worse[0] < fp8.cos_sim or worse[1] > fp8.rel_l1
+
+
 # ---- through the command line: rows, cells, the YAML override, perf verdicts, compare ----------
 SUITE = """
 name: lowp_test
