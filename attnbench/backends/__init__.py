@@ -16,6 +16,7 @@ from . import flashinfer_decode  # noqa: F401
 from . import flag_attn_decode  # noqa: F401
 from . import flag_attn_flash  # noqa: F401
 from . import sage, fa4_fp8  # noqa: F401
+from . import triton_fp8  # noqa: F401
 
 # isort: on
 from .base import REGISTRY, Backend, Capabilities, Prepared, Unsupported, get_backends, register

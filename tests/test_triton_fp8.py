@@ -1,0 +1,102 @@
+"""The ``triton_fp8*`` backends (our FP8 forward, :mod:`attnbench.kernels.fp8`) in the harness:
+registration and capabilities, the lossy verdict on standard and K-outlier inputs through the
+command line, ``quant_ms`` on perf rows, the trade-off plot. CPU: the kernel runs in Triton's
+interpreter (tests/conftest.py sets ``TRITON_INTERPRET=1`` without a GPU)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from attnbench.backends import REGISTRY, triton_fp8  # noqa: E402
+from attnbench.problems.attention import AttentionCase as Case  # noqa: E402
+from attnbench.problems.attention.inputs import make_inputs  # noqa: E402
+from attnbench.run.check import check_backend, make_truth  # noqa: E402
+
+NAMES = ["triton_fp8", "triton_fp8_rot", "triton_fp8_smooth", "triton_fp8_pv16"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_registered_lossy_forward_only_with_the_kernels_head_dims():
+    from attnbench.kernels import fp8
+
+    for name in NAMES:
+        be = REGISTRY[name]
+        assert be.caps.precision == "fp8" and not be.caps.backward and be.caps.lse
+        assert be.caps.head_dims == frozenset(fp8.HEAD_DIMS)
+    case = Case(1, 2, 2, 64, 64, 96, "fp16")
+    assert "head dim 96" in REGISTRY["triton_fp8"].why_unsupported(case, DEVICE)
+    assert "varlen" in REGISTRY["triton_fp8"].why_unsupported(
+        Case(2, 2, 2, 64, 64, 64, "fp16", seqlens=(30, 64)), DEVICE
+    )
+    assert "backward" in REGISTRY["triton_fp8"].why_unsupported(
+        Case(1, 2, 2, 64, 64, 64, "fp16"), DEVICE, "fwd_bwd"
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_untouched_quantization_apart_and_the_verdict(name):
+    """prepare() quantizes (the harness's q, k, v are not modified), forward() only runs the
+    kernel, quant_fn() redoes the quantization alone; the e4m3 variants pass the fp8 rule on a
+    standard GQA causal case with Sq != Sk."""
+    be = REGISTRY[name]
+    case = Case(1, 4, 2, 96, 128, 64, "fp16", causal=True)
+    inp = make_inputs(case, DEVICE, seed=0)
+    before = [t.clone() for t in (inp.q, inp.k, inp.v)]
+    p = be.prepare(inp, case)
+    assert p.leaves[0].dtype == torch.float8_e4m3fn and p.leaves[1].dtype == torch.float8_e4m3fn
+    z = be.quant_fn(p, case)()
+    assert torch.equal(z.q8.view(torch.uint8), p.args["z"].q8.view(torch.uint8))
+    errs = check_backend(be, case, inp, make_truth(inp, case, grads=False), grads=False)
+    assert {e.tensor for e in errs} == {"out", "lse"}
+    assert all(e.accuracy_ok for e in errs), [(e.tensor, e.cos_sim, e.rel_l1) for e in errs]
+    for a, b in zip(before, (inp.q, inp.k, inp.v)):
+        assert torch.equal(a, b)
+    text = be.kernel_config(p, case, "fwd")
+    assert "Q/K scales per 128/128 tokens" in text and ("PV fp16" in text) == (name.endswith("16"))
+
+
+def test_k_outliers_fail_without_smoothing_and_pass_with_it(cli, tmp_path):
+    """The lowp config's K-outlier case (offset 16) through the command line: the plain and
+    rotated variants fail the fp8 rule (a block scale set by the offset), the smoothed ones
+    pass; the run exits 1 (a finding) and every row says its precision and numbers."""
+    out = tmp_path / "res"
+    res = cli(
+        "accuracy", "--suite", "lowp", "--device", "cpu", "--only", ",".join(NAMES),
+        "--where", "k_channel_offset=16,head_dim=64,causal=false",
+        "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    df = pd.concat(pd.read_parquet(f) for f in out.glob("*.parquet"))
+    got = df[df.tensor == "out"].set_index("backend")
+    assert sorted(got.index) == sorted(NAMES)  # one case
+    assert (got.precision == "fp8").all()
+    assert not got.loc["triton_fp8", "accuracy_ok"] and not got.loc["triton_fp8_rot", "accuracy_ok"]
+    assert got.loc["triton_fp8_smooth", "accuracy_ok"] and got.loc["triton_fp8_pv16", "accuracy_ok"]
+    assert got.loc["triton_fp8", "rel_l1"] > 3 * got.loc["triton_fp8_smooth", "rel_l1"]
+    assert "triton_fp8 " in res.output and "lossy" in res.output
+
+
+def test_perf_rows_carry_quant_ms_rel_l1_and_draw_a_tradeoff(cli, tmp_path):
+    out = tmp_path / "res"
+    res = cli(
+        "perf", "--sweep", "lowp_seqlen", "--device", "cpu", "--only", "triton_fp8_pv16,sdpa_math",
+        "--where", "seqlen=128,causal=true", "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    df = pd.concat(pd.read_parquet(f) for f in out.glob("*.parquet"))
+    mine = df[df.backend == "triton_fp8_pv16"].iloc[0]
+    assert mine.status == "ok" and mine.quant_ms > 0 and 0 < mine.rel_l1 < 0.07
+    assert pd.isna(df[df.backend == "sdpa_math"].iloc[0].quant_ms)
+    res = cli("plot", out, "--tradeoff", "--out", tmp_path / "png")
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "png").rglob("tradeoff_*.png"))) == 1
+
+
+def test_head_dims_listed_match_the_kernel_package():
+    from attnbench.kernels import fp8
+
+    assert triton_fp8.HEAD_DIMS == frozenset(fp8.HEAD_DIMS)
