@@ -7,10 +7,12 @@ limit is refused on the GPU, and the package's pruner estimate should agree with
     python -m attnbench.kernels.resources triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
     python -m attnbench.kernels.resources piecewise dkdv --tiles 64x128w8s3bs2,64x128w8s2sp
     python -m attnbench.kernels.resources triton_fa2 fwd,dkdv,dq --ptx   # before/after a refactor
+    python -m attnbench.kernels.resources fp8 fwd,fwd_pv16 --head-dims 64,128,256 --wgmma
 
 One line per (kernel, head dim, config): Triton's shared-memory count against the pruner's
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
-stack frame in bytes (non-zero: register spills). The tables are the packages' Hopper tables
+stack frame in bytes (non-zero: register spills); ``fp8`` adds the ``wgmma`` shapes and operand
+types the PTX uses (``e4m3`` for the FP8 products). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
 ``bsB``, ``sp`` for the split band or ``sp2`` for the merged split). bf16, causal,
 every pointer and stride 16-divisible (what the GPU launch sees for contiguous tensors), so the
@@ -41,8 +43,10 @@ NO_SPECIALIZE = {"seqlen_q", "seqlen_k", "group", "w"}
 
 
 def packages():
-    """{package: {kind: (jit kernel, configs module, hopper table, make)}}."""
-    from attnbench.kernels import piecewise, triton_fa2
+    """{package: {kind: (jit kernel, configs module, hopper table, make[, launch])}}; ``launch``
+    (optional): argument types and constexprs that differ from the defaults below."""
+    from attnbench.kernels import fp8, piecewise, triton_fa2
+    from attnbench.kernels.fp8 import fwd as f8
     from attnbench.kernels.piecewise import configs as pc
     from attnbench.kernels.triton_fa2 import configs as tc
 
@@ -52,7 +56,23 @@ def packages():
     def fa2_make(tiles):
         return tc._make({tc.ARCH: tiles}, ("BLOCK_M", "BLOCK_N"))
 
+    def fp8_make(tiles):
+        return [
+            triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+            for m, n, w, st in tiles
+        ]
+
+    def fp8_launch(v_type):
+        types = {n: "*fp32" for n in ("QS", "KS", "VS", "LseShift", "Lse")}
+        types.update(Q8="*fp8e4nv", K8="*fp8e4nv", VT8=v_type, sm_scale="fp32")
+        return {"types": types, "consts": dict(LSE_SHIFT=False, BLOCK_Q=128, BLOCK_K=128)}
+
+    fp8_mod = _Fp8Estimates(f8)
     return {
+        "fp8": {
+            "fwd": (fp8.fwd._fwd_kernel, fp8_mod, f8._FWD, fp8_make, fp8_launch("*fp8e4nv")),
+            "fwd_pv16": (fp8.fwd._fwd_kernel, fp8_mod, f8._FWD, fp8_make, fp8_launch("*fp16")),
+        },
         "piecewise": {
             "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_make),
             "dkdv": (piecewise.bwd._bwd_dkdv_kernel, pc, pc._BWD_DKDV, pw_make),
@@ -66,19 +86,35 @@ def packages():
     }
 
 
-def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90, wgmma=False):
-    """(shared bytes, registers, stack bytes, PTX hash, ptxas performance notes or None) of
-    ``kernel`` under ``cfg``, bf16, causal."""
+class _Fp8Estimates:
+    """The fp8 package's shared-memory estimate in the (cfg, d, kind) form of the others."""
+
+    def __init__(self, fwd):
+        self.fwd = fwd
+
+    def _smem_estimate(self, cfg, d, kind):
+        return self.fwd.smem_estimate(cfg, d, 2 if kind == "fwd_pv16" else 1)
+
+
+def compile_config(
+    kernel, cfg: triton.Config, head_dim: int, arch: int = 90, wgmma=False, launch=None
+):
+    """(shared bytes, registers, stack bytes, PTX hash, ptxas performance notes or None,
+    PTX) of ``kernel`` under ``cfg``, bf16, causal; ``launch`` overrides argument types
+    (``types``) and constexprs (``consts``)."""
+    launch = launch or {}
     fn = getattr(kernel, "fn", kernel)
     # constexpr defaults first (SPLIT_BAND=False), then what the launch and the config set
     consts = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
     consts.update(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim, CAUSAL=True, DOT_PREC="ieee")
-    consts.update(IS_VARLEN=False, **cfg.kwargs)
+    consts.update(IS_VARLEN=False, **launch.get("consts", {}), **cfg.kwargs)
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     sig = {}
     for n in fn.arg_names:
         if n in consts:
             sig[n] = "constexpr"
+        elif n in launch.get("types", {}):
+            sig[n] = launch["types"][n]
         elif n.startswith("cu_seqlens"):
             sig[n] = "*i32"
         elif n[0].isupper() and n != "SEQ_BUCKET":
@@ -97,7 +133,14 @@ def compile_config(kernel, cfg: triton.Config, head_dim: int, arch: int = 90, wg
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     regs, stack = cubin_resources(compiled.asm["cubin"])
     notes = ptxas_notes(compiled.asm["ptx"], arch) if wgmma else None
-    return compiled.metadata.shared, regs, stack, ptx_hash(compiled.asm["ptx"]), notes
+    ptx = compiled.asm["ptx"]
+    return compiled.metadata.shared, regs, stack, ptx_hash(ptx), notes, ptx
+
+
+def wgmma_shapes(ptx: str) -> str:
+    """The ``wgmma`` shapes and operand types of a kernel's PTX, e.g. ``m64n128k32 e4m3``."""
+    found = re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)\.f32\.(\w+)\.\w+", ptx)
+    return ", ".join(sorted({f"{shape} {t}" for shape, t in found})) or "no wgmma"
 
 
 def ptxas_notes(ptx: str, arch: int = 90) -> list[str]:
@@ -151,8 +194,8 @@ def main(argv=None) -> int:
     from attnbench.kernels.piecewise.configs import parse_tiles
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("package", choices=["piecewise", "triton_fa2"])
-    ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq")
+    ap.add_argument("package", choices=["piecewise", "triton_fa2", "fp8"])
+    ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq (fp8: fwd,fwd_pv16)")
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument(
         "--tiles", default="", help="BMxBNwWsS[bsB|sp|sp2],... instead of the Hopper table"
@@ -168,27 +211,28 @@ def main(argv=None) -> int:
     try:
         unknown = [k for k in kinds if k not in pkg]
         if unknown:
-            raise ValueError(f"unknown kernel {', '.join(unknown)} (kernels: fwd, dkdv, dq)")
+            raise ValueError(f"unknown kernel {', '.join(unknown)} (kernels: {', '.join(pkg)})")
         head_dims = [int(x) for x in a.head_dims.split(",")]
         given = parse_tiles(a.tiles) if a.tiles else None
         configs = {}
         for kind in kinds:
-            _, _, table, make = pkg[kind]
+            _, _, table, make = pkg[kind][:4]
             tiles = given or table["hopper"]
-            if a.package == "triton_fa2":
+            if a.package in ("triton_fa2", "fp8"):
                 tiles = [t[:4] for t in tiles]
             configs[kind] = make(tiles)  # ValueError: a tile this kernel cannot run
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for kind in kinds:
-        kernel, mod, _, _ = pkg[kind]
+        kernel, mod = pkg[kind][:2]
+        launch = pkg[kind][4] if len(pkg[kind]) > 4 else None
         for d in head_dims:
             for cfg in configs[kind]:
                 est = mod._smem_estimate(cfg, d, kind)
                 try:
-                    shared, regs, stack, ptx, notes = compile_config(
-                        kernel, cfg, d, a.arch, wgmma=a.wgmma
+                    shared, regs, stack, ptx, notes, text = compile_config(
+                        kernel, cfg, d, a.arch, wgmma=a.wgmma, launch=launch
                     )
                 except Exception as e:  # one config failing to compile does not stop the list
                     print(f"{kind:4} d{d:<4}{describe(cfg):18} error: {type(e).__name__}: {e}")
@@ -198,7 +242,8 @@ def main(argv=None) -> int:
                     f"{kind:4} d{d:<4}{describe(cfg):18} shared {shared / 1024:5.0f} KiB "
                     f"(estimate {est / 1024:.0f}) {fits}  regs {regs}  stack {stack} B"
                     + (f"  ptx {ptx}" if a.ptx else "")
-                    + (f"  wgmma {wgmma_state(notes)}" if a.wgmma else ""),
+                    + (f"  wgmma {wgmma_state(notes)}" if a.wgmma else "")
+                    + (f"  [{wgmma_shapes(text)}]" if a.package == "fp8" else ""),
                     flush=True,
                 )
     return 0

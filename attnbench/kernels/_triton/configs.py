@@ -73,23 +73,17 @@ def tune_on(env: str) -> bool:
 
 
 def make_pruner(
-    kind: str,
-    smem_estimate,
-    fits_registers,
-    q_arg: str = "Q",
-    tune_env: str | None = None,
-    dim_arg: str = "HEAD_DIM_PAD",
+    kind: str, smem_estimate, fits_registers, q_arg: str = "Q", tune_env: str | None = None
 ):
     """Autotune ``prune_configs_by`` hook: keep the configs whose shared memory
     (``smem_estimate(cfg, d, kind)``, doubled for fp32) fits this GPU and whose accumulators fit
-    the registers (``fits_registers(cfg, d, kind, fp32)``; ``d``: the ``dim_arg`` constexpr); the
-    smallest if none does; only the first unless :func:`tune_on` (``tune_env``; None: always
-    all). The hook carries
+    the registers (``fits_registers(cfg, d, kind, fp32)``); the smallest if none does; only the
+    first unless :func:`tune_on` (``tune_env``; None: always all). The hook carries
     ``tune_env``: the autotuner forgets its in-memory choices when that switch flips
     (:class:`.tuning.PersistentAutotuner`)."""
 
     def prune(configs, named_args, **kwargs):
-        d = named_args.get(dim_arg, kwargs.get(dim_arg))
+        d = named_args.get("HEAD_DIM_PAD", kwargs.get("HEAD_DIM_PAD"))
         q = named_args.get(q_arg)
         fp32 = q is not None and q.dtype == torch.float32
         scale = 2 if fp32 else 1  # 4-byte elements

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .._triton import tuning
-from .._triton.configs import ARCH, make_pruner
+from .._triton.configs import ARCH, SMEM_BYTES, tune_on
 from .._triton.softmax import finish_rows, softmax_step
 from .._triton.tiles import key_ranges, load_rows, store_rows
 
@@ -52,19 +52,36 @@ def fwd_configs(arch: str | None = None) -> list[triton.Config]:
     ]
 
 
-def _smem_estimate(cfg: triton.Config, d: int, kind: str) -> int:
-    """Bytes of shared memory (1-byte elements): Q resident, K and V streamed."""
+def smem_estimate(cfg: triton.Config, d: int, v_bytes: int = 1) -> int:
+    """Bytes of shared memory: Q resident (1-byte), K (1-byte) and V (``v_bytes``) streamed
+    through ``num_stages`` buffers. Matches Triton's count (``python -m
+    attnbench.kernels.resources fp8 fwd,fwd_pv16``: d128 128x128 s3 113 / 161 KiB)."""
     bm, bn, st = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], max(cfg.num_stages, 1)
-    return d * (bm + 2 * bn * st)
+    return d * (bm + bn * st * (1 + v_bytes))
 
 
-def _fits_registers(cfg: triton.Config, d: int, kind: str, fp32: bool = False) -> bool:
-    return d < 256 or cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"] <= 8192
+def fits_registers(cfg: triton.Config, d: int) -> bool:
+    """Head dim 256 spills with 128 x 128 tiles or 4 warps (ptxas on sm_90: 200-664 bytes of
+    stack); 128 x 64 with 8 warps does not."""
+    return d < 256 or (cfg.kwargs["BLOCK_M"] * cfg.kwargs["BLOCK_N"] <= 8192 and cfg.num_warps >= 8)
 
 
-prune_fwd = make_pruner(
-    "fwd", _smem_estimate, _fits_registers, q_arg="Q8", tune_env=ENV_TUNE, dim_arg="HEAD_DIM"
-)
+def prune_fwd(configs, named_args, **kwargs):
+    """The autotuner's pruning: configs that fit shared memory (V's element size from the
+    launch) and registers; only the first unless the ``fp8_tune`` switch is on."""
+    d = named_args.get("HEAD_DIM", kwargs.get("HEAD_DIM"))
+    vt = named_args.get("VT8")
+    v_bytes = vt.element_size() if vt is not None else 1
+    keep = [
+        c
+        for c in configs
+        if smem_estimate(c, d, v_bytes) <= SMEM_BYTES[ARCH] and fits_registers(c, d)
+    ]
+    keep = keep or [min(configs, key=lambda c: smem_estimate(c, d, v_bytes))]
+    return keep if tune_on(ENV_TUNE) else keep[:1]
+
+
+prune_fwd.tune_env = ENV_TUNE
 
 
 @triton.jit
