@@ -96,6 +96,13 @@ def test_perf_rows_carry_quant_ms_rel_l1_and_draw_a_tradeoff(cli, tmp_path):
     assert len(list((tmp_path / "png").rglob("tradeoff_*.png"))) == 1
 
 
+def test_list_names_every_variant_on_either_device(cli):
+    for device in ("cpu", "cuda"):  # no traceback asking a CPU-only machine about CUDA
+        res = cli("list", "--device", device)
+        assert res.exit_code == 0, res.output
+        assert all(name in res.output for name in NAMES)
+
+
 def test_head_dims_listed_match_the_kernel_package():
     from attnbench.kernels import fp8
 
