@@ -26,8 +26,8 @@ def _backends(rows):
 
 
 def _is_lossy(r) -> bool:
-    """Whether a row was graded by the lossy rule: an accuracy row by its ``precision`` column, a
-    perf row (which has none) by its verdict's message (``lossy int8 rule: ...``)."""
+    """Whether a row was graded by the lossy rule: by its ``precision`` column, else (rows
+    written before perf rows carried it) by its verdict's message (``lossy int8 rule: ...``)."""
     if r.get("precision") is not None and r.get("precision") == r.get("precision"):
         return is_lossy(r["precision"])
     return str(r.get("message") or "").startswith("lossy ")
