@@ -189,7 +189,10 @@ def test_plot_tradeoff_draws_one_figure_per_case(perf_run, cli, monkeypatch):
         assert g.case_id.nunique() == 1 and set(g.backend) == set(rows.backend)
         assert set(g.precision) == {"exact", "int8", "fp8"}
         assert (g[g.backend == COARSE].status == "accuracy_failed").all()
-        assert g.rel_tol[g.precision != "exact"].tolist() == [0.05, 0.05]
+        lossy = g[g.precision != "exact"]
+        assert dict(zip(lossy.precision, lossy.rel_tol)) == {
+            p: LOSSY_DEFAULTS[p].rel_l1 for p in ("int8", "fp8")
+        }
     # without the flag: no trade-off figures
     res = cli("plot", out, "--out", tmp / "plain")  # one length, no accuracy rows: nothing
     assert res.exit_code == 2 and not list((tmp / "plain").rglob("tradeoff_*.png"))
@@ -251,7 +254,8 @@ def test_tradeoff_figure_floor_ceiling_tolerances(tmp_path, monkeypatch):
     monkeypatch.setattr(plot_tradeoff.plt.Axes, "scatter", scatter)
     (path,) = plot_tradeoff.tradeoff_plot(_rows(), tmp_path)
     assert path.name == "tradeoff_fwd_c1.png" and path.stat().st_size > 0
-    floor, ceil = 1e-7, 0.5  # a decade below the least error, above the largest or tolerance
+    # a decade below the least error, above the largest error or tolerance (fp8's default)
+    floor, ceil = 1e-7, 10 * LOSSY_DEFAULTS["fp8"].rel_l1
     xs = {round(p[1]): p for p in points}
     assert xs[1][0] == pytest.approx(floor) and xs[8][0] == pytest.approx(ceil)
     assert xs[8][2] == "none" and xs[8][3] == "red"  # failed: hollow, red edge

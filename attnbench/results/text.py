@@ -37,21 +37,25 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def perf_cell(r: dict) -> str:
-    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives (GB/s for a
-    problem judged in bytes, e.g. ``0.031 ms 16.6 GB/s`` for decode). A lossy backend's cell adds
-    its quantization time when measured apart and out's relative L1 (``0.512 ms 812 TFLOP/s
-    +0.081 ms quant fp8 rL1 0.0493``): its speed is never read without its error."""
-    if memory_bound(r.get("problem")) and r.get("gbps") is not None:
-        text = f"{sig3(r['latency_ms'])} ms {bandwidth(r['gbps'])}"
-    else:
-        text = f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
-    if _finite(r.get("quant_ms")):
-        text += f" +{sig3(r['quant_ms'])} ms quant"
+def lossy_suffix(r: dict) -> str:
+    """`` +0.081 ms quant fp8 rL1 0.0493``: a lossy row's quantization time (when measured
+    apart) and out's relative L1; empty for an exact row."""
+    text = f" +{sig3(r['quant_ms'])} ms quant" if _finite(r.get("quant_ms")) else ""
     precision = r.get("precision")
     if isinstance(precision, str) and precision != "exact" and _finite(r.get("rel_l1")):
         text += f" {precision} rL1 {r['rel_l1']:.3g}"
     return text
+
+
+def perf_cell(r: dict, lossy: bool = True) -> str:
+    """``0.213 ms 12.3 GFLOP/s``: the median time and the throughput it gives (GB/s for a
+    problem judged in bytes, e.g. ``0.031 ms 16.6 GB/s`` for decode), then (``lossy``) what
+    :func:`lossy_suffix` says of a lossy row: its speed is never read without its error."""
+    if memory_bound(r.get("problem")) and r.get("gbps") is not None:
+        text = f"{sig3(r['latency_ms'])} ms {bandwidth(r['gbps'])}"
+    else:
+        text = f"{sig3(r['latency_ms'])} ms {throughput(r['tflops'])}"
+    return text + lossy_suffix(r) if lossy else text
 
 
 def status_text(status: str, message: str | None) -> str:

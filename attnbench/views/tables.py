@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..results.text import (  # noqa: F401
     case_line,
+    lossy_suffix,
     memory_bound,
     perf_cell,
     sig3,
@@ -129,13 +130,13 @@ def perf_table(rows: list[dict]) -> Table:
             if r is None:
                 cells.append("")
             elif r["status"] == "ok":
-                cell = perf_cell(r)
+                cell = perf_cell(r, lossy=False)
                 cell = f"[bold green]{cell}[/]" if r["tflops"] == best else cell
                 # utilisation against the roof that binds: bandwidth for a problem judged in bytes
                 pct = r.get("pct_of_bw") if memory_bound(r.get("problem")) else None
                 pct = pct if pct is not None else r.get("pct_of_peak")
                 cell += f" [dim]{pct:.0f}%[/]" if pct is not None else ""
-                cells.append(cell + (" [yellow]lossy[/]" if _is_lossy(r) else ""))
+                cells.append(cell + (" [yellow]lossy[/]" + lossy_suffix(r) if _is_lossy(r) else ""))
             elif r["status"] == "accuracy_failed":
                 cells.append("[bold red]✗ wrong[/]")
             else:
