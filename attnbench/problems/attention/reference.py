@@ -98,9 +98,14 @@ def _dense(q, k, v, *, causal, scale, window, softcap, slopes, dtype, q_start=0,
     return softmax_rows(s, v, mask)
 
 
-def softmax_rows(s: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
-    """``(out, lse)`` from scaled scores ``s`` (B, H, Sq, Sk) and ``v`` (B, Sk, H, D), keys
-    outside ``mask`` hidden; rows with no visible key give out = 0 and lse = +inf."""
+def masked_softmax(
+    s: torch.Tensor, mask: torch.Tensor | None, lse_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one masked softmax of the references: ``(p, lse)`` of scaled scores ``s`` (any
+    leading dims, keys last), keys outside the bool ``mask`` (broadcast against ``s``; None:
+    every key visible) hidden. ``p`` is in the dtype of ``s``; ``lse`` is the natural-log
+    log-sum-exp over the keys, computed in the dtype of ``s`` and then cast to ``lse_dtype``.
+    Rows with no visible key give p = 0 (so out = 0) and lse = +inf."""
     if mask is not None:
         s = s.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)  # -inf on rows without a visible key
@@ -108,9 +113,15 @@ def softmax_rows(s: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
     p = torch.softmax(s, dim=-1)
     if mask is not None:
         p = p.masked_fill(empty[..., None], 0)  # softmax of an all -inf row is NaN
-    out = torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v)
-    lse = lse.float().masked_fill(empty, float("inf"))
-    return out, lse
+    return p, lse.to(lse_dtype).masked_fill(empty, float("inf"))
+
+
+def softmax_rows(s: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+    """``(out, lse)`` from scaled scores ``s`` (B, H, Sq, Sk) and ``v`` (B, Sk, H, D), keys
+    outside ``mask`` hidden (:func:`masked_softmax`, lse fp32); rows with no visible key give
+    out = 0 and lse = +inf."""
+    p, lse = masked_softmax(s, mask, torch.float32)
+    return torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v), lse
 
 
 def repeat_kv(hq: int, *kvs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.reference import ref_dtype
+from ..attention.reference import masked_softmax, ref_dtype, visible_mask
 from .case import DecodeCase
 from .inputs import DecodeInputs
 
@@ -26,23 +26,25 @@ class DecodeRef:
     lse: torch.Tensor
 
 
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the lse computed in ``dtype``: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def sequence_attention(q, k, v, scale: float, dtype: torch.dtype):
     """One sequence: q (q_len, Hq, D), k and v (n, Hkv, D) -> out (q_len, Hq, D) in ``dtype``,
-    lse (Hq, q_len) fp32 (fp64 when ``dtype`` is); bottom-right causal among the q_len new tokens."""
+    lse (Hq, q_len) fp32 (fp64 when ``dtype`` is); bottom-right causal among the q_len new tokens
+    (attention's :func:`~attnbench.problems.attention.reference.masked_softmax` on the scores of
+    the query heads folded into their KV head's rows)."""
     q_len, hq, d = q.shape
     n, hkv, _ = k.shape
     q = q.to(dtype).view(q_len, hkv, hq // hkv, d)
     k, v = k.to(dtype), v.to(dtype)
     s = torch.einsum("thgd,nhd->hgtn", q * scale, k)
-    if q_len > 1:
-        keys = torch.arange(n, device=q.device)
-        last = n - q_len + torch.arange(q_len, device=q.device)
-        s = s.masked_fill(keys[None, :] > last[:, None], float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)  # (Hkv, G, q_len)
-    p = torch.softmax(s, dim=-1)
+    mask = visible_mask(q_len, n, True, device=q.device) if q_len > 1 else None
+    p, lse = masked_softmax(s, mask, _lse_dtype(dtype))  # lse (Hkv, G, q_len)
     out = torch.einsum("hgtn,nhd->thgd", p, v).reshape(q_len, hq, d)
-    lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return out, lse.to(lse_dtype).reshape(hq, q_len)
+    return out, lse.reshape(hq, q_len)
 
 
 def decode_ref(inp: DecodeInputs, softmax_scale: float, *, upcast: bool = True):
@@ -51,8 +53,7 @@ def decode_ref(inp: DecodeInputs, softmax_scale: float, *, upcast: bool = True):
     dtype = ref_dtype(q.dtype, upcast)
     b, q_len, hq, d = q.shape
     out = torch.empty(b, q_len, hq, d, dtype=dtype, device=q.device)
-    lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    lse = torch.empty(b, hq, q_len, dtype=lse_dtype, device=q.device)
+    lse = torch.empty(b, hq, q_len, dtype=_lse_dtype(dtype), device=q.device)
     with torch.no_grad():
         for i in range(b):
             k, v = inp.sequence_kv(i)
