@@ -397,6 +397,10 @@ def test_cli_accuracy_end_to_end(tmp_path):
     assert set(ok["strategy"]) == {"ring", "zigzag", "ulysses"}
     assert set(ok["rank"]) == {0, 1} and set(ok["tensor"]) == {"out", "lse", "dq", "dk", "dv"}
     assert set(df[df["status"] == "unsupported"]["strategy"]) == {"hybrid", "hybrid_zigzag"}
+    # the relative metrics single-device rows have, of each rank's shard
+    assert (
+        (ok["cos_sim"] > 0.999).all() and (ok["rel_l1"] < 0.05).all() and ok["rmse"].notna().all()
+    )
 
 
 def test_cli_perf_end_to_end_with_both_baselines(tmp_path):

@@ -23,7 +23,7 @@ import torch
 from ..problems.attention.inputs import Inputs
 from ..problems.attention.reference import RefResult
 from ..problems.base import Case
-from ..run.check import TensorError, abs_error
+from ..run.check import TensorError, abs_error, error_metrics
 from ..run.state import CaseState
 from .local import LocalKernel, local_attention
 from .strategy import Groups, Layout, dist_attention
@@ -103,12 +103,25 @@ def compare(
         dim = 2 if t == "lse" else 1
         ref = layout.shard(getattr(truth, t), rank, dim)
         one = layout.shard(getattr(single, t), rank, dim)
-        mx, mean = abs_error(x, ref)
+        m = error_metrics(x, ref)  # max/mean as abs_error, and the relative metrics
         smx, smean = abs_error(one, ref)
         dmx, dmean = abs_error(x, one)
-        ok = passes(t, mx, smx, case.dtype)
+        ok = passes(t, m.max_abs_err, smx, case.dtype)
         errs.append(
-            DistError(t, mx, mean, smx, smean, ok, rank=rank, diff_max=dmx, diff_mean=dmean)
+            DistError(
+                t,
+                m.max_abs_err,
+                m.mean_abs_err,
+                smx,
+                smean,
+                ok,
+                m.cos_sim,
+                m.rel_l1,
+                m.rmse,
+                rank=rank,
+                diff_max=dmx,
+                diff_mean=dmean,
+            )  # fmt: skip
         )
     return errs
 
