@@ -80,7 +80,7 @@ SLOW_TESTS = {
 GPU_PARTS = {
     "gpu_kernels": {
         "test_triton_fa2.py", "test_piecewise_kernel.py", "test_decode_kernel.py",
-        "test_cuda_fa.py",
+        "test_cuda_fa.py", "test_fp8_kernel.py",
     },
     "gpu_backends": {"test_flash_attn.py", "test_fa4_flex_gpu.py", "test_registry.py"},
     "gpu_runs": {"test_gpu_core.py", "test_gpu_timing.py", "test_gpu_piecewise.py", "test_dist.py"},

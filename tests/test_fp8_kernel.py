@@ -176,7 +176,6 @@ def test_interpreter_fp8_downcast_rounds_to_nearest_and_saturates():
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu_kernels
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU with FP8 tensor cores")
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("causal", [False, True])
