@@ -116,6 +116,27 @@ def test_fp8_pv_matches_dequantized_attention_up_to_p_rounding(
     assert cos > 0.995
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize(
+    "rotate,smooth_k,pv",
+    [(False, False, "fp8"), (False, True, "fp16"), (True, False, "fp8"), (True, True, "fp8")],
+    ids=["plain", "smooth-pv16", "rot", "rot-smooth"],
+)
+def test_triton_quantization_is_torchs_bit_for_bit(dtype, rotate, smooth_k, pv):
+    """The Triton pass gives torch's codes and scales exactly (blocks unlike the tiles, a length
+    no block divides, GQA, a K offset for the smoothing); the lse shift is the same sum."""
+    q, k, v = inputs(2, 100, 90, 4, 2, 64, dtype, offset=4.0)
+    a = fp8.quantize(q, k, v, 32, 24, rotate=rotate, smooth_k=smooth_k, pv=pv)
+    b = fp8.quantize_torch(q, k, v, 32, 24, rotate=rotate, smooth_k=smooth_k, pv=pv)
+    for x, y in zip(a.tensors[:6], b.tensors[:6]):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        bits = (lambda t: t.view(torch.uint8)) if x.dtype == torch.float8_e4m3fn else (lambda t: t)
+        assert torch.equal(bits(x), bits(y))
+    assert (a.lse_shift is None) == (not smooth_k)
+    if smooth_k:
+        assert torch.allclose(a.lse_shift, b.lse_shift, rtol=1e-5, atol=1e-4)
+
+
 def test_rotation_is_exact_in_real_arithmetic_and_orthonormal():
     h = fp8.hadamard(64, DEVICE)
     assert torch.allclose(h @ h.T, torch.eye(64, device=DEVICE), atol=1e-6)

@@ -1,4 +1,6 @@
-"""Quantization of Q, K, V to FP8 (e4m3) for the FP8 attention forward, in torch.
+"""Quantization of Q, K, V to FP8 (e4m3) for the FP8 attention forward: :func:`quantize` (one
+Triton pass over each input, :mod:`.quant_kernels`) and :func:`quantize_torch` (the same
+arithmetic in torch operations, the reference it is checked against bit for bit).
 
 What the kernel reads (:class:`Quantized`):
 
@@ -100,6 +102,69 @@ class Quantized:
         return t if self.lse_shift is None else (*t, self.lse_shift)
 
 
+def _check(q, k, v, block_q, block_k, pv) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q (B,Sq,Hq,D), k and v (B,Sk,Hkv,D), got {q.shape} {k.shape} {v.shape}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"heads_kv={k.shape[2]} must divide heads_q={q.shape[2]}")
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"quantization blocks must be >= 1 token, got {block_q}, {block_k}")
+    if pv not in ("fp8", "fp16"):
+        raise ValueError(f"pv must be 'fp8' or 'fp16', not {pv!r}")
+
+
+def _k_mean(k: torch.Tensor) -> torch.Tensor:
+    """(B, Hkv, D) fp32: K's mean over its tokens (both quantizations take this one)."""
+    return k.mean(dim=1, dtype=torch.float32)
+
+
+def _lse_shift(q: torch.Tensor, km: torch.Tensor) -> torch.Tensor:
+    """(B, Hq, Sq) fp32: ``q . mean(k)`` of each query row with its kv head's mean."""
+    g = q.shape[2] // km.shape[1]
+    return (q.float() * km.repeat_interleave(g, dim=1).unsqueeze(1)).sum(-1).transpose(1, 2)
+
+
+def _v_scale(v: torch.Tensor, pv: str) -> torch.Tensor:
+    """(B, Hkv, D) fp32: V's per-channel scale (amax over tokens / 448), or ones for fp16 P.V."""
+    if pv == "fp16":
+        return torch.ones(v.shape[0], v.shape[2], v.shape[3], device=v.device)
+    return (v.abs().amax(dim=1).float() / FP8_MAX).clamp_min(TINY).contiguous()
+
+
+def quantize_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_q: int = 128,
+    block_k: int = 128,
+    rotate: bool = False,
+    smooth_k: bool = False,
+    pv: str = "fp8",
+) -> Quantized:
+    """:func:`quantize` in torch operations: the reference the Triton pass is checked against
+    (same codes and scales, bit for bit)."""
+    _check(q, k, v, block_q, block_k, pv)
+    qf, kf = q.float(), k.float()
+    lse_shift = None
+    if smooth_k:
+        km = _k_mean(k)
+        kf = kf - km.unsqueeze(1)
+        lse_shift = _lse_shift(q, km).contiguous()
+    if rotate:
+        h = hadamard(q.shape[-1], q.device)
+        qf, kf = qf @ h, kf @ h
+    q_scale, k_scale = block_scales(qf, block_q), block_scales(kf, block_k)
+    q8 = to_fp8(qf, _per_token(q_scale, block_q, q.shape[1]))
+    k8 = to_fp8(kf, _per_token(k_scale, block_k, k.shape[1]))
+    v_scale = _v_scale(v, pv)
+    vt = to_fp8(v.float(), v_scale.unsqueeze(1)) if pv == "fp8" else v.to(torch.float16)
+    vt = vt.permute(0, 2, 3, 1).contiguous()  # (B, Hkv, D, Sk)
+    return Quantized(
+        q8, k8, vt, q_scale, k_scale, v_scale, lse_shift, block_q, block_k, q.dtype, rotate,
+        smooth_k,
+    )  # fmt: skip
+
+
 def quantize(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -110,50 +175,29 @@ def quantize(
     smooth_k: bool = False,
     pv: str = "fp8",
 ) -> Quantized:
-    """q (B, Sq, Hq, D), k and v (B, Sk, Hkv, D) in fp16/bf16/fp32 -> :class:`Quantized`."""
-    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q (B,Sq,Hq,D), k and v (B,Sk,Hkv,D), got {q.shape} {k.shape} {v.shape}")
-    if q.shape[2] % k.shape[2]:
-        raise ValueError(f"heads_kv={k.shape[2]} must divide heads_q={q.shape[2]}")
-    if block_q < 1 or block_k < 1:
-        raise ValueError(f"quantization blocks must be >= 1 token, got {block_q}, {block_k}")
-    if pv not in ("fp8", "fp16"):
-        raise ValueError(f"pv must be 'fp8' or 'fp16', not {pv!r}")
-    qf, kf = q.float(), k.float()
-    lse_shift = None
-    if smooth_k:
-        km = kf.mean(dim=1, keepdim=True)  # (B, 1, Hkv, D)
-        kf = kf - km
-        g = q.shape[2] // k.shape[2]
-        lse_shift = (qf * km.repeat_interleave(g, dim=2)).sum(-1).transpose(1, 2).contiguous()
-    if rotate:
+    """q (B, Sq, Hq, D), k and v (B, Sk, Hkv, D) in fp16/bf16/fp32 -> :class:`Quantized`, one
+    Triton pass over each input (:mod:`.quant_kernels`); the rotation, K's mean and V's amax in
+    torch."""
+    from .quant_kernels import quant_rows, quant_v_t
+
+    _check(q, k, v, block_q, block_k, pv)
+    group = q.shape[2] // k.shape[2]
+    km = _k_mean(k) if smooth_k else None
+    if rotate:  # the GEMM in fp32, as quantize_torch; then plain block quantization
         h = hadamard(q.shape[-1], q.device)
-        qf, kf = qf @ h, kf @ h
-    q_scale, k_scale = block_scales(qf, block_q), block_scales(kf, block_k)
-    q8 = to_fp8(qf, _per_token(q_scale, block_q, q.shape[1]))
-    k8 = to_fp8(kf, _per_token(k_scale, block_k, k.shape[1]))
-    if pv == "fp8":
-        vf = v.float()
-        v_scale = (vf.abs().amax(dim=1) / FP8_MAX).clamp_min(TINY)  # (B, Hkv, D)
-        vt = to_fp8(vf, v_scale.unsqueeze(1))
+        kf = k.float() - km.unsqueeze(1) if smooth_k else k.float()
+        q8, q_scale, _ = quant_rows(q.float() @ h, block_q)
+        k8, k_scale, _ = quant_rows(kf @ h, block_k)
+        lse_shift = _lse_shift(q, km).contiguous() if smooth_k else None
     else:
-        v_scale = torch.ones(v.shape[0], v.shape[2], v.shape[3], device=v.device)
-        vt = v.to(torch.float16)
-    vt = vt.permute(0, 2, 3, 1).contiguous()  # (B, Hkv, D, Sk)
+        q8, q_scale, lse_shift = quant_rows(q, block_q, mean_q=km, group=group)
+        k8, k_scale, _ = quant_rows(k, block_k, mean=km)
+    v_scale = _v_scale(v, pv)
+    vt = quant_v_t(v, v_scale, torch.float8_e4m3fn if pv == "fp8" else torch.float16)
     return Quantized(
-        q8,
-        k8,
-        vt,
-        q_scale,
-        k_scale,
-        v_scale.contiguous(),
-        lse_shift,
-        block_q,
-        block_k,
-        q.dtype,
-        rotate,
+        q8, k8, vt, q_scale, k_scale, v_scale, lse_shift, block_q, block_k, q.dtype, rotate,
         smooth_k,
-    )
+    )  # fmt: skip
 
 
 def dequantize(z: Quantized) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
