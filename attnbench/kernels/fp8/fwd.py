@@ -17,6 +17,14 @@ from the quantization blocks, which need not match the tiles), ``vs`` the per-ch
 V. With fp16 V (``pv="fp16"``), P is rounded to fp16 instead and ``vs`` is 1. V comes transposed, (D, Sk) per head, so that both FP8 products read K-major operands, as
 Hopper's FP8 ``wgmma`` requires. Masking, the bottom-right causal diagonal and the online softmax
 are every Triton kernel's (:mod:`attnbench.kernels._triton`).
+
+On sm_90 Triton leaves FP8 products in the tensor cores' reduced-precision accumulation
+(``max_num_imprecise_acc`` defaults to 2^30 there; DeepSeek-V3 measured about 14 bits on H800),
+and P @ V accumulates into the running output, which the online rescale (``acc * alpha``) reads
+and writes in fp32 registers between key tiles. How much that costs is GPU-only (the interpreter
+accumulates in fp32): ``tests/test_fp8_kernel.py``'s GPU test and ``tools/gpu/fp8_check.py``
+measure the kernel against fp64 attention of its own codes; if it shows, ``tl.dot(...,
+max_num_imprecise_acc=BLOCK_N)`` promotes every tile.
 """
 
 from __future__ import annotations
