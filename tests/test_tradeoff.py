@@ -318,3 +318,24 @@ def test_accuracy_figures_draw_lossy_rows_by_their_rule(tmp_path, monkeypatch):
     files = plot_accuracy.accuracy_plot(acc, tmp_path)
     assert [f.name for f in files] == ["accuracy.png", "accuracy_cases.png"]
     assert labels and all(lab == ["naive", "q8 (lossy int8)"] for lab in labels)
+
+
+def test_a_quantization_timed_apart_gets_its_end_to_end_point(tmp_path, monkeypatch):
+    """A row with quant_ms gets a second, small hollow marker at its TFLOP/s with the
+    quantization counted; rows without it (and NaN) get none."""
+    from attnbench.views import plot_tradeoff
+
+    points = []
+    real = plot_tradeoff.plt.Axes.scatter
+
+    def scatter(ax, x, y, *a, **kw):
+        points.append((y[0], kw.get("s"), kw.get("facecolors")))
+        return real(ax, x, y, *a, **kw)
+
+    monkeypatch.setattr(plot_tradeoff.plt.Axes, "scatter", scatter)
+    rows = _rows(latency_ms=1.0, quant_ms=math.nan)
+    rows.loc[rows.backend == "int8", "quant_ms"] = 0.25  # 4 TFLOP/s over 1 ms -> 3.2 over 1.25
+    (path,) = plot_tradeoff.tradeoff_plot(rows, tmp_path)
+    small = [p for p in points if p[1] == 22]
+    assert len(points) == 5 and len(small) == 1
+    assert small[0][0] == pytest.approx(3.2) and small[0][2] == "none"

@@ -11,7 +11,11 @@ check every perf row carries), exact and lossy backends together.
   own; a point that failed its accuracy check is hollow with a red edge and labelled ``wrong``;
 - each lossy precision's rel_l1 tolerance a vertical dashed line: the one the rows' messages
   quote (a config's ``lossy:`` override included), else the precision's default
-  (:mod:`attnbench.rule`).
+  (:mod:`attnbench.rule`);
+- a backend whose quantization was timed apart (``quant_ms``) gets a second, small hollow marker
+  below its point, joined to it: its TFLOP/s with the quantization counted
+  (``flops / (latency_ms + quant_ms)``), what it costs end to end against a backend that
+  quantizes inside its call.
 
 Up and to the left is better: faster, and closer to the reference.
 """
@@ -97,10 +101,19 @@ def tradeoff_plot(df: pd.DataFrame, out: Path) -> list[Path]:
     return files
 
 
+def _with_quant(r) -> float | None:
+    """TFLOP/s with the row's quantization time counted, or None (no ``quant_ms``)."""
+    q, ms, tf = r.get("quant_ms"), r.get("latency_ms"), r.get("tflops")
+    vals = (q, ms, tf)
+    if any(v is None or not np.isfinite(float(v)) for v in vals) or float(ms) <= 0:
+        return None
+    return float(tf) * float(ms) / (float(ms) + float(q))
+
+
 def _label_offsets(x: np.ndarray, y: np.ndarray, top: float) -> list[float]:
     """Vertical offsets (points) that keep the labels of points close on the figure (within 0.3
-    decade of rel L1 and 5% of the top speed) from printing over each other: stacked 9 points
-    apart in order of rel L1."""
+    decade of rel L1 and 5% of the top speed) from printing over each other: in order of rel L1,
+    each moved away from the labels already placed near it (down when it is the slower)."""
     offsets = [0.0] * len(x)
     placed: list[int] = []
     for i in np.argsort(x, kind="stable"):
@@ -110,7 +123,9 @@ def _label_offsets(x: np.ndarray, y: np.ndarray, top: float) -> list[float]:
             if abs(np.log10(max(x[i], 1e-300)) - np.log10(max(x[j], 1e-300))) < 0.3
             and abs(y[i] - y[j]) <= 0.05 * (top or 1.0)
         ]
-        offsets[i] = 9.0 * len(near)
+        if near:  # away from the labels already there: below a faster point, above a slower
+            below = y[i] < np.mean([y[j] for j in near])
+            offsets[i] = (-12.0 if below else 9.0) * len(near)
         placed.append(int(i))
     return offsets
 
@@ -133,6 +148,11 @@ def _draw(g: pd.DataFrame, styles: dict, floor: float, ceil: float, prob: str, p
             linewidths=1.6 if wrong else 0.5,
             zorder=4,
         )
+        with_quant = _with_quant(r)
+        if with_quant is not None:
+            ax.plot([x, x], [with_quant, r.tflops], color=color, lw=0.8, zorder=3)
+            ax.scatter([x], [with_quant], s=22, marker=marker, facecolors="none",
+                       edgecolors=color, linewidths=1.0, zorder=4)  # fmt: skip
         label = r.backend + (" (wrong)" if wrong else "")
         ax.annotate(label, (x, r.tflops), textcoords="offset points", xytext=(6, 4 + dy),
                     fontsize=7, color="red" if wrong else "black")  # fmt: skip
@@ -154,6 +174,9 @@ def _draw(g: pd.DataFrame, styles: dict, floor: float, ceil: float, prob: str, p
     if (g.status == "accuracy_failed").any():
         handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none",
                               markeredgecolor="red", label="failed its accuracy check"))  # fmt: skip
+    if any(_with_quant(r) is not None for _, r in g.iterrows()):
+        handles.append(Line2D([], [], ls="-", lw=0.8, marker="o", markersize=4, color="gray",
+                              markerfacecolor="none", label="small: with its quantization (quant_ms)"))  # fmt: skip
     for edge, words, cond in (
         (floor, "rel L1 = 0 (exact match) drawn here", (g.x == 0).any()),
         (ceil, "rel L1 = inf drawn here", np.isinf(g.x).any()),
