@@ -25,8 +25,11 @@ def kernels(name: str):
     return _loaded[name]
 
 
-def availability(backend: str, package: str, device: str) -> str | None:
-    """Why ``backend`` (kernel package ``package``) cannot run on ``device``, or None."""
+def availability(
+    backend: str, package: str, device: str, cpu_cases: str = "fp16/fp32 cases"
+) -> str | None:
+    """Why ``backend`` (kernel package ``package``) cannot run on ``device``, or None;
+    ``cpu_cases``: what it runs under the interpreter (said in the hint)."""
     try:
         import triton  # noqa: F401
     except ImportError as e:
@@ -34,7 +37,7 @@ def availability(backend: str, package: str, device: str) -> str | None:
     if device == "cpu" and not interpreting():
         return (
             f"{backend} runs on the CPU only under Triton's interpreter: set "
-            "TRITON_INTERPRET=1 (fp16/fp32 cases)"
+            f"TRITON_INTERPRET=1 ({cpu_cases})"
         )
     try:
         kernels(package)

@@ -53,7 +53,7 @@ class _TritonFP8(Backend):
     )
 
     def availability(self, device):
-        why = triton_common.availability(self.name, "fp8", device)
+        why = triton_common.availability(self.name, "fp8", device, "every dtype")
         if why or device != "cuda" or not torch.cuda.is_available():
             return why
         major, minor = torch.cuda.get_device_capability()
