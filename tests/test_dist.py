@@ -403,6 +403,33 @@ def test_cli_accuracy_end_to_end(tmp_path):
     )
 
 
+def test_dist_rows_carry_a_repro_that_reruns_exactly_their_case(tmp_path):
+    """Every distributed row names the command that runs its case, local kernel and strategy
+    again at its world size; running one gives that case alone (every rank's rows)."""
+    import shlex
+
+    import pandas as pd
+
+    first = tmp_path / "first"
+    p = _dist_cli("accuracy", "--suite", "dist", "--nproc", 2, "--device", "cpu", "--out", first)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    df = pd.read_parquet(first)
+    ok = df[df["status"] == "ok"]
+    assert ok.repro.notna().all()
+    assert ok.groupby(["case_id", "backend", "strategy"]).repro.nunique().eq(1).all()
+    row = ok[ok.strategy == "zigzag"].iloc[-1]
+    words = shlex.split(row.repro)
+    words = words[words.index("attnbench") :]  # after the variables (TRITON_INTERPRET=1 here)
+    assert words[:5] == ["attnbench", "dist", "accuracy", "--suite", "dist"]
+    assert "--nproc" in words and words[words.index("--nproc") + 1] == "2"
+    again = tmp_path / "again"
+    p = _dist_cli(*words[2:], "--out", again)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    re_rows = pd.read_parquet(again)
+    assert set(re_rows.case_id) == {row.case_id} and set(re_rows.strategy) == {"zigzag"}
+    assert set(re_rows.backend) == {row.backend} and (re_rows.repro == row.repro).all()
+
+
 def test_cli_perf_end_to_end_with_both_baselines(tmp_path):
     """dist perf (gloo, 2 processes): per-rank rows plus a slowest-rank row per strategy and
     mode, each with its verdict; rank 0's single-device baselines at S and at S/P, so both

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..results.env import default_device
 from ..run.config import ConfigError
+from ..run.repro import DistRepro
 from ..run.session import (
     RunError,
     Session,
@@ -175,7 +176,12 @@ def _rank(req: DistRequest) -> int:
         ctx = None
         if env.rank == 0:
             kind, name = f"dist_{req.kind}", f"{cfg.name}-w{world}"
-            ctx = session.open(kind, name, cfg.name, env.device, check_out_dir(req.out), cfg.seed)
+            every = select(cfg, dev, world, parse_dtypes(req.dtype)).cases  # before --where
+            repro = DistRepro(
+                req.kind, path, dev, world, req.dtype is not None, every, session.settings
+            )
+            out = check_out_dir(req.out)
+            ctx = session.open(kind, name, cfg.name, env.device, out, cfg.seed, repro)
             if sel.note:
                 ctx.console.print(f"[bold yellow]{sel.note}[/] ({path.name})")
             ctx.console.print(

@@ -39,8 +39,7 @@ class RunContext:
     gpu_env: dict = field(default_factory=dict)  # ceiling/telemetry columns of the whole run
     ceilings: dict = field(default_factory=dict)  # dtype -> {matmul_tflops, copy_gbps}
     settings: Settings | None = None  # the run's (None: the active ones); every row records them
-    # the ``repro`` column's commands (attnbench.run.session.Repro; None: the column is null, as
-    # on distributed rows)
+    # the ``repro`` column's commands (attnbench.run.repro.Repro / DistRepro; None: null)
     repro: object | None = None
 
     def row(self, case: Case, backend: str, mode: str, **values) -> dict:
@@ -51,7 +50,11 @@ class RunContext:
             "backend": backend,
             "mode": mode,
             "settings": (self.settings or current()).column(),
-            "repro": self.repro.command(case, backend, mode) if self.repro is not None else None,
+            "repro": (
+                self.repro.command(case, backend, mode, values.get("strategy"))
+                if self.repro is not None
+                else None
+            ),
             **case.params(),
             **environment(self.device),
             **self.gpu_env,

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import codecs
 import io
-import math
 import os
-import shlex
 import signal
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from rich.console import Console
 from ..problems.base import DTYPE_ALIASES, MODES
 from ..results import ResultsWriteError, ResultsWriter, new_run_id
 from ..settings import Settings
+from .repro import Repro
 
 
 class RunError(Exception):
@@ -433,186 +432,6 @@ def plan(req: Request) -> Plan:
     return Plan(
         cfg, path, dev, cases, backends, run_modes, note, out, said[0] if said else None, all_cases
     )
-
-
-# ---- the repro column ------------------------------------------------------------------------
-# settings that the perf command takes as a flag (on); every other setting off its default is an
-# environment variable before the command (accuracy has neither flag)
-_PERF_FLAGS = {"retune": "--retune", "cuda_graph": "--cuda-graph"}
-# case fields every problem has and --where always names: a case's --where is checked against
-# the cases that share them (not the whole config: a sweep of N cases costs N checks, not N^2)
-_BUCKET = ("batch", "heads_q", "heads_kv", "head_dim", "dtype")
-
-
-def shipped_name(path: Path) -> str | None:
-    """``basic`` when ``path`` is the shipped config ``basic``'s file, else None."""
-    from importlib import resources
-
-    try:
-        shipped = Path(str(resources.files("attnbench.configs").joinpath(f"{path.stem}.yaml")))
-        if shipped.is_file() and shipped.resolve() == path.resolve():
-            return path.stem
-    except OSError:
-        pass
-    return None
-
-
-def _where_value(value) -> str | None:
-    """A case field's value as ``--where`` writes it; None when it cannot (None, a tuple)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
-    if (
-        isinstance(value, str)
-        and value
-        and not set(value) & set(",|=<>!")
-        and value == value.strip()
-    ):
-        return value
-    return None
-
-
-class Repro:
-    """The ``repro`` column of a single-device run: the command line that runs one case on one
-    backend (and, in perf, one mode) again::
-
-        [ENV=VALUE ...] attnbench perf --sweep CONFIG --only BACKEND --where FIELD=V,...
-            [--dtype DT] --modes MODE --device DEV [--retune] [--cuda-graph] [--repeat N]
-
-    CONFIG is the shipped name (``seqlen``) or the YAML's absolute path. ``--where`` names every
-    case field whose value it can write, each parsed back through
-    :func:`attnbench.run.where.parse_where` to the same value; a field it cannot write (varlen's
-    ``seqlens`` tuples, a ``softmax_scale`` of None, a decode ``cache_dist`` string) is left out.
-    The conditions are then run through the same parser over every case the config gives on this
-    device (with the run's ``--dtype``), as the command would; when they keep more than this
-    case, the derived flags (``varlen=true``) and ``FIELD!=...`` of the other cases' values are
-    added, and a case still not told apart (two varlen cases that differ only in ``seqlens``;
-    ``--where`` has no case-id condition) gets None, never a command that runs several cases.
-    ``--dtype`` is there when the run had one (it changes the config's cases). Settings off their
-    default are ``--retune``/``--cuda-graph`` in perf, else their variable before the command
-    (``ATTNBENCH_FLEX_DYNAMIC=1``), as is ``TRITON_INTERPRET=1`` when the run had it."""
-
-    def __init__(self, req: Request, p: Plan, settings: Settings):
-        from ..problems import PROBLEMS
-
-        self.kind = req.kind
-        self.types = [PROBLEMS[p.cfg.problem].case_type]
-        config = shipped_name(p.path) or str(p.path.resolve())
-        env, flags = [], []
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            env.append("TRITON_INTERPRET=1")
-        for name, value in settings.nondefault().items():
-            if req.kind == "perf" and name in _PERF_FLAGS and value is True:
-                flags.append(_PERF_FLAGS[name])
-            else:
-                text = ("1" if value else "0") if isinstance(value, bool) else str(value)
-                env.append(f"{Settings.env_name(name)}={shlex.quote(text)}")
-        if req.kind == "perf" and req.repeat > 1:
-            flags += ["--repeat", str(req.repeat)]
-        flag = "--suite" if req.kind == "accuracy" else "--sweep"
-        # the variables are quoted already (VAR='a b': the whole token quoted would be a command)
-        self.head = " ".join([*env, "attnbench", req.kind, flag, shlex.quote(config)])
-        self.tail = ["--device", p.device, *flags]
-        self.dtype_flag = req.dtype is not None
-        self.cases = list(p.all_cases if p.all_cases is not None else p.cases)
-        self.buckets: dict[tuple, list] = {}
-        for c in self.cases:
-            self.buckets.setdefault(tuple(getattr(c, f, None) for f in _BUCKET), []).append(c)
-        self._where: dict = {}
-        self._commands: dict = {}
-
-    def command(self, case, backend: str, mode: str) -> str | None:
-        """The row's command (None: this case cannot be selected alone; see the class)."""
-        key = (case, backend, mode if self.kind == "perf" else None)
-        if key not in self._commands:
-            where = self.where(case)
-            cmd = None
-            if where is not None:
-                parts = ["--only", backend, "--where", where]
-                if self.dtype_flag:
-                    parts += ["--dtype", case.dtype]
-                if self.kind == "perf":
-                    parts += ["--modes", mode]
-                cmd = " ".join([self.head, *map(shlex.quote, parts + self.tail)])
-            self._commands[key] = cmd
-        return self._commands[key]
-
-    def where(self, case) -> str | None:
-        """``--where`` text that keeps ``case`` alone of the config's cases (cached), or None."""
-        try:
-            hash(case)
-        except TypeError:
-            return None
-        if case not in self._where:
-            self._where[case] = self._select(case)
-        return self._where[case]
-
-    def _term(self, name: str, values: tuple, op: str = "=") -> str | None:
-        """``name{op}v1|v2`` when the parser reads it back as exactly that condition."""
-        from .where import parse_where
-
-        texts = [_where_value(v) for v in values]
-        if not texts or None in texts:
-            return None
-        term = f"{name}{op}{'|'.join(texts)}"
-        try:
-            conds = parse_where(term, self.types)
-        except ValueError:
-            return None
-        ok = len(conds) == 1 and (conds[0].field, conds[0].op) == (name, op)
-        ok = ok and conds[0].values == tuple(values)  # the parser's reading: == as it matches
-        return term if ok else None
-
-    def _kept(self, terms: list[str], candidates: list) -> list | None:
-        from .where import keep, parse_where
-
-        if not terms:
-            return None
-        try:
-            return keep(candidates, parse_where(",".join(terms), self.types))
-        except ValueError:
-            return None
-
-    def _select(self, case) -> str | None:
-        from dataclasses import fields, is_dataclass
-
-        from .where import DERIVED
-
-        if not is_dataclass(case):
-            return None
-        terms, named, loose = [], set(), []
-        for f in fields(case):
-            term = self._term(f.name, (getattr(case, f.name),))
-            if term is None:
-                loose.append(f.name)
-            else:
-                terms.append(term)
-                named.add(f.name)
-        bucket = tuple(getattr(case, f, None) for f in _BUCKET)
-        candidates = self.buckets.get(bucket, []) if named >= set(_BUCKET) else self.cases
-        kept = self._kept(terms, candidates)
-        if kept == [case]:
-            return ",".join(terms)
-        if not kept or case not in kept:
-            return None
-        # several cases: tell this one apart by the derived flags and by != the others' values
-        # of the fields left out
-        for name in DERIVED:
-            if hasattr(case, name):
-                term = self._term(name, (getattr(case, name),))
-                if term is not None:
-                    terms.append(term)
-        for name in loose:
-            mine = getattr(case, name)
-            others = [getattr(o, name) for o in kept if getattr(o, name) != mine]
-            others = list(dict.fromkeys(v for v in others if _where_value(v) is not None))
-            term = self._term(name, tuple(others), "!=") if others else None
-            if term is not None:
-                terms.append(term)
-        return ",".join(terms) if self._kept(terms, candidates) == [case] else None
 
 
 def run(req: Request) -> int:
