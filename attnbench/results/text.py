@@ -38,12 +38,14 @@ def _finite(x) -> bool:
 
 
 def lossy_suffix(r: dict) -> str:
-    """`` +0.081 ms quant fp8 rL1 0.0493``: a lossy row's quantization time (when measured
-    apart) and out's relative L1; empty for an exact row."""
-    text = f" +{sig3(r['quant_ms'])} ms quant" if _finite(r.get("quant_ms")) else ""
+    """`` fp8 rL1 0.0493 +0.081 ms quant``: a lossy row's out relative L1 and its quantization
+    time (when measured apart); empty for an exact row."""
+    text = ""
     precision = r.get("precision")
     if isinstance(precision, str) and precision != "exact" and _finite(r.get("rel_l1")):
         text += f" {precision} rL1 {r['rel_l1']:.3g}"
+    if _finite(r.get("quant_ms")):
+        text += f" +{sig3(r['quant_ms'])} ms quant"
     return text
 
 
