@@ -77,12 +77,15 @@ SHAPES = [  # b, sq, sk, hq, hkv, d, causal
 
 
 @pytest.mark.parametrize("b,sq,sk,hq,hkv,d,causal", SHAPES)
-@pytest.mark.parametrize("smooth_k", [False, True], ids=["plain", "smooth"])
-def test_fp16_pv_matches_dequantized_attention(b, sq, sk, hq, hkv, d, causal, smooth_k):
+@pytest.mark.parametrize(
+    "smooth_k,qk", [(False, "fp8"), (True, "fp8"), (True, "int8")], ids=["plain", "smooth", "int8"]
+)
+def test_fp16_pv_matches_dequantized_attention(b, sq, sk, hq, hkv, d, causal, smooth_k, qk):
     """With fp16 P @ V, out and lse are attention of the dequantized q, k (and v) up to fp16
-    rounding: every scale, mask and the lse shift of K smoothing are right."""
+    rounding: every scale, mask and the lse shift of K smoothing are right (Q.K^T in e4m3 or,
+    SageAttention's format, int8)."""
     q, k, v = inputs(b, sq, sk, hq, hkv, d, torch.float16)
-    z = fp8.quantize(q, k, v, block_q=32, block_k=24, smooth_k=smooth_k, pv="fp16")
+    z = fp8.quantize(q, k, v, block_q=32, block_k=24, smooth_k=smooth_k, pv="fp16", qk=qk)
     out, lse = fp8.fp8_attention(z, causal=causal)
     dq, dk, dv = fp8.dequantize(z)
     ref_out, ref_lse = reference(dq, dk, dv, causal)
@@ -118,16 +121,23 @@ def test_fp8_pv_matches_dequantized_attention_up_to_p_rounding(
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize(
-    "rotate,smooth_k,pv",
-    [(False, False, "fp8"), (False, True, "fp16"), (True, False, "fp8"), (True, True, "fp8")],
-    ids=["plain", "smooth-pv16", "rot", "rot-smooth"],
+    "rotate,smooth_k,pv,qk",
+    [
+        (False, False, "fp8", "fp8"),
+        (False, True, "fp16", "fp8"),
+        (True, False, "fp8", "fp8"),
+        (True, True, "fp8", "fp8"),
+        (False, True, "fp16", "int8"),
+    ],
+    ids=["plain", "smooth-pv16", "rot", "rot-smooth", "int8-smooth-pv16"],
 )
-def test_triton_quantization_is_torchs_bit_for_bit(dtype, rotate, smooth_k, pv):
+def test_triton_quantization_is_torchs_bit_for_bit(dtype, rotate, smooth_k, pv, qk):
     """The Triton pass gives torch's codes and scales exactly (blocks unlike the tiles, a length
     no block divides, GQA, a K offset for the smoothing); the lse shift is the same sum."""
     q, k, v = inputs(2, 100, 90, 4, 2, 64, dtype, offset=4.0)
-    a = fp8.quantize(q, k, v, 32, 24, rotate=rotate, smooth_k=smooth_k, pv=pv)
-    b = fp8.quantize_torch(q, k, v, 32, 24, rotate=rotate, smooth_k=smooth_k, pv=pv)
+    a = fp8.quantize(q, k, v, 32, 24, rotate=rotate, smooth_k=smooth_k, pv=pv, qk=qk)
+    b = fp8.quantize_torch(q, k, v, 32, 24, rotate=rotate, smooth_k=smooth_k, pv=pv, qk=qk)
+    assert a.q8.dtype == (torch.int8 if qk == "int8" else torch.float8_e4m3fn)
     for x, y in zip(a.tensors[:6], b.tensors[:6]):
         assert x.dtype == y.dtype and x.shape == y.shape
         bits = (lambda t: t.view(torch.uint8)) if x.dtype == torch.float8_e4m3fn else (lambda t: t)

@@ -37,15 +37,17 @@ def run_tool(*args: str) -> list[str]:
         ("triton_fa2", "fwd", "64x64w4s3"),
         ("fp8", "fwd", "128x64w8s2"),
         ("fp8", "fwd_pv16", "128x64w8s2"),
+        ("fp8", "fwd_int8", "128x64w8s2"),
     ],
     ids=lambda x: x.replace(",", "+") if isinstance(x, str) else x,
 )
 def test_estimate_matches_tritons_count(package, kind, tiles):
     lines = run_tool(package, kind, "--head-dims", "64", "--tiles", tiles)
     assert len(lines) == len(tiles.split(",")), lines
-    if package == "fp8":  # both products on FP8 tensor cores (P @ V in fp16 for fwd_pv16)
-        assert "m64n64k32 e4m3" in lines[0], lines
-        assert ("m64n64k16 f16" in lines[0]) == (kind == "fwd_pv16"), lines
+    if package == "fp8":  # Q.K^T on FP8 (INT8) tensor cores; P @ V on FP8 or, pv16/int8, fp16
+        qk = "s8" if kind == "fwd_int8" else "e4m3"
+        assert f"m64n64k32 {qk}" in lines[0], lines
+        assert ("m64n64k16 f16" in lines[0]) == (kind != "fwd"), lines
     for ln in lines:
         m = LINE.search(ln)
         assert m, ln

@@ -16,7 +16,7 @@ from attnbench.problems.attention import AttentionCase as Case  # noqa: E402
 from attnbench.problems.attention.inputs import make_inputs  # noqa: E402
 from attnbench.run.check import check_backend, make_truth  # noqa: E402
 
-NAMES = ["triton_fp8", "triton_fp8_rot", "triton_fp8_smooth", "triton_fp8_pv16"]
+NAMES = ["triton_fp8", "triton_fp8_rot", "triton_fp8_smooth", "triton_fp8_pv16"]  # e4m3 Q.K^T
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -56,7 +56,27 @@ def test_inputs_untouched_quantization_apart_and_the_verdict(name):
     for a, b in zip(before, (inp.q, inp.k, inp.v)):
         assert torch.equal(a, b)
     text = be.kernel_config(p, case, "fwd")
-    assert "Q/K scales per 128/128 tokens" in text and ("PV fp16" in text) == (name.endswith("16"))
+    assert "Q/K fp8 scales per 128/128 tokens" in text
+    assert ("PV fp16" in text) == name.endswith("16")
+
+
+def test_triton_int8_is_sage_recipe_and_passes_the_int8_rule_where_fp8_cannot():
+    """INT8 Q.K^T (one scale per 128 tokens, K smoothed) with fp16 P.V: declared int8, its
+    codes int8, and on a standard case it meets the int8 rule (cos >= 0.999, rel L1 <= 0.05),
+    which no all-e4m3 variant can (e4m3's floor)."""
+    be = REGISTRY["triton_int8"]
+    assert be.caps.precision == "int8" and not be.caps.backward
+    case = Case(1, 4, 2, 192, 192, 64, "fp16", causal=True)
+    inp = make_inputs(case, DEVICE, seed=0)
+    p = be.prepare(inp, case)
+    assert p.leaves[0].dtype == torch.int8 and p.leaves[2].dtype == torch.float16
+    assert "Q/K int8 scales" in be.kernel_config(p, case, "fwd")
+    truth = make_truth(inp, case, grads=False)
+    errs = {e.tensor: e for e in check_backend(be, case, inp, truth, grads=False)}
+    assert all(e.accuracy_ok for e in errs.values())
+    assert errs["out"].cos_sim > 0.9995 and errs["out"].rel_l1 < 0.03
+    fp8 = {e.tensor: e for e in check_backend(REGISTRY["triton_fp8"], case, inp, truth, False)}
+    assert fp8["out"].rel_l1 > 1.5 * errs["out"].rel_l1
 
 
 def test_k_outliers_fail_without_smoothing_and_pass_with_it(cli, tmp_path):
@@ -100,7 +120,7 @@ def test_list_names_every_variant_on_either_device(cli):
     for device in ("cpu", "cuda"):  # no traceback asking a CPU-only machine about CUDA
         res = cli("list", "--device", device)
         assert res.exit_code == 0, res.output
-        assert all(name in res.output for name in NAMES)
+        assert all(name in res.output for name in [*NAMES, "triton_int8"])
 
 
 def test_a_lossy_perf_cell_says_its_quantization_time_and_error():

@@ -9,6 +9,8 @@ backend                       rotate    smooth_k    P @ V
 ``triton_fp8_rot``            Hadamard  no          e4m3 (FA3 with incoherent processing)
 ``triton_fp8_smooth``         no        yes         e4m3 (SageAttention's K smoothing)
 ``triton_fp8_pv16``           no        yes         fp16 (FP8 for Q @ K^T only)
+``triton_int8``               no        yes         fp16, Q and K in INT8 (SageAttention 1's
+                                                    recipe in this kernel; ``precision="int8"``)
 ============================  ========  ==========  =====================================
 
 Quantization (block scales of 128 tokens for Q and K, per-channel for V, the rotation and the
@@ -20,6 +22,8 @@ CPU under Triton's interpreter, every dtype (the kernel's products are FP8 or fp
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -39,6 +43,7 @@ class _TritonFP8(Backend):
     rotate = False
     smooth_k = False
     pv = "fp8"
+    qk = "fp8"  # the format of Q and K: e4m3, or int8
     caps = Capabilities(
         devices={"cuda", "cpu"},
         dtypes={"fp16", "bf16", "fp32"},
@@ -57,15 +62,17 @@ class _TritonFP8(Backend):
         if why or device != "cuda" or not torch.cuda.is_available():
             return why
         major, minor = torch.cuda.get_device_capability()
-        if (major, minor) < (8, 9):
+        need = (8, 9) if "fp8" in (self.qk, self.pv) else (8, 0)  # INT8 + fp16: Ampere has them
+        if (major, minor) < need:
             return (
-                f"unsupported: FP8 tensor cores need sm89 or newer (this GPU is sm{major}{minor})"
+                f"unsupported: {self.qk.upper()} tensor cores need sm{need[0]}{need[1]} or newer "
+                f"(this GPU is sm{major}{minor})"
             )
         return None
 
     def _quantize(self, q, k, v):
         return _kernels().quantize(
-            q, k, v, BLOCK_Q, BLOCK_K, rotate=self.rotate, smooth_k=self.smooth_k, pv=self.pv
+            q, k, v, BLOCK_Q, BLOCK_K, self.rotate, self.smooth_k, self.pv, self.qk
         )
 
     def prepare(self, inp, case):
@@ -82,7 +89,7 @@ class _TritonFP8(Backend):
 
     def kernel_config(self, p, case, mode):
         text = chosen_configs_text(_kernels().chosen_configs(), mode)
-        blocks = f"Q/K scales per {BLOCK_Q}/{BLOCK_K} tokens, PV {self.pv}"
+        blocks = f"Q/K {self.qk} scales per {BLOCK_Q}/{BLOCK_K} tokens, PV {self.pv}"
         return f"{text}; {blocks}" if text else blocks
 
 
@@ -112,3 +119,15 @@ class TritonFP8PV16(_TritonFP8):
     description = "triton_fp8_smooth with P @ V in fp16 (FP8 for Q @ K^T only)"
     smooth_k = True
     pv = "fp16"
+
+
+@register
+class TritonInt8(_TritonFP8):
+    name = "triton_int8"
+    description = (
+        "the same kernel with INT8 Q @ K^T (K smoothed) and fp16 P @ V (SageAttention 1's)"
+    )
+    smooth_k = True
+    pv = "fp16"
+    qk = "int8"
+    caps = replace(_TritonFP8.caps, precision="int8")

@@ -7,12 +7,12 @@ limit is refused on the GPU, and the package's pruner estimate should agree with
     python -m attnbench.kernels.resources triton_fa2 fwd --head-dims 128 --tiles 128x128w8s3
     python -m attnbench.kernels.resources piecewise dkdv --tiles 64x128w8s3bs2,64x128w8s2sp
     python -m attnbench.kernels.resources triton_fa2 fwd,dkdv,dq --ptx   # before/after a refactor
-    python -m attnbench.kernels.resources fp8 fwd,fwd_pv16 --head-dims 64,128,256 --wgmma
+    python -m attnbench.kernels.resources fp8 fwd,fwd_pv16,fwd_int8 --head-dims 64,128,256 --wgmma
 
 One line per (kernel, head dim, config): Triton's shared-memory count against the pruner's
 estimate, ``fits`` / ``OOR`` against the sm_90 limit (227 KiB), registers per thread and the
 stack frame in bytes (non-zero: register spills); ``fp8`` adds the ``wgmma`` shapes and operand
-types the PTX uses (``e4m3`` for the FP8 products). The tables are the packages' Hopper tables
+types the PTX uses (``e4m3`` for the FP8 products, ``s8`` for INT8). The tables are the packages' Hopper tables
 (``kernels/*/configs.py``) unless ``--tiles`` names configs (``BMxBNwWsS``, piecewise also
 ``bsB``, ``sp`` for the split band or ``sp2`` for the merged split). bf16, causal,
 every pointer and stride 16-divisible (what the GPU launch sees for contiguous tensors), so the
@@ -62,9 +62,9 @@ def packages():
             for m, n, w, st in tiles
         ]
 
-    def fp8_launch(v_type):
+    def fp8_launch(v_type, qk_type="*fp8e4nv"):
         types = {n: "*fp32" for n in ("QS", "KS", "VS", "LseShift", "Lse")}
-        types.update(Q8="*fp8e4nv", K8="*fp8e4nv", VT8=v_type, sm_scale="fp32")
+        types.update(Q8=qk_type, K8=qk_type, VT8=v_type, sm_scale="fp32")
         return {"types": types, "consts": dict(LSE_SHIFT=False, BLOCK_Q=128, BLOCK_K=128)}
 
     fp8_mod = _Fp8Estimates(f8)
@@ -72,6 +72,13 @@ def packages():
         "fp8": {
             "fwd": (fp8.fwd._fwd_kernel, fp8_mod, f8._FWD, fp8_make, fp8_launch("*fp8e4nv")),
             "fwd_pv16": (fp8.fwd._fwd_kernel, fp8_mod, f8._FWD, fp8_make, fp8_launch("*fp16")),
+            "fwd_int8": (
+                fp8.fwd._fwd_kernel,
+                fp8_mod,
+                f8._FWD,
+                fp8_make,
+                fp8_launch("*fp16", "*i8"),
+            ),
         },
         "piecewise": {
             "fwd": (piecewise.fwd._fwd_kernel, pc, pc._FWD, pw_make),
@@ -93,7 +100,7 @@ class _Fp8Estimates:
         self.fwd = fwd
 
     def _smem_estimate(self, cfg, d, kind):
-        return self.fwd.smem_estimate(cfg, d, 2 if kind == "fwd_pv16" else 1)
+        return self.fwd.smem_estimate(cfg, d, 1 if kind == "fwd" else 2)
 
 
 def compile_config(
@@ -139,7 +146,9 @@ def compile_config(
 
 def wgmma_shapes(ptx: str) -> str:
     """The ``wgmma`` shapes and operand types of a kernel's PTX, e.g. ``m64n128k32 e4m3``."""
-    found = re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)\.f32\.(\w+)\.\w+", ptx)
+    found = re.findall(
+        r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)\.(?:f32|s32)\.(\w+)\.\w+", ptx
+    )
     return ", ".join(sorted({f"{shape} {t}" for shape, t in found})) or "no wgmma"
 
 
@@ -195,7 +204,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("package", choices=["piecewise", "triton_fa2", "fp8"])
-    ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq (fp8: fwd,fwd_pv16)")
+    ap.add_argument("kinds", help="comma-separated: fwd,dkdv,dq (fp8: fwd,fwd_pv16,fwd_int8)")
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument(
         "--tiles", default="", help="BMxBNwWsS[bsB|sp|sp2],... instead of the Hopper table"

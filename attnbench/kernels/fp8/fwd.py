@@ -138,7 +138,7 @@ def _fwd_inner(
         else:
             ks = tl.load(ks_base + cols // BLOCK_K)
             vt = tl.load(vt_base + offs_d[:, None] * stride_vd + cols[None, :])
-        s = tl.dot(q, tl.trans(k)) * qs[:, None] * ks[None, :]
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * qs[:, None] * ks[None, :]  # int8: int32
         p, alpha, l_i, m_new = softmax_step(
             s, m_i, l_i, rows, cols, seqlen_k, shift, 1.0, CAUSAL, MASKED
         )

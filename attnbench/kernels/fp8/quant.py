@@ -41,6 +41,8 @@ import torch
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
+INT8_MAX = 127.0
+QMAX = {"fp8": FP8_MAX, "int8": INT8_MAX}  # the largest code of Q and K, by ``qk`` format
 TINY = 1e-30  # the scale of an all-zero block (its codes are all 0)
 
 _hadamard: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -59,21 +61,31 @@ def hadamard(n: int, device) -> torch.Tensor:
     return _hadamard[key]
 
 
-def block_scales(x: torch.Tensor, block: int) -> torch.Tensor:
+def block_scales(x: torch.Tensor, block: int, qmax: float = FP8_MAX) -> torch.Tensor:
     """(B, H, ceil(S / block)) fp32 scales of x (B, S, H, D): amax over each block's tokens and
-    channels / 448."""
+    channels / ``qmax`` (448 for e4m3, 127 for int8)."""
     b, s, h, _ = x.shape
     n = -(-s // block)
     a = x.abs().amax(dim=-1)  # (B, S, H)
     if n * block != s:
         a = torch.nn.functional.pad(a, (0, 0, 0, n * block - s))
     a = a.view(b, n, block, h).amax(dim=2)  # (B, n, H)
-    return (a / FP8_MAX).clamp_min(TINY).transpose(1, 2).contiguous()
+    return (a / qmax).clamp_min(TINY).transpose(1, 2).contiguous()
 
 
 def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x / scale rounded to e4m3 (saturating at +-448, as Hopper's ``cvt.satfinite`` does)."""
     return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def to_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x / scale rounded half up (``floor(y + 0.5)``, what the Triton pass computes) to int8,
+    clamped to +-127."""
+    return torch.floor(x / scale + 0.5).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+
+
+def _codes(x: torch.Tensor, scale: torch.Tensor, qk: str) -> torch.Tensor:
+    return to_fp8(x, scale) if qk == "fp8" else to_int8(x, scale)
 
 
 def _per_token(scales: torch.Tensor, block: int, s: int) -> torch.Tensor:
@@ -95,6 +107,7 @@ class Quantized:
     dtype: torch.dtype  # the inputs' dtype: the output's
     rotate: bool
     smooth_k: bool
+    qk: str = "fp8"  # the format of q8 and k8: "fp8" (e4m3) or "int8"
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -102,7 +115,7 @@ class Quantized:
         return t if self.lse_shift is None else (*t, self.lse_shift)
 
 
-def _check(q, k, v, block_q, block_k, pv) -> None:
+def _check(q, k, v, block_q, block_k, pv, qk="fp8") -> None:
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q (B,Sq,Hq,D), k and v (B,Sk,Hkv,D), got {q.shape} {k.shape} {v.shape}")
     if q.shape[2] % k.shape[2]:
@@ -111,6 +124,8 @@ def _check(q, k, v, block_q, block_k, pv) -> None:
         raise ValueError(f"quantization blocks must be >= 1 token, got {block_q}, {block_k}")
     if pv not in ("fp8", "fp16"):
         raise ValueError(f"pv must be 'fp8' or 'fp16', not {pv!r}")
+    if qk not in QMAX:
+        raise ValueError(f"qk must be 'fp8' or 'int8', not {qk!r}")
 
 
 def _k_mean(k: torch.Tensor) -> torch.Tensor:
@@ -140,10 +155,11 @@ def quantize_torch(
     rotate: bool = False,
     smooth_k: bool = False,
     pv: str = "fp8",
+    qk: str = "fp8",
 ) -> Quantized:
     """:func:`quantize` in torch operations: the reference the Triton pass is checked against
     (same codes and scales, bit for bit)."""
-    _check(q, k, v, block_q, block_k, pv)
+    _check(q, k, v, block_q, block_k, pv, qk)
     qf, kf = q.float(), k.float()
     lse_shift = None
     if smooth_k:
@@ -153,15 +169,15 @@ def quantize_torch(
     if rotate:
         h = hadamard(q.shape[-1], q.device)
         qf, kf = qf @ h, kf @ h
-    q_scale, k_scale = block_scales(qf, block_q), block_scales(kf, block_k)
-    q8 = to_fp8(qf, _per_token(q_scale, block_q, q.shape[1]))
-    k8 = to_fp8(kf, _per_token(k_scale, block_k, k.shape[1]))
+    q_scale, k_scale = block_scales(qf, block_q, QMAX[qk]), block_scales(kf, block_k, QMAX[qk])
+    q8 = _codes(qf, _per_token(q_scale, block_q, q.shape[1]), qk)
+    k8 = _codes(kf, _per_token(k_scale, block_k, k.shape[1]), qk)
     v_scale = _v_scale(v, pv)
     vt = to_fp8(v.float(), v_scale.unsqueeze(1)) if pv == "fp8" else v.to(torch.float16)
     vt = vt.permute(0, 2, 3, 1).contiguous()  # (B, Hkv, D, Sk)
     return Quantized(
         q8, k8, vt, q_scale, k_scale, v_scale, lse_shift, block_q, block_k, q.dtype, rotate,
-        smooth_k,
+        smooth_k, qk,
     )  # fmt: skip
 
 
@@ -174,29 +190,31 @@ def quantize(
     rotate: bool = False,
     smooth_k: bool = False,
     pv: str = "fp8",
+    qk: str = "fp8",
 ) -> Quantized:
     """q (B, Sq, Hq, D), k and v (B, Sk, Hkv, D) in fp16/bf16/fp32 -> :class:`Quantized`, one
     Triton pass over each input (:mod:`.quant_kernels`); the rotation, K's mean and V's amax in
-    torch."""
+    torch. ``qk="int8"``: Q and K as int8 (scale amax / 127, rounded half up), SageAttention's
+    format, instead of e4m3."""
     from .quant_kernels import quant_rows, quant_v_t
 
-    _check(q, k, v, block_q, block_k, pv)
+    _check(q, k, v, block_q, block_k, pv, qk)
     group = q.shape[2] // k.shape[2]
     km = _k_mean(k) if smooth_k else None
     if rotate:  # the GEMM in fp32, as quantize_torch; then plain block quantization
         h = hadamard(q.shape[-1], q.device)
         kf = k.float() - km.unsqueeze(1) if smooth_k else k.float()
-        q8, q_scale, _ = quant_rows(q.float() @ h, block_q)
-        k8, k_scale, _ = quant_rows(kf @ h, block_k)
+        q8, q_scale, _ = quant_rows(q.float() @ h, block_q, qk=qk)
+        k8, k_scale, _ = quant_rows(kf @ h, block_k, qk=qk)
         lse_shift = _lse_shift(q, km).contiguous() if smooth_k else None
     else:
-        q8, q_scale, lse_shift = quant_rows(q, block_q, mean_q=km, group=group)
-        k8, k_scale, _ = quant_rows(k, block_k, mean=km)
+        q8, q_scale, lse_shift = quant_rows(q, block_q, mean_q=km, group=group, qk=qk)
+        k8, k_scale, _ = quant_rows(k, block_k, mean=km, qk=qk)
     v_scale = _v_scale(v, pv)
     vt = quant_v_t(v, v_scale, torch.float8_e4m3fn if pv == "fp8" else torch.float16)
     return Quantized(
         q8, k8, vt, q_scale, k_scale, v_scale, lse_shift, block_q, block_k, q.dtype, rotate,
-        smooth_k,
+        smooth_k, qk,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 FP8_MAX = tl.constexpr(448.0)
+INT8_MAX = tl.constexpr(127.0)
 TINY = tl.constexpr(1e-30)
 
 
@@ -49,6 +50,7 @@ def _quant_rows(
     BLOCK_P2: tl.constexpr,
     SUB_MEAN: tl.constexpr,
     DOT_MEAN: tl.constexpr,
+    INT8: tl.constexpr,
 ):
     pid, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b64 = b.to(tl.int64)
@@ -66,8 +68,12 @@ def _quant_rows(
         m = tl.load(Mean + (b64 * heads + h) * HEAD_DIM + d, mask=d < HEAD_DIM, other=0.0)
         x = tl.where(inside, x - m[None, :], 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
-    scale = tl.maximum(tl.math.div_rn(amax, tl.full([], FP8_MAX, tl.float32)), TINY)
-    y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX)
+    if INT8:  # SageAttention's format: amax -> 127, rounded half up
+        scale = tl.maximum(tl.math.div_rn(amax, tl.full([], INT8_MAX, tl.float32)), TINY)
+        y = tl.minimum(tl.maximum(tl.floor(tl.math.div_rn(x, scale) + 0.5), -INT8_MAX), INT8_MAX)
+    else:
+        scale = tl.maximum(tl.math.div_rn(amax, tl.full([], FP8_MAX, tl.float32)), TINY)
+        y = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX)
     tl.store(
         Y + b64 * stride_yb + rows[:, None] * stride_ys + h * stride_yh + d[None, :],
         y.to(Y.dtype.element_ty),
@@ -125,15 +131,17 @@ def _quant_v_t(
 QUANT_BLOCK_V = 64  # tokens per program of the V pass
 
 
-def quant_rows(x, block: int, mean=None, mean_q=None, group: int = 1):
-    """``x`` (B, S, H, D) -> (e4m3 codes, scales (B, H, ceil(S / block)), lse shift or None):
+def quant_rows(x, block: int, mean=None, mean_q=None, group: int = 1, qk: str = "fp8"):
+    """``x`` (B, S, H, D) -> (e4m3 or int8 (``qk``) codes, scales (B, H, ceil(S / block)), lse
+    shift or None):
     ``mean`` (B, H, D) fp32 is subtracted first (K smoothing); ``mean_q`` (B, H // group, D)
     gives Q's ``q . mean(k)`` rows (B, H, S)."""
     import torch
 
     b, s, h, d = x.shape
     n = triton.cdiv(s, block)
-    y = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    code = torch.int8 if qk == "int8" else torch.float8_e4m3fn
+    y = torch.empty(x.shape, dtype=code, device=x.device)
     scale = torch.empty(b, h, n, dtype=torch.float32, device=x.device)
     shift = (
         torch.empty(b, h, s, dtype=torch.float32, device=x.device) if mean_q is not None else None
@@ -145,7 +153,7 @@ def quant_rows(x, block: int, mean=None, mean_q=None, group: int = 1):
         s, h, group, n,
         HEAD_DIM=d, HEAD_P2=triton.next_power_of_2(d), BLOCK=block,
         BLOCK_P2=triton.next_power_of_2(block), SUB_MEAN=mean is not None,
-        DOT_MEAN=mean_q is not None,
+        DOT_MEAN=mean_q is not None, INT8=qk == "int8",
         num_warps=4,
     )  # fmt: skip
     return y, scale, shift
