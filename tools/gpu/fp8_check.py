@@ -1,4 +1,5 @@
-"""One-call GPU check of our FP8 forward (``triton_fp8*``): accuracy, then TFLOP/s beside bf16.
+"""One-call GPU check of our FP8/INT8 forward (``triton_fp8*``, ``triton_int8``): accuracy, then
+TFLOP/s beside bf16.
 
 Usage (on the GPU machine, from the repo root)::
 
@@ -6,13 +7,13 @@ Usage (on the GPU machine, from the repo root)::
     python tools/gpu/fp8_check.py --configs --head-dims 128 --seqlens 8192
                                                        # autotune; TFLOP/s of every candidate
 
-1. Accuracy (the lossy fp8 rule, :mod:`attnbench.rule`) of the four variants on awkward shapes:
+1. Accuracy (the lossy fp8 / int8 rule, :mod:`attnbench.rule`) of the five variants on awkward shapes:
    batch > 1, odd lengths, Sq != Sk both ways with causal, GQA/MQA, head dims 64/128/256,
    bf16/fp16; the K-outlier case (offset 16) for every variant (plain and rotated are expected
    to fail it, smoothed ones to pass).
 2. Forward TFLOP/s (:func:`attnbench.run.timing.bench`, median, as ``attnbench perf --sweep
    lowp_seqlen`` times them) at 16k tokens per batch, model width 2048, bf16, causal and not:
-   the four variants (attention only; their quantization apart, ``quant`` ms), ``sage`` when
+   the five variants (attention only; their quantization apart, ``quant`` ms), ``sage`` when
    installed, and the bf16 anchors ``triton_fa2``, ``sdpa_cudnn`` (``fa4`` when installed).
    Each timed backend prints its verdict on that case (out's rel L1 for lossy ones).
 
@@ -60,7 +61,7 @@ from attnbench.run.timing import autotune_bench, bench, mode_fn, timing_columns 
 tuning.set_bench(autotune_bench)  # candidates timed as attnbench perf times them
 
 DEV = torch.device("cuda")
-VARIANTS = ("triton_fp8", "triton_fp8_rot", "triton_fp8_smooth", "triton_fp8_pv16")
+VARIANTS = ("triton_fp8", "triton_fp8_rot", "triton_fp8_smooth", "triton_fp8_pv16", "triton_int8")
 ANCHORS = ("sage", "triton_fa2", "sdpa_cudnn", "fa4")
 
 
@@ -75,7 +76,7 @@ def check_cases():
 
 
 OUTLIERS = [Case(1, 16, 4, 4096, 4096, 128, "bf16", k_channel_offset=16.0)]
-SMOOTHED = ("triton_fp8_smooth", "triton_fp8_pv16")  # expected to pass OUTLIERS; others: fail
+SMOOTHED = ("triton_fp8_smooth", "triton_fp8_pv16", "triton_int8")  # pass OUTLIERS; others fail
 
 
 def bench_case(d, s, causal):
