@@ -273,6 +273,12 @@ def test_accuracy_run_declares_the_lossy_verdict_and_the_yaml_override_flips_it(
     assert "FAIL lossy out cos 0.99" in text and "cos >= 0.99999" in text
     assert not tight_rows[tight_rows.backend == FAKE].accuracy_ok.all()
     assert tight_rows[tight_rows.backend == "naive"].accuracy_ok.all()  # exact: unaffected
+    # the rows carry the limits that graded them: the override, the default kept; none if exact
+    assert (tight_rows[tight_rows.backend == FAKE].tol_cos_sim == 0.99999).all()
+    assert (
+        tight_rows[tight_rows.backend == FAKE].tol_rel_l1 == LOSSY_DEFAULTS["int8"].rel_l1
+    ).all()
+    assert tight_rows[tight_rows.backend == "naive"].tol_cos_sim.isna().all()
 
     # compare: the flipped verdicts carry both sides' metrics; the ids and joins are today's
     base, new = tmp_path / "pass.parquet", tmp_path / "fail.parquet"

@@ -52,6 +52,10 @@ VERDICT = [
     # (fp8, int8, ...: cos_sim and rel_l1 tolerances, attnbench.rule); perf rows: the backend's
     # declared precision
     ("precision", pa.string()),
+    # lossy rows: the limits of the rule that graded them (a config's ``lossy:`` included; perf
+    # rows: out's); null on exact rows
+    ("tol_cos_sim", pa.float64()),
+    ("tol_rel_l1", pa.float64()),
 ]
 METRIC = [
     ("latency_ms", pa.float64()),

@@ -100,6 +100,8 @@ class TensorError:
             rel_l1=self.rel_l1,
             rmse=self.rmse,
             precision=self.precision,
+            tol_cos_sim=self.tolerance.cos_sim if self.tolerance is not None else None,
+            tol_rel_l1=self.tolerance.rel_l1 if self.tolerance is not None else None,
         )
 
 

@@ -285,14 +285,17 @@ def _perf_backend(be, state: CaseState, modes, ctx, dev, warmup_ms, rep_ms) -> l
 
 # the columns of out's same-case error a perf row carries (its ``tensor`` stays null: a perf row
 # is not an accuracy row, and views tell the two apart by it)
-OUT_ERROR_COLUMNS = ("max_abs_err", "mean_abs_err", "cos_sim", "rel_l1", "rmse")
+OUT_ERROR_COLUMNS = (
+    "max_abs_err", "mean_abs_err", "cos_sim", "rel_l1", "rmse", "tol_cos_sim", "tol_rel_l1"
+)  # fmt: skip
 
 
 def out_error_columns(errs) -> dict:
-    """The error of ``out`` from the same-case check (max/mean abs error, cos_sim, rel_l1, rmse),
-    for every perf row of that backend and case; empty when out was not graded."""
+    """The error of ``out`` from the same-case check (max/mean abs error, cos_sim, rel_l1, rmse,
+    and a lossy backend's tolerances), for every perf row of that backend and case; empty when
+    out was not graded."""
     out = next((e for e in errs if e.tensor == "out"), None)
-    return {} if out is None else {c: getattr(out, c) for c in OUT_ERROR_COLUMNS}
+    return {} if out is None else {c: out.columns()[c] for c in OUT_ERROR_COLUMNS}
 
 
 def _quant_ms(be, p, case, dev, warmup_ms, rep_ms, repeat) -> float | None:

@@ -8,14 +8,12 @@
 A backend graded by the lossy rule (``precision`` fp8, int8, ...) is drawn by that rule, never
 by the exact one it does not claim to meet: the larger of rel_l1 / its rel_l1 tolerance and
 (1 - cos_sim) / (1 - its cos_sim tolerance), also 1.0 at the limit; its name is marked
-``(lossy <precision>)`` on the axis. The tolerances are the ones the rows name (a lossy row's
-message quotes its rule), else :func:`attnbench.rule.lossy_tolerance`'s defaults.
+``(lossy <precision>)`` on the axis. The tolerances are the ones the rows carry
+(``tol_cos_sim``, ``tol_rel_l1``), else :func:`attnbench.rule.lossy_tolerance`'s defaults.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -63,41 +61,22 @@ def precisions(df: pd.DataFrame) -> pd.Series:
     return df.precision.where(df.precision.notna(), EXACT).astype(object)
 
 
-# a lossy row's message quotes its rule: "lossy int8 rule: cos >= 0.999, rL1 <= 0.05"
-_RULE_TEXT = re.compile(r"lossy (\S+) rule: cos >= ([^,\s]+), rL1 <= ([^\s):,]+)")
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
 def lossy_tolerances(df: pd.DataFrame) -> pd.DataFrame:
-    """``cos_tol`` and ``rel_tol`` of each lossy row (NaN on exact rows): the rule its message
-    quotes (a config's ``lossy:`` override included), else the one another row of its run and
-    precision quotes (a passing accuracy row has no message), else the precision's default."""
-    prec = precisions(df).tolist()
-    msg = df.message.tolist() if "message" in df else [None] * len(df)
-    run = df.run_id.tolist() if "run_id" in df else [None] * len(df)
-    tols: list[tuple[float, float] | None] = [None] * len(df)
-    quoted: dict[tuple, tuple[float, float]] = {}  # (run, precision) -> the first rule quoted
-    for i, (p, m) in enumerate(zip(prec, msg)):
-        hit = _RULE_TEXT.search(m) if p != EXACT and isinstance(m, str) else None
-        if hit and hit.group(1) == p:
-            tols[i] = (_number(hit.group(2)), _number(hit.group(3)))
-            quoted.setdefault((run[i], p), tols[i])
-    cos, rel = [], []
-    for i, p in enumerate(prec):
-        if p == EXACT:
-            t = (math.nan, math.nan)
-        else:
-            default = lossy_tolerance(p)
-            t = tols[i] or quoted.get((run[i], p)) or (default.cos_sim, default.rel_l1)
-        cos.append(t[0])
-        rel.append(t[1])
-    return pd.DataFrame({"cos_tol": cos, "rel_tol": rel}, index=df.index, dtype=float)
+    """``cos_tol`` and ``rel_tol`` of each lossy row (NaN on exact rows): the limits of the rule
+    that graded it (its ``tol_cos_sim`` / ``tol_rel_l1``), else (rows written before those
+    columns) the precision's default."""
+    prec = precisions(df)
+    cols = {}
+    for name, col, field in (
+        ("cos_tol", "tol_cos_sim", "cos_sim"),
+        ("rel_tol", "tol_rel_l1", "rel_l1"),
+    ):
+        given = df[col].astype(float) if col in df else pd.Series(np.nan, index=df.index)
+        default = prec.map(
+            lambda p, f=field: np.nan if p == EXACT else getattr(lossy_tolerance(p), f)
+        )
+        cols[name] = given.where(given.notna(), default.astype(float)).where(prec != EXACT)
+    return pd.DataFrame(cols, index=df.index, dtype=float)
 
 
 def lossy_ratio(acc: pd.DataFrame) -> pd.Series:

@@ -9,8 +9,8 @@ check every perf row carries), exact and lossy backends together.
 - y: TFLOP/s (median);
 - marker and color by precision: ``exact`` one style, each lossy precision (fp8, int8, ...) its
   own; a point that failed its accuracy check is hollow with a red edge and labelled ``wrong``;
-- each lossy precision's rel_l1 tolerance a vertical dashed line: the one the rows' messages
-  quote (a config's ``lossy:`` override included), else the precision's default
+- each lossy precision's rel_l1 tolerance a vertical dashed line: the one its rows carry
+  (``tol_rel_l1``: a config's ``lossy:`` override included), else the precision's default
   (:mod:`attnbench.rule`);
 - a backend whose quantization was timed apart (``quant_ms``) gets a second, small hollow marker
   below its point, joined to it: its TFLOP/s with the quantization counted
