@@ -78,7 +78,7 @@ class Repro:
     def __init__(self, req: Request, p: Plan, settings: Settings):
         from ..problems import PROBLEMS
 
-        env, flags = self._settings_words(req.kind, settings)
+        env, flags = self._settings_words(settings, perf_flags=req.kind == "perf")
         if req.kind == "perf" and req.repeat > 1:
             flags += ["--repeat", str(req.repeat)]
         self._setup(
@@ -91,13 +91,14 @@ class Repro:
         )
 
     @staticmethod
-    def _settings_words(kind: str, settings: Settings) -> tuple[list[str], list[str]]:
-        """(variables before the command, flags after it) of the settings off their default."""
+    def _settings_words(settings: Settings, perf_flags: bool) -> tuple[list[str], list[str]]:
+        """(variables before the command, flags after it) of the settings off their default;
+        ``perf_flags``: the command takes ``--retune``/``--cuda-graph`` (``attnbench perf``)."""
         env, flags = [], []
         if os.environ.get("TRITON_INTERPRET") == "1":
             env.append("TRITON_INTERPRET=1")
         for name, value in settings.nondefault().items():
-            if kind == "perf" and name in _PERF_FLAGS and value is True:
+            if perf_flags and name in _PERF_FLAGS and value is True:
                 flags.append(_PERF_FLAGS[name])
             else:
                 text = ("1" if value else "0") if isinstance(value, bool) else str(value)
@@ -235,7 +236,7 @@ class DistRepro(Repro):
     ):
         from ..problems.attention import AttentionCase
 
-        env, _ = self._settings_words("accuracy", settings)  # dist has no perf-only flags
+        env, _ = self._settings_words(settings, perf_flags=False)  # dist takes neither flag
         self._setup(
             kind,
             [AttentionCase],
