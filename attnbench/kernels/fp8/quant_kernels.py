@@ -1,9 +1,9 @@
 """The quantization of :mod:`.quant` as two Triton kernels, one pass over each input.
 
 Torch's version of the same arithmetic (:func:`.quant.quantize_torch`) reads and writes each
-tensor five or six times (upcast, amax, divide, clamp, cast, transpose): about 1 GB of traffic
-per 64 MiB bf16 input, which at a 16k x 2048 shape costs more than half of an 800 TFLOP/s
-attention. Here a program quantizes one block of tokens of one head:
+tensor five or six times (upcast, amax, divide, clamp, cast, transpose): by a count of bytes,
+about 1 GB of traffic per 64 MiB bf16 input against about 80 MB here (an estimate; perf
+measures it as ``quant_ms``). Here a program quantizes one block of tokens of one head:
 
 - :func:`_quant_rows` (Q and K): upcast, K's mean subtracted (smoothing), the block's amax, the
   scale ``amax / 448``, ``x / scale`` (round-to-nearest division, as torch's) clamped to +-448 and
